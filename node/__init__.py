@@ -1,0 +1,1 @@
+"""ctnode's service side: receive, store, stabilize, detect, report, deliver, audit."""

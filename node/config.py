@@ -1,0 +1,149 @@
+"""Typed node configuration: YAML file, then CTNODE_SECTION__KEY environment variables, then CLI overrides."""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+_AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 1-16 chars, no backslash or control chars
+
+
+def check_ae_title(value: str) -> str:
+    """Return ``value`` stripped if it is a valid DICOM AE title, else raise ValueError."""
+    title = value.strip()
+    if not title or not _AE_RE.match(title):
+        raise ValueError(f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)")
+    return title
+
+
+class AllowedPeer(BaseModel):
+    """A calling AE allowed to associate; ``host`` (an IP address) narrows it to one source."""
+
+    ae_title: str
+    host: str | None = None
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+
+    @classmethod
+    def parse(cls, spec: str) -> AllowedPeer:
+        """Parse ``AE`` or ``AE@HOST`` as given on the command line."""
+        ae, _, host = spec.partition("@")
+        return cls(ae_title=ae, host=host or None)
+
+
+class TLSConfig(BaseModel):
+    """Optional TLS on the DICOM port (DICOM Part 15 secure transport)."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None  # when set, peers must present a certificate signed by it
+
+    @model_validator(mode="after")
+    def _files_present(self) -> TLSConfig:
+        if self.enabled and (self.cert_file is None or self.key_file is None):
+            raise ValueError("tls.enabled needs tls.cert_file and tls.key_file")
+        return self
+
+
+class DicomConfig(BaseModel):
+    """The DICOM listener."""
+
+    ae_title: str = "CTNODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    max_pdu_bytes: int = Field(65536, ge=0)  # 0 = unlimited
+    max_associations: int = Field(16, ge=1)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    network_timeout_s: float = Field(120.0, gt=0)
+    accept_any: bool = False
+    allowed: list[AllowedPeer] = Field(default_factory=list)
+    tls: TLSConfig = Field(default_factory=TLSConfig)
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+
+
+class StorageConfig(BaseModel):
+    """Where instances live; the node refuses new data below ``min_free_bytes``."""
+
+    data_dir: Path = Path("var/ctnode")
+    min_free_bytes: int = Field(2 * 1024**3, ge=0)
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def incoming_dir(self) -> Path:
+        return self.data_dir / "incoming"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+
+class DatabaseConfig(BaseModel):
+    """The audit database; empty ``url`` means SQLite inside the data directory."""
+
+    url: str = ""
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class LoggingConfig(BaseModel):
+    """``format: auto`` is pretty on a terminal and JSON lines otherwise."""
+
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+_yaml_file: ContextVar[Path | None] = ContextVar("ctnode_yaml_file", default=None)
+
+
+class Settings(BaseSettings):
+    """The whole node configuration. Precedence: CLI overrides > CTNODE_* environment > YAML file > defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="CTNODE_", env_nested_delimiter="__", extra="forbid")
+
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    database: DatabaseConfig = Field(default_factory=DatabaseConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{(self.storage.data_dir / 'ctnode.sqlite').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = _yaml_file.get()
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if yaml_file is not None:
+            sources += (YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),)
+        return sources
+
+
+def load_settings(config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Load ``config_file`` (YAML), apply CTNODE_SECTION__KEY environment variables, then ``overrides``.
+
+    Raises FileNotFoundError for a missing file and pydantic's ValidationError naming the offending key.
+    """
+    if config_file is not None and not config_file.is_file():
+        raise FileNotFoundError(f"configuration file {config_file} does not exist (create one with `ctnode init DIR`)")
+    token = _yaml_file.set(config_file)
+    try:
+        return Settings(**(overrides or {}))
+    finally:
+        _yaml_file.reset(token)

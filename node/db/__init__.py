@@ -1,0 +1,1 @@
+"""The audit database: schema (one owner), engine, migrations."""

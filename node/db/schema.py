@@ -1,0 +1,132 @@
+"""The audit database schema; the only module that defines tables."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+AE = String(16)
+SHA256 = String(64)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Association(Base):
+    """One DICOM association (accepted or rejected) and what it carried."""
+
+    __tablename__ = "association"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    calling_ae: Mapped[str] = mapped_column(AE)
+    called_ae: Mapped[str] = mapped_column(AE)
+    peer_host: Mapped[str] = mapped_column(String(64))
+    peer_port: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    outcome: Mapped[str] = mapped_column(String(16))
+    reject_reason: Mapped[str | None] = mapped_column(Text)
+    instances_stored: Mapped[int] = mapped_column(Integer, default=0)
+    instances_duplicate: Mapped[int] = mapped_column(Integer, default=0)
+    instances_failed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class Study(Base):
+    """A study the node has received instances of."""
+
+    __tablename__ = "study"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_date: Mapped[str | None] = mapped_column(String(8))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
+
+
+class Series(Base):
+    """A series within a study."""
+
+    __tablename__ = "series"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    body_part: Mapped[str | None] = mapped_column(String(16))
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series")
+
+
+class Instance(Base):
+    """One stored version of a SOP instance. A resend with other bytes adds a version; the newest is current."""
+
+    __tablename__ = "instance"
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("association.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(SHA256)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    path: Mapped[str] = mapped_column(Text)  # relative to the store directory
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class AuditEvent(Base):
+    """Something an auditor must be able to find: rejections, quarantines, conflicts, refusals."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_kind_at", "kind", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    association_id: Mapped[int | None] = mapped_column(ForeignKey("association.id"), index=True)
+    study_instance_uid: Mapped[str | None] = mapped_column(UID)
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)
+    status: Mapped[int | None] = mapped_column(Integer)  # the DICOM status we answered, when there was one
+    path: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,246 @@
+"""Model card: what a shipped model is, what it expects and how it was measured; JSON with validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from detector.findings import Code
+from detector.preprocess.spec import HUWindow, InputSpec
+
+SCHEMA_VERSION = 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ModelCardError(ValueError):
+    """A model card is malformed; the message names the card and the offending field."""
+
+
+@dataclass(frozen=True)
+class ModelClass:
+    """One output class of the detector and the codes its findings are reported with."""
+
+    label: str
+    finding_type: Code
+    finding_site: Code | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationFigure:
+    """One measured figure, e.g. metric "CPM" = 0.81 on "head test split v1", with its 95% CI."""
+
+    metric: str
+    value: float
+    dataset: str
+    ci95: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model's identity, weights (file next to the card, and its sha256), classes, input and operating point."""
+
+    name: str
+    version: str
+    weights_file: str
+    weights_sha256: str
+    body_part: str
+    classes: tuple[ModelClass, ...]
+    input_spec: InputSpec
+    operating_threshold: float
+    evaluation: tuple[EvaluationFigure, ...] = ()
+
+    def __post_init__(self) -> None:
+        for field_name in ("name", "version", "weights_file", "body_part"):
+            if not getattr(self, field_name).strip():
+                raise ModelCardError(f"model card field {field_name!r} must not be empty")
+        if Path(self.weights_file).name != self.weights_file:
+            raise ModelCardError(f"weights_file {self.weights_file!r} must be a bare file name next to the card")
+        if not _SHA256.fullmatch(self.weights_sha256):
+            raise ModelCardError(f"weights_sha256 must be 64 lowercase hex digits, got {self.weights_sha256!r}")
+        if not self.classes:
+            raise ModelCardError("a model card needs at least one class")
+        labels = [c.label for c in self.classes]
+        if len(set(labels)) != len(labels):
+            raise ModelCardError(f"class labels must be unique, got {labels}")
+        if not 0.0 < self.operating_threshold < 1.0:
+            raise ModelCardError(f"operating_threshold must be in (0, 1), got {self.operating_threshold}")
+
+    def class_by_label(self, label: str) -> ModelClass:
+        """The class named ``label``; KeyError names the card's labels when there is none."""
+        for c in self.classes:
+            if c.label == label:
+                return c
+        raise KeyError(f"model {self.name} {self.version} has no class {label!r} (has {[c.label for c in self.classes]})")
+
+
+class _Fields:
+    """Reads one JSON object, naming every problem by its path in the card."""
+
+    def __init__(self, data: Any, where: str, allowed: set[str], required: set[str]) -> None:
+        if not isinstance(data, dict):
+            raise ModelCardError(f"{where}: expected an object, got {type(data).__name__}")
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ModelCardError(f"{where}: unknown field(s) {unknown}")
+        missing = sorted(k for k in required if data.get(k) is None)
+        if missing:
+            raise ModelCardError(f"{where}: missing or null field(s) {missing}")
+        self.data, self.where = data, where
+
+    def at(self, key: str) -> str:
+        """The path of ``key`` in the card, for messages."""
+        return f"{self.where}.{key}"
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        """The value at ``key`` if it has type ``kind``; ``default`` when it is absent or null."""
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, kind):
+            names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+            raise ModelCardError(f"{self.at(key)}: expected {names}, got {json.dumps(value)}")
+        return value
+
+    def number(self, key: str, default: float | None = None) -> float:
+        """A JSON number as float (``default`` when absent or null)."""
+        value = self.get(key, (int, float), default)
+        return value if value is None else float(value)
+
+    def items(self, key: str) -> list[tuple[str, Any]]:
+        """(path, item) for each element of the list at ``key``."""
+        return [(f"{self.at(key)}[{i}]", item) for i, item in enumerate(self.get(key, list, []))]
+
+
+_CODE_FIELDS = {"value", "scheme", "meaning"}
+
+
+def _code(data: Any, where: str) -> Code:
+    f = _Fields(data, where, _CODE_FIELDS, _CODE_FIELDS)
+    return Code(value=f.get("value", str), scheme=f.get("scheme", str), meaning=f.get("meaning", str))
+
+
+def _class(data: Any, where: str) -> ModelClass:
+    f = _Fields(data, where, {"label", "finding_type", "finding_site"}, {"label", "finding_type"})
+    site = f.get("finding_site", dict)
+    return ModelClass(
+        label=f.get("label", str),
+        finding_type=_code(f.data["finding_type"], f.at("finding_type")),
+        finding_site=None if site is None else _code(site, f.at("finding_site")),
+    )
+
+
+def _figure(data: Any, where: str) -> EvaluationFigure:
+    f = _Fields(data, where, {"metric", "value", "dataset", "ci95"}, {"metric", "value", "dataset"})
+    ci = f.get("ci95", list)
+    if ci is not None and (len(ci) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ci)):
+        raise ModelCardError(f"{f.at('ci95')}: expected [low, high], got {json.dumps(ci)}")
+    return EvaluationFigure(
+        metric=f.get("metric", str),
+        value=f.number("value"),
+        dataset=f.get("dataset", str),
+        ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+    )
+
+
+def _input_spec(data: Any, where: str) -> InputSpec:
+    keys = {"pixel_spacing_mm", "windows", "context_slices", "slice_step_mm", "pad_multiple"}
+    f = _Fields(data, where, keys, {"pixel_spacing_mm", "windows"})
+    windows = []
+    for w_where, item in f.items("windows"):
+        w = _Fields(item, w_where, {"centre", "width"}, {"centre", "width"})
+        windows.append((w_where, w.number("centre"), w.number("width")))
+    try:
+        return InputSpec(
+            pixel_spacing_mm=f.number("pixel_spacing_mm"),
+            windows=tuple(HUWindow(centre, width) for _, centre, width in windows),
+            context_slices=f.get("context_slices", int, 1),
+            slice_step_mm=f.number("slice_step_mm"),
+            pad_multiple=f.get("pad_multiple", int, 32),
+        )
+    except ValueError as exc:
+        raise ModelCardError(f"{where}: {exc}") from exc
+
+
+_CARD_FIELDS = {
+    "schema_version", "name", "version", "weights", "body_part", "classes", "input", "operating_threshold", "evaluation",
+}
+
+
+def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
+    """Validate a decoded JSON card; every error names ``source`` and the field's path."""
+    f = _Fields(data, source, _CARD_FIELDS, _CARD_FIELDS - {"evaluation"})
+    if f.get("schema_version", int) != SCHEMA_VERSION:
+        raise ModelCardError(f"{f.at('schema_version')}: {data['schema_version']} is not supported, expected {SCHEMA_VERSION}")
+    weights = _Fields(data["weights"], f.at("weights"), {"file", "sha256"}, {"file", "sha256"})
+    try:
+        return ModelCard(
+            name=f.get("name", str),
+            version=f.get("version", str),
+            weights_file=weights.get("file", str),
+            weights_sha256=weights.get("sha256", str),
+            body_part=f.get("body_part", str),
+            classes=tuple(_class(item, where) for where, item in f.items("classes")),
+            input_spec=_input_spec(data["input"], f.at("input")),
+            operating_threshold=f.number("operating_threshold"),
+            evaluation=tuple(_figure(item, where) for where, item in f.items("evaluation")),
+        )
+    except ModelCardError as exc:
+        message = str(exc)
+        raise ModelCardError(message if message.startswith(source) else f"{source}: {message}") from exc
+
+
+def _code_dict(code: Code | None) -> dict[str, str] | None:
+    return None if code is None else {"value": code.value, "scheme": code.scheme, "meaning": code.meaning}
+
+
+def card_to_dict(card: ModelCard) -> dict[str, Any]:
+    """The card as the JSON object ``card_from_dict`` reads."""
+    spec = card.input_spec
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": card.name,
+        "version": card.version,
+        "weights": {"file": card.weights_file, "sha256": card.weights_sha256},
+        "body_part": card.body_part,
+        "classes": [
+            {"label": c.label, "finding_type": _code_dict(c.finding_type), "finding_site": _code_dict(c.finding_site)}
+            for c in card.classes
+        ],
+        "input": {
+            "pixel_spacing_mm": spec.pixel_spacing_mm,
+            "windows": [{"centre": w.centre, "width": w.width} for w in spec.windows],
+            "context_slices": spec.context_slices,
+            "slice_step_mm": spec.slice_step_mm,
+            "pad_multiple": spec.pad_multiple,
+        },
+        "operating_threshold": card.operating_threshold,
+        "evaluation": [
+            {"metric": e.metric, "value": e.value, "dataset": e.dataset, "ci95": None if e.ci95 is None else list(e.ci95)}
+            for e in card.evaluation
+        ],
+    }
+
+
+def load_card(path: Path) -> ModelCard:
+    """Read and validate a model card JSON file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelCardError(f"model card {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+    return card_from_dict(data, source=f"model card {path}")
+
+
+def save_card(card: ModelCard, path: Path) -> None:
+    """Write the card as indented JSON, atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        json.dump(card_to_dict(card), out, indent=2)
+        out.write("\n")
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)

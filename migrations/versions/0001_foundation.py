@@ -37,7 +37,6 @@ def upgrade() -> None:
     sa.Column('study_date', sa.String(length=8), nullable=True),
     sa.Column('study_description', sa.String(length=64), nullable=True),
     sa.Column('first_received_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_received_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_study')),
     sa.UniqueConstraint('study_instance_uid', name=op.f('uq_study_study_instance_uid'))
     )
@@ -67,7 +66,6 @@ def upgrade() -> None:
     sa.Column('series_description', sa.String(length=64), nullable=True),
     sa.Column('body_part', sa.String(length=16), nullable=True),
     sa.Column('first_received_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('last_received_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['study_id'], ['study.id'], name=op.f('fk_series_study_id_study')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_series')),
     sa.UniqueConstraint('series_instance_uid', name=op.f('uq_series_series_instance_uid'))
@@ -97,11 +95,13 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_instance_association_id'), ['association_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_instance_series_id'), ['series_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_instance_sop_instance_uid'), ['sop_instance_uid'], unique=False)
+        batch_op.create_index(batch_op.f('ix_instance_received_at'), ['received_at'], unique=False)
 
 
 
 def downgrade() -> None:
     with op.batch_alter_table('instance', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_instance_received_at'))
         batch_op.drop_index(batch_op.f('ix_instance_sop_instance_uid'))
         batch_op.drop_index(batch_op.f('ix_instance_series_id'))
         batch_op.drop_index(batch_op.f('ix_instance_association_id'))

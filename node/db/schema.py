@@ -69,7 +69,6 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
 
@@ -87,7 +86,6 @@ class Series(Base):
     series_description: Mapped[str | None] = mapped_column(String(64))
     body_part: Mapped[str | None] = mapped_column(String(16))
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -109,7 +107,7 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(SHA256)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(Text)  # relative to the store directory
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")

@@ -1,0 +1,1 @@
+"""The `ctnode` command line."""

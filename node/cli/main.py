@@ -1,0 +1,153 @@
+"""`ctnode`: init, serve, db, studies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from node.config import AllowedPeer, Settings, load_settings
+from node.db.engine import make_engine
+from node.db.migrate import upgrade
+from node.db.studies import list_studies
+from node.logging import configure_logging
+
+app = typer.Typer(help="ctnode: a DICOM node that finds urgent CT findings and reports them to the PACS.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+db_app = typer.Typer(help="The audit database.", no_args_is_help=True)
+studies_app = typer.Typer(help="What the node has received.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(studies_app, name="studies")
+console = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
+
+
+def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    try:
+        settings = load_settings(config, overrides)
+    except (FileNotFoundError, ValidationError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    configure_logging(settings.logging.format, settings.logging.level)
+    return settings
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Data directory to create.")],
+    keep_existing: Annotated[bool, typer.Option(help="Leave an existing ctnode.yaml untouched.")] = False,
+) -> None:
+    """Write a working default configuration and the data folders, and create the database."""
+    directory = directory.resolve()
+    config_file = directory / "ctnode.yaml"
+    if config_file.exists() and keep_existing:
+        console.print(f"keeping {config_file}")
+    else:
+        if config_file.exists():
+            console.print(f"[red]{config_file} exists[/red] (use --keep-existing)")
+            raise typer.Exit(1)
+        directory.mkdir(parents=True, exist_ok=True)
+        template = (Path(__file__).resolve().parents[1] / "ctnode.example.yaml").read_text()
+        config_file.write_text(template.replace("data_dir: var/ctnode", f"data_dir: {directory}"))
+        console.print(f"wrote {config_file}")
+    settings = _settings(config_file)
+    for sub in (settings.storage.store_dir, settings.storage.incoming_dir, settings.storage.quarantine_dir):
+        sub.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    console.print(f"database ready: {make_engine(settings.database_url).url.render_as_string(hide_password=True)}")
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="Override storage.data_dir.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Override dicom.port.")] = None,
+    ae_title: Annotated[Optional[str], typer.Option(help="Override dicom.ae_title.")] = None,
+    allow: Annotated[Optional[list[str]], typer.Option(help="Allow a calling AE[@HOST] (repeatable; replaces dicom.allowed).")] = None,
+) -> None:
+    """Run the DICOM receiver until SIGTERM/SIGINT."""
+    from node.service import Node, run_forever
+
+    overrides: dict[str, Any] = {}
+    dicom: dict[str, Any] = {}
+    if port is not None:
+        dicom["port"] = port
+    if ae_title is not None:
+        dicom["ae_title"] = ae_title
+    if allow:
+        try:
+            dicom["allowed"] = [AllowedPeer.parse(spec).model_dump() for spec in allow]
+        except ValidationError as exc:
+            console.print(f"[red]--allow:[/red] {exc}")
+            raise typer.Exit(2) from exc
+    if dicom:
+        overrides["dicom"] = dicom
+    if data_dir is not None:
+        overrides["storage"] = {"data_dir": data_dir.resolve()}
+    settings = _settings(config, overrides)
+    run_forever(Node.build(settings))
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None) -> None:
+    """Create the database or migrate it to the newest schema."""
+    settings = _settings(config)
+    upgrade(settings.database_url)
+    console.print("database is at the newest schema")
+
+
+def _dump(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+@studies_app.command("list")
+def studies_list(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many studies, newest first.")] = 200,
+) -> None:
+    """Studies received: series, instances, bytes, sources, first and last arrival."""
+    settings = _settings(config)
+    studies = list_studies(make_engine(settings.database_url), limit=limit)
+    if as_json:
+        _dump([s.as_json() for s in studies])
+        return
+    table = Table("Study Instance UID", "date", "description", "series", "instances", "MB", "sources", "last received")
+    for s in studies:
+        table.add_row(s.study_instance_uid, s.study_date or "", s.study_description or "", str(s.series_count),
+                      str(s.instances), f"{s.bytes / 1e6:.1f}", ", ".join(s.sources),
+                      f"{s.last_received_at:%Y-%m-%d %H:%M:%S}" if s.last_received_at else "")
+    console.print(table)
+
+
+@studies_app.command("show")
+def studies_show(
+    study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """One study and its series."""
+    settings = _settings(config)
+    found = list_studies(make_engine(settings.database_url), study_uid=study_uid)
+    if not found:
+        console.print(f"[red]no study {study_uid}[/red]")
+        raise typer.Exit(1)
+    study = found[0]
+    if as_json:
+        _dump(study.as_json())
+        return
+    console.print(f"[bold]{study.study_instance_uid}[/bold]  {study.study_date or ''} {study.study_description or ''}")
+    console.print(f"{study.instances} instances, {study.bytes / 1e6:.1f} MB from {', '.join(study.sources) or '-'}")
+    table = Table("#", "Series Instance UID", "modality", "description", "body part", "instances", "MB", "first", "last")
+    for s in study.series:
+        table.add_row(str(s.series_number or ""), s.series_instance_uid, s.modality or "", s.series_description or "",
+                      s.body_part or "", str(s.instances), f"{s.bytes / 1e6:.1f}",
+                      f"{s.first_received_at:%H:%M:%S}" if s.first_received_at else "",
+                      f"{s.last_received_at:%H:%M:%S}" if s.last_received_at else "")
+    console.print(table)

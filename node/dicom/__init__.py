@@ -1,0 +1,1 @@
+"""DICOM networking: the Storage/Verification SCP, its presentation contexts and statuses."""

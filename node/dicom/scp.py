@@ -1,0 +1,210 @@
+"""The Storage + Verification SCP: accepts associations, answers C-ECHO and C-STORE, audits each association."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import AE, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
+from sqlalchemy import Engine, insert, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.config import DicomConfig, TLSConfig
+from node.db import audit
+from node.db.schema import Association as AssociationRow
+from node.db.schema import utcnow
+from node.dicom.access import AccessPolicy
+from node.dicom.chunked import route_spools, spool_for
+from node.dicom.contexts import add_scp_contexts
+from node.dicom.status import StoreStatus
+from node.events import AssociationOutcome, AuditKind
+from node.logging import get_logger
+from node.storage.ingest import Ingestor, Received
+from node.storage.store import InstanceStore
+
+log = get_logger(__name__)
+
+# A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), temporary congestion.
+_TRANSIENT_REJECT = (0x02, 0x03, 0x01)
+
+
+@dataclass
+class _AssociationState:
+    row_id: int | None
+    outcome: AssociationOutcome = AssociationOutcome.OPEN
+    stored: int = 0
+    duplicate: int = 0
+    failed: int = 0
+    bytes: int = 0
+    closed: bool = False
+
+
+def tls_context(config: TLSConfig) -> ssl.SSLContext | None:
+    if not config.enabled:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(str(config.cert_file), str(config.key_file))
+    if config.ca_file is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(str(config.ca_file))
+    return context
+
+
+class StorageSCP:
+    """One receiver: a pynetdicom AE wired to the store, the ingest stage and the audit database."""
+
+    def __init__(self, config: DicomConfig, store: InstanceStore, engine: Engine) -> None:
+        self.config = config
+        self.store = store
+        self.engine = engine
+        self.policy = AccessPolicy(config)
+        self.ingestor = Ingestor(store, engine)
+        self.ae = AE(ae_title=config.ae_title)
+        self.ae.maximum_pdu_size = config.max_pdu_bytes
+        self.ae.maximum_associations = config.max_associations
+        self.ae.acse_timeout = config.acse_timeout_s
+        self.ae.dimse_timeout = config.dimse_timeout_s
+        self.ae.network_timeout = config.network_timeout_s
+        add_scp_contexts(self.ae)
+        route_spools(self.ae, store.incoming)
+        self._states: weakref.WeakKeyDictionary[Association, _AssociationState] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    @property
+    def handlers(self) -> list[tuple[evt.EventType, object]]:
+        return [
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_close),
+        ]
+
+    def start(self, host: str | None = None, port: int | None = None) -> ThreadedAssociationServer:
+        """Listen in the background; returns the server (``.shutdown()`` stops it)."""
+        self.recover_stale_spools()
+        address = (host or self.config.host, self.config.port if port is None else port)
+        server = self.ae.start_server(address, block=False, evt_handlers=self.handlers,  # type: ignore[arg-type]
+                                      ssl_context=tls_context(self.config.tls))
+        log.info("listening", ae_title=self.config.ae_title, host=address[0], port=server.server_address[1],
+                 tls=self.config.tls.enabled)
+        return server
+
+    def recover_stale_spools(self, older_than_s: float | None = None) -> int:
+        """Quarantine spool files a dead receiver left behind (never acknowledged); returns how many."""
+        limit = time.time() - (self.config.network_timeout_s if older_than_s is None else older_than_s)
+        moved = 0
+        for path in self.store.stale_spools():
+            try:
+                if path.stat().st_mtime > limit:
+                    continue
+                kept = self.store.quarantine(path, "incomplete", {"size": path.stat().st_size})
+            except FileNotFoundError:
+                continue
+            with self.engine.begin() as conn:
+                audit.record(conn, AuditKind.SPOOL_RECOVERED, path=str(kept), detail={"reason": "incomplete transfer"})
+            moved += 1
+        return moved
+
+    def _state(self, assoc: Association) -> _AssociationState:
+        with self._lock:
+            state = self._states.get(assoc)
+            if state is None:
+                state = self._states[assoc] = _AssociationState(row_id=None)
+            return state
+
+    def _on_requested(self, event: Event) -> None:
+        assoc = event.assoc
+        request = assoc.requestor.primitive
+        calling = str(request.calling_ae_title) if request else ""
+        called = str(request.called_ae_title) if request else ""
+        host, port = assoc.requestor.address, assoc.requestor.port
+        rejection = self.policy.check(calling, called, host)
+        outcome = AssociationOutcome.REJECTED if rejection else AssociationOutcome.OPEN
+        try:
+            with self.engine.begin() as conn:
+                row_id = conn.execute(insert(AssociationRow).values(
+                    calling_ae=calling[:16], called_ae=called[:16], peer_host=host, peer_port=port, started_at=utcnow(),
+                    outcome=str(outcome), reject_reason=rejection.reason if rejection else None,
+                    ended_at=utcnow() if rejection else None,
+                ).returning(AssociationRow.id)).scalar_one()
+                if rejection:
+                    audit.record(conn, AuditKind.ASSOCIATION_REJECTED, association_id=row_id,
+                                 detail={"reason": rejection.reason, "calling_ae": calling, "host": host})
+        except SQLAlchemyError as exc:
+            log.error("database unavailable, association rejected (transient)", error=type(exc).__name__)
+            assoc.acse.send_reject(*_TRANSIENT_REJECT)
+            return
+        state = self._state(assoc)
+        state.row_id = row_id
+        if rejection:
+            state.outcome, state.closed = AssociationOutcome.REJECTED, True
+            log.warning("association rejected", association_id=row_id, calling_ae=calling, host=host,
+                        reason=rejection.reason)
+            assoc.acse.send_reject(0x01, 0x01, rejection.diagnostic)
+            return
+        log.info("association requested", association_id=row_id, calling_ae=calling, host=host)
+
+    def _on_echo(self, event: Event) -> int:
+        return 0x0000
+
+    def _on_store(self, event: Event) -> int:
+        state = self._state(event.assoc)
+        try:
+            path = Path(event.dataset_path)
+            sha256, size = spool_for(path).finish()
+            request = event.request
+            outcome = self.ingestor.ingest(Received(
+                path=path, sha256=sha256, size=size, sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                transfer_syntax_uid=str(event.context.transfer_syntax), association_id=state.row_id,
+            ))
+        except Exception as exc:  # the node never crashes and never answers Success on an unexpected error
+            log.exception("C-STORE failed unexpectedly", association_id=state.row_id, error=type(exc).__name__)
+            state.failed += 1
+            return int(StoreStatus.OUT_OF_RESOURCES)
+        if outcome.kind == "duplicate":
+            state.duplicate += 1
+        elif outcome.status.is_success:
+            state.stored += 1
+            state.bytes += size
+        else:
+            state.failed += 1
+        return int(outcome.status)
+
+    def _on_released(self, event: Event) -> None:
+        self._state(event.assoc).outcome = AssociationOutcome.RELEASED
+
+    def _on_aborted(self, event: Event) -> None:
+        self._state(event.assoc).outcome = AssociationOutcome.ABORTED
+
+    def _on_close(self, event: Event) -> None:
+        state = self._state(event.assoc)
+        if state.closed or state.row_id is None:
+            return
+        state.closed = True
+        if state.outcome is AssociationOutcome.OPEN:
+            state.outcome = AssociationOutcome.CLOSED
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(update(AssociationRow).where(AssociationRow.id == state.row_id).values(
+                    outcome=str(state.outcome), ended_at=utcnow(), instances_stored=state.stored,
+                    instances_duplicate=state.duplicate, instances_failed=state.failed, bytes_stored=state.bytes,
+                ))
+                if state.outcome is AssociationOutcome.ABORTED:
+                    audit.record(conn, AuditKind.ASSOCIATION_ABORTED, association_id=state.row_id,
+                                 detail={"stored": state.stored, "failed": state.failed})
+        except SQLAlchemyError as exc:
+            log.error("association audit update failed", association_id=state.row_id, error=type(exc).__name__)
+        log.info("association ended", association_id=state.row_id, outcome=str(state.outcome), stored=state.stored,
+                 duplicate=state.duplicate, failed=state.failed, bytes=state.bytes, pid=os.getpid())

@@ -1,0 +1,52 @@
+"""Deterministic UIDs: every emitted object's UID derives from (UID root, run id, object kind, index)."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import Enum
+
+from pydicom.uid import UID
+
+_MAX_UID = 64
+_MIN_SUFFIX_DIGITS = 19
+
+
+class ObjectKind(str, Enum):
+    """The families of objects (and their parts) a run emits; each gets its own UID space."""
+
+    SR = "sr"
+    SC = "sc"
+    GSPS = "gsps"
+    KOS = "kos"
+    FINDING = "finding"
+    DEVICE = "device"
+
+
+def derive_uid(root: str, *parts: str) -> UID:
+    """A UID under ``root`` whose suffix is a digest of ``parts``: same parts, same UID; other parts, another."""
+    room = _MAX_UID - len(root) - 1
+    if room < _MIN_SUFFIX_DIGITS:
+        raise ValueError(f"UID root {root!r} leaves {room} digits for the suffix; at least {_MIN_SUFFIX_DIGITS} are needed")
+    digest = hashlib.sha256("\x1f".join((root, *parts)).encode()).digest()
+    suffix = str(int.from_bytes(digest, "big"))[:room].lstrip("0") or "1"
+    return UID(f"{root}.{suffix}")
+
+
+class RunUids:
+    """The UIDs of one run's objects: a series per object kind, an instance per (kind, index)."""
+
+    def __init__(self, root: str, run_id: str) -> None:
+        if not run_id:
+            raise ValueError("a run id is needed to derive UIDs")
+        self.root = root
+        self.run_id = run_id
+
+    def series(self, kind: ObjectKind) -> UID:
+        """The Series Instance UID of this run's objects of ``kind``."""
+        return derive_uid(self.root, self.run_id, kind.value, "series")
+
+    def instance(self, kind: ObjectKind, index: int) -> UID:
+        """The UID of the ``index``-th object (or part, e.g. finding tracking UID) of ``kind`` in this run."""
+        if index < 0:
+            raise ValueError(f"object index must be >= 0, got {index}")
+        return derive_uid(self.root, self.run_id, kind.value, str(index))

@@ -1,0 +1,1 @@
+"""Durable instance storage: spool files, the UID-addressed store, quarantine."""

@@ -1,0 +1,228 @@
+"""The store stage: validate a spooled data set, put it in the store, index it, and say which status to answer."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from node.db import audit
+from node.db.schema import Instance, Series, Study, utcnow
+from node.dicom.status import StoreStatus
+from node.events import AuditKind
+from node.logging import get_logger, phi_registry
+from node.storage.store import InstanceStore
+
+log = get_logger(__name__)
+
+HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
+    "SeriesDescription", "BodyPartExamined", "StudyDate", "StudyDescription", "InstanceNumber",
+    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
+]
+REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+
+
+@dataclass(frozen=True)
+class Received:
+    """A complete, fsynced spool file and what the C-STORE command said about it."""
+
+    path: Path
+    sha256: str
+    size: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    association_id: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one instance: the status to answer and the audit facts."""
+
+    status: StoreStatus
+    kind: str  # stored | duplicate | conflict | quarantined | refused
+    reason: str = ""
+    instance_id: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Refused(Exception):
+    """The data set is not acceptable; carries the status to answer."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
+    value = ds.get(keyword)
+    return str(value)[:limit] if value not in (None, "") else None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def read_header(item: Received) -> Dataset:
+    """Decode the identifying attributes and check the UIDs; raises Refused with the precise status."""
+    try:
+        ds = dcmread(item.path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise Refused(StoreStatus.CANNOT_PARSE, f"data set cannot be decoded: {type(exc).__name__}") from exc
+    phi_registry.remember(ds.get("PatientName"), ds.get("PatientID"), ds.get("AccessionNumber"),
+                          ds.get("PatientBirthDate"))
+    for keyword in REQUIRED_UIDS:
+        value = str(ds.get(keyword, "") or "").strip()
+        if not value:
+            raise Refused(StoreStatus.MISSING_UID, f"{keyword} is missing")
+        if not UID(value).is_valid:
+            raise Refused(StoreStatus.INVALID_UID, f"{keyword} is not a valid UID")
+    if str(ds.SOPClassUID) != item.sop_class_uid:
+        raise Refused(StoreStatus.SOP_CLASS_MISMATCH, "SOPClassUID differs from the C-STORE command")
+    if str(ds.SOPInstanceUID) != item.sop_instance_uid:
+        raise Refused(StoreStatus.SOP_INSTANCE_MISMATCH, "SOPInstanceUID differs from the C-STORE command")
+    return ds
+
+
+class Ingestor:
+    """Turns received spool files into stored, indexed instances (thread-safe; one per receiver process)."""
+
+    def __init__(self, store: InstanceStore, engine: Engine) -> None:
+        self.store = store
+        self.engine = engine
+        self._series_ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def ingest(self, item: Received) -> Outcome:
+        """Store one instance; never raises. Success only after the file is fsynced and its row committed."""
+        try:
+            header = read_header(item)
+        except Refused as refused:
+            return self._quarantine(item, refused)
+        if not self.store.has_room():
+            self.store.discard(item.path)
+            return self._refuse(item, "disk below the free-space watermark", header)
+        try:
+            return self._index(item, header)
+        except IntegrityError:
+            # A concurrent association stored the same bytes first: that is a duplicate, answered as such.
+            try:
+                return self._index(item, header)
+            except SQLAlchemyError as exc:
+                return self._db_failure(item, exc)
+        except SQLAlchemyError as exc:
+            return self._db_failure(item, exc)
+        except OSError as exc:
+            self.store.discard(item.path)
+            return self._refuse(item, f"write failed: {exc.strerror}", header)
+
+    def _index(self, item: Received, header: Dataset) -> Outcome:
+        sop = item.sop_instance_uid
+        new_series: tuple[str, int] | None = None
+        with self.engine.begin() as conn:
+            versions = conn.execute(
+                select(Instance.id, Instance.sha256).where(Instance.sop_instance_uid == sop)
+            ).all()
+            same = next((v for v in versions if v.sha256 == item.sha256), None)
+            if same is not None:
+                self.store.discard(item.path)
+                return Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id)
+            series_uid = str(header.SeriesInstanceUID)
+            series_id = self._series_ids.get(series_uid)
+            if series_id is None:
+                series_id = self._ensure_series(conn, header)
+                new_series = (series_uid, series_id)
+            relative = self.store.relative_path(str(header.StudyInstanceUID), series_uid, sop, item.sha256)
+            self.store.commit_file(item.path, relative)
+            if versions:
+                conn.execute(update(Instance).where(Instance.sop_instance_uid == sop).values(is_current=False))
+                audit.record(conn, AuditKind.INSTANCE_CONFLICT, association_id=item.association_id,
+                             study_instance_uid=str(header.StudyInstanceUID), sop_instance_uid=sop, path=relative,
+                             detail={"sha256": item.sha256, "earlier_sha256": [v.sha256 for v in versions]})
+            instance_id = conn.execute(
+                insert(Instance).values(
+                    series_id=series_id, association_id=item.association_id, sop_instance_uid=sop,
+                    sop_class_uid=item.sop_class_uid, transfer_syntax_uid=item.transfer_syntax_uid,
+                    instance_number=_int(header, "InstanceNumber"), sha256=item.sha256, size_bytes=item.size,
+                    path=relative, received_at=utcnow(), is_current=True,
+                ).returning(Instance.id)
+            ).scalar_one()
+        if new_series is not None:
+            with self._lock:
+                self._series_ids[new_series[0]] = new_series[1]
+        kind = "conflict" if versions else "stored"
+        return Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative})
+
+    def _ensure_series(self, conn: Connection, header: Dataset) -> int:
+        study_uid = str(header.StudyInstanceUID)
+        _insert_ignore(conn, Study, "study_instance_uid", {
+            "study_instance_uid": study_uid, "study_date": _text(header, "StudyDate", 8),
+            "study_description": _text(header, "StudyDescription"), "first_received_at": utcnow(),
+        })
+        study_id = conn.execute(select(Study.id).where(Study.study_instance_uid == study_uid)).scalar_one()
+        series_uid = str(header.SeriesInstanceUID)
+        _insert_ignore(conn, Series, "series_instance_uid", {
+            "study_id": study_id, "series_instance_uid": series_uid, "modality": _text(header, "Modality", 16),
+            "series_number": _int(header, "SeriesNumber"), "series_description": _text(header, "SeriesDescription"),
+            "body_part": _text(header, "BodyPartExamined", 16), "first_received_at": utcnow(),
+        })
+        return conn.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).scalar_one()
+
+    def _quarantine(self, item: Received, refused: Refused) -> Outcome:
+        detail = {"reason": refused.reason, "status": int(refused.status), "sha256": item.sha256,
+                  "command_sop_instance_uid": item.sop_instance_uid, "transfer_syntax_uid": item.transfer_syntax_uid}
+        kept = self.store.quarantine(item.path, refused.status.name.lower(), detail)
+        try:
+            with self.engine.begin() as conn:
+                audit.record(conn, AuditKind.INSTANCE_QUARANTINED, association_id=item.association_id,
+                             sop_instance_uid=_valid_or_none(item.sop_instance_uid), status=int(refused.status),
+                             path=str(kept), detail=detail)
+        except SQLAlchemyError as exc:
+            log.error("audit write failed", kind=str(AuditKind.INSTANCE_QUARANTINED), error=type(exc).__name__)
+        log.warning("instance quarantined", status=f"0x{refused.status:04X}", reason=refused.reason,
+                    sop_instance_uid=item.sop_instance_uid, path=str(kept))
+        return Outcome(refused.status, "quarantined", refused.reason, detail={"path": str(kept)})
+
+    def _refuse(self, item: Received, reason: str, header: Dataset) -> Outcome:
+        try:
+            with self.engine.begin() as conn:
+                audit.record(conn, AuditKind.STORE_REFUSED, association_id=item.association_id,
+                             study_instance_uid=str(header.StudyInstanceUID), sop_instance_uid=item.sop_instance_uid,
+                             status=int(StoreStatus.OUT_OF_RESOURCES), detail={"reason": reason})
+        except SQLAlchemyError as exc:
+            log.error("audit write failed", kind=str(AuditKind.STORE_REFUSED), error=type(exc).__name__)
+        log.warning("instance refused", status="0xA700", reason=reason, sop_instance_uid=item.sop_instance_uid)
+        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", reason)
+
+    def _db_failure(self, item: Received, exc: SQLAlchemyError) -> Outcome:
+        # The file may already be in the store under its content-derived name; a resend indexes it.
+        self.store.discard(item.path)
+        log.error("database unavailable, instance refused", status="0xA700", error=type(exc).__name__,
+                  sop_instance_uid=item.sop_instance_uid)
+        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", f"database error: {type(exc).__name__}")
+
+
+def _valid_or_none(uid: str) -> str | None:
+    return uid if uid and UID(uid).is_valid else None
+
+
+def _insert_ignore(conn: Connection, model: type[Study] | type[Series], key: str, values: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT (key) DO NOTHING on SQLite and PostgreSQL."""
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))

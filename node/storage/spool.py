@@ -1,0 +1,60 @@
+"""A write-once spool file that hashes and starts disk writeback while the data set is still arriving."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+from node.storage.durable import start_writeback
+
+
+class SpoolFile:
+    """Receives a data set in fragments; ``finish()`` makes it durable and returns (sha256, size).
+
+    It quacks like the NamedTemporaryFile pynetdicom spools C-STORE data sets into
+    (``name``, ``write``, ``file.flush``, ``close``), so it can take that file's place.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / f"{uuid.uuid4().hex}.part"
+        self.name = str(self.path)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._synced_to = 0
+
+    @property
+    def file(self) -> SpoolFile:
+        return self
+
+    def write(self, data: bytes) -> int:
+        if self._fd is None:
+            raise ValueError(f"spool {self.path.name} is closed")
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._hash.update(data)
+        self._size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Called after each P-DATA fragment: start writing what arrived so far to disk."""
+        if self._fd is not None:
+            start_writeback(self._fd, self._synced_to, self._size - self._synced_to)
+            self._synced_to = self._size
+
+    def finish(self) -> tuple[str, int]:
+        """fdatasync the file and close it; return its sha256 (hex) and size in bytes."""
+        if self._fd is not None:
+            os.fdatasync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        return self._hash.hexdigest(), self._size
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,66 @@
+"""The UID-addressed instance store and its quarantine: every accepted byte lands here durably."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from node.config import StorageConfig
+from node.storage.durable import fsync_dir, make_dirs_durable
+
+
+class InstanceStore:
+    """Files named ``store/<study>/<series>/<sop>.<sha12>.dcm``: a resend with other bytes never overwrites."""
+
+    def __init__(self, config: StorageConfig) -> None:
+        self.config = config
+        self.root = config.store_dir
+        self.incoming = config.incoming_dir
+        self.quarantine_root = config.quarantine_dir
+        self._known_dirs: set[Path] = set()
+        self._lock = threading.Lock()
+        for directory in (self.root, self.incoming, self.quarantine_root):
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def relative_path(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
+        return f"{study_uid}/{series_uid}/{sop_uid}.{sha256[:12]}.dcm"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def has_room(self) -> bool:
+        """False when free space is below the configured watermark."""
+        return self.free_bytes() >= self.config.min_free_bytes
+
+    def commit_file(self, spooled: Path, relative: str) -> Path:
+        """Rename an fsynced spool file to its place in the store and make the rename durable."""
+        target = self.root / relative
+        with self._lock:
+            make_dirs_durable(target.parent, self._known_dirs)
+        os.replace(spooled, target)
+        fsync_dir(target.parent)
+        return target
+
+    def quarantine(self, spooled: Path, reason: str, detail: dict[str, object]) -> Path:
+        """Keep bytes we refused, with a JSON note beside them; returns the quarantined file's path."""
+        now = datetime.now(timezone.utc)
+        day = self.quarantine_root / now.strftime("%Y%m%d")
+        with self._lock:
+            make_dirs_durable(day, self._known_dirs)
+        target = day / f"{now.strftime('%H%M%S%f')}-{reason}-{spooled.stem}.dcm"
+        os.replace(spooled, target)
+        note = target.with_suffix(".json")
+        note.write_text(json.dumps({"reason": reason, "at": now.isoformat(), **detail}, default=str))
+        fsync_dir(day)
+        return target
+
+    def discard(self, spooled: Path) -> None:
+        spooled.unlink(missing_ok=True)
+
+    def stale_spools(self) -> list[Path]:
+        """Spool files left by a receiver that died mid-transfer (never acknowledged)."""
+        return sorted(self.incoming.glob("*.part"))

@@ -150,7 +150,7 @@ def _why_not(series: Series, chosen: Series, policy: SelectionPolicy) -> str:
     if t > policy.preferred_max_thickness_mm >= tc:
         return f"{own}, thicker than the preferred {_mm(policy.preferred_max_thickness_mm)}; chose {chosen.label}"
     if t > tc:
-        return f"{own}; chose the thinner {chosen.label} ({_mm(tc)})"
+        return f"{own}; chose the thinner {chosen.label} of {_mm(tc)}"
     if n < nc:
         return f"{own}; chose {chosen.label} with as thin and more slices ({nc})"
     return f"{own}; equal to {chosen.label}, which comes first by series number"

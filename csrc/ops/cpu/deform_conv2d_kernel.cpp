@@ -1,0 +1,418 @@
+// CPU kernels of ctnode::deform_conv2d: bilinear im2col fused with the mask, GEMM through ATen.
+//
+// Layout: the input is read channels-last ([H * W, C] per image) so every
+// sample gathers contiguous channel vectors; the sampling taps of an output
+// position (four corners and weights) are computed once and reused for all
+// channels of an offset group. Columns of a chunk of output positions are
+// [groups, positions, taps, C / groups], so each group's GEMM operand is one
+// contiguous matrix. The backward never uses atomics: weight gradients
+// accumulate chunk by chunk in a fixed order, offset and mask gradients are
+// owned by their output position, and input gradients by their channel.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../bilinear.h"
+#include "../deform_conv2d.h"
+
+namespace ctnode {
+namespace ops {
+
+namespace {
+
+// Column elements of one chunk: a chunk's columns stay in the L2 cache.
+constexpr int64_t kColumnElementsPerChunk = 1 << 15;
+
+int64_t chunk_positions(const DeformConv2dShape& s, int64_t scale) {
+  return std::max<int64_t>(16, scale * kColumnElementsPerChunk / (s.in_channels * s.taps()));
+}
+
+template <typename scalar_t>
+struct Tap {
+  Corners<scalar_t> corners;
+  scalar_t mask;
+};
+
+// Calls fn(group, channel_in_group, channel, count) for each run of channels
+// in [begin, end) that lies within one convolution group.
+template <typename Fn>
+inline void for_each_group_run(int64_t begin, int64_t end, int64_t channels_per_group, Fn fn) {
+  while (begin < end) {
+    const int64_t g = begin / channels_per_group;
+    const int64_t cg = begin - g * channels_per_group;
+    const int64_t count = std::min(end - begin, channels_per_group - cg);
+    fn(g, cg, begin, count);
+    begin += count;
+  }
+}
+
+// Taps of positions [p_begin + q_begin, p_begin + q_end) of one image,
+// stored at taps[(q * taps + k) * offset_groups + og].
+template <typename scalar_t>
+void compute_taps(
+    const DeformConv2dShape& s,
+    const scalar_t* offset,
+    const scalar_t* mask,
+    int64_t p_begin,
+    int64_t q_begin,
+    int64_t q_end,
+    Tap<scalar_t>* taps) {
+  const int64_t positions = s.positions();
+  const int64_t k_count = s.taps();
+  const int64_t og_count = s.offset_groups;
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const int64_t p = p_begin + q;
+    const int64_t ho = p / s.out_w;
+    const int64_t wo = p - ho * s.out_w;
+    for (int64_t k = 0; k < k_count; ++k) {
+      const int64_t kh = k / s.kernel_w;
+      const int64_t kw = k - kh * s.kernel_w;
+      const scalar_t base_y = ho * s.stride_h - s.pad_h + kh * s.dilation_h;
+      const scalar_t base_x = wo * s.stride_w - s.pad_w + kw * s.dilation_w;
+      for (int64_t og = 0; og < og_count; ++og) {
+        const int64_t tap = og * k_count + k;
+        Tap<scalar_t>& t = taps[(q * k_count + k) * og_count + og];
+        t.corners = zero_padded_corners<scalar_t>(
+            base_y + offset[(2 * tap) * positions + p],
+            base_x + offset[(2 * tap + 1) * positions + p],
+            s.height,
+            s.width);
+        t.mask = mask ? mask[tap * positions + p] : scalar_t(1);
+      }
+    }
+  }
+}
+
+// columns[g, q, k, cg] = mask * bilinear(input[channel g * Cg + cg]) at tap k of position q.
+template <typename scalar_t>
+void gather_columns(
+    const DeformConv2dShape& s,
+    const scalar_t* input,
+    const Tap<scalar_t>* taps,
+    int64_t capacity,
+    int64_t q_begin,
+    int64_t q_end,
+    scalar_t* columns) {
+  const int64_t channels = s.in_channels;
+  const int64_t cg_count = s.channels_per_group();
+  const int64_t cog_count = s.channels_per_offset_group();
+  const int64_t k_count = s.taps();
+  const int64_t og_count = s.offset_groups;
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    for (int64_t k = 0; k < k_count; ++k) {
+      for (int64_t og = 0; og < og_count; ++og) {
+        const Tap<scalar_t>& t = taps[(q * k_count + k) * og_count + og];
+        const scalar_t w0 = t.mask * t.corners.weight[0];
+        const scalar_t w1 = t.mask * t.corners.weight[1];
+        const scalar_t w2 = t.mask * t.corners.weight[2];
+        const scalar_t w3 = t.mask * t.corners.weight[3];
+        const scalar_t* s0 = input + t.corners.index[0] * channels;
+        const scalar_t* s1 = input + t.corners.index[1] * channels;
+        const scalar_t* s2 = input + t.corners.index[2] * channels;
+        const scalar_t* s3 = input + t.corners.index[3] * channels;
+        for_each_group_run(og * cog_count, (og + 1) * cog_count, cg_count,
+            [&](int64_t g, int64_t cg, int64_t c, int64_t count) {
+              scalar_t* dst = columns + ((g * capacity + q) * k_count + k) * cg_count + cg;
+              for (int64_t i = 0; i < count; ++i) {
+                dst[i] = w0 * s0[c + i] + w1 * s1[c + i] + w2 * s2[c + i] + w3 * s3[c + i];
+              }
+            });
+      }
+    }
+  }
+}
+
+// Offset and mask gradients of positions [q_begin, q_end) of a chunk, from
+// the column gradients: d out / d y = mask * sum_j dweight_dy_j * x_j, etc.
+template <typename scalar_t>
+void offset_mask_grad(
+    const DeformConv2dShape& s,
+    const scalar_t* input,
+    const Tap<scalar_t>* taps,
+    const scalar_t* grad_columns,
+    int64_t capacity,
+    int64_t p_begin,
+    int64_t q_begin,
+    int64_t q_end,
+    scalar_t* grad_offset,
+    scalar_t* grad_mask) {
+  const int64_t positions = s.positions();
+  const int64_t channels = s.in_channels;
+  const int64_t cg_count = s.channels_per_group();
+  const int64_t cog_count = s.channels_per_offset_group();
+  const int64_t k_count = s.taps();
+  const int64_t og_count = s.offset_groups;
+  for (int64_t q = q_begin; q < q_end; ++q) {
+    const int64_t p = p_begin + q;
+    for (int64_t k = 0; k < k_count; ++k) {
+      for (int64_t og = 0; og < og_count; ++og) {
+        const Tap<scalar_t>& t = taps[(q * k_count + k) * og_count + og];
+        scalar_t dot[4] = {0, 0, 0, 0};
+        for_each_group_run(og * cog_count, (og + 1) * cog_count, cg_count,
+            [&](int64_t g, int64_t cg, int64_t c, int64_t count) {
+              const scalar_t* gc = grad_columns + ((g * capacity + q) * k_count + k) * cg_count + cg;
+              for (int j = 0; j < 4; ++j) {
+                const scalar_t* src = input + t.corners.index[j] * channels + c;
+                scalar_t acc = 0;
+                for (int64_t i = 0; i < count; ++i) {
+                  acc += gc[i] * src[i];
+                }
+                dot[j] += acc;
+              }
+            });
+        scalar_t gy = 0, gx = 0, gm = 0;
+        for (int j = 0; j < 4; ++j) {
+          gy += t.corners.dweight_dy[j] * dot[j];
+          gx += t.corners.dweight_dx[j] * dot[j];
+          gm += t.corners.weight[j] * dot[j];
+        }
+        const int64_t tap = og * k_count + k;
+        grad_offset[(2 * tap) * positions + p] = t.mask * gy;
+        grad_offset[(2 * tap + 1) * positions + p] = t.mask * gx;
+        if (grad_mask) {
+          grad_mask[tap * positions + p] = gm;
+        }
+      }
+    }
+  }
+}
+
+// grad_input[corner, c] += mask * weight_j * grad_columns for channels
+// [c_begin, c_end): each channel is owned by one thread, and updated in the
+// fixed order of (position, tap, corner), so the result is deterministic.
+template <typename scalar_t>
+void scatter_input_grad(
+    const DeformConv2dShape& s,
+    const Tap<scalar_t>* taps,
+    const scalar_t* grad_columns,
+    int64_t capacity,
+    int64_t count_q,
+    int64_t c_begin,
+    int64_t c_end,
+    scalar_t* grad_input) {
+  const int64_t channels = s.in_channels;
+  const int64_t cg_count = s.channels_per_group();
+  const int64_t cog_count = s.channels_per_offset_group();
+  const int64_t k_count = s.taps();
+  const int64_t og_first = c_begin / cog_count;
+  const int64_t og_last = (c_end - 1) / cog_count;
+  for (int64_t q = 0; q < count_q; ++q) {
+    for (int64_t k = 0; k < k_count; ++k) {
+      for (int64_t og = og_first; og <= og_last; ++og) {
+        const Tap<scalar_t>& t = taps[(q * k_count + k) * s.offset_groups + og];
+        const int64_t begin = std::max(c_begin, og * cog_count);
+        const int64_t end = std::min(c_end, (og + 1) * cog_count);
+        for_each_group_run(begin, end, cg_count,
+            [&](int64_t g, int64_t cg, int64_t c, int64_t count) {
+              const scalar_t* gc = grad_columns + ((g * capacity + q) * k_count + k) * cg_count + cg;
+              for (int j = 0; j < 4; ++j) {
+                const scalar_t w = t.mask * t.corners.weight[j];
+                if (w == scalar_t(0)) {
+                  continue;
+                }
+                scalar_t* dst = grad_input + t.corners.index[j] * channels + c;
+                for (int64_t i = 0; i < count; ++i) {
+                  dst[i] += w * gc[i];
+                }
+              }
+            });
+      }
+    }
+  }
+}
+
+struct Prepared {
+  at::Tensor input;    // [N, H * W, C]
+  at::Tensor offset;   // [N, 2 * OG * K, P]
+  at::Tensor mask;     // [N, OG * K, P] or undefined
+  at::Tensor weight;   // [G, O / G, K * C / G], taps before channels
+};
+
+Prepared prepare(
+    const DeformConv2dShape& s,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& offset,
+    const std::optional<at::Tensor>& mask) {
+  Prepared p;
+  p.input = input.permute({0, 2, 3, 1}).contiguous();
+  p.offset = offset.contiguous();
+  if (mask.has_value()) {
+    p.mask = mask->contiguous();
+  }
+  p.weight = weight
+                 .reshape({s.groups, s.out_channels / s.groups, s.channels_per_group(), s.taps()})
+                 .permute({0, 1, 3, 2})
+                 .contiguous()
+                 .view({s.groups, s.out_channels / s.groups, s.taps() * s.channels_per_group()});
+  return p;
+}
+
+template <typename scalar_t>
+void forward_kernel(const DeformConv2dShape& s, const Prepared& p, at::Tensor& output) {
+  const int64_t positions = s.positions();
+  const int64_t capacity = chunk_positions(s, 1);
+  const int64_t chunks_per_image = (positions + capacity - 1) / capacity;
+  const int64_t hw = s.height * s.width;
+  const int64_t og_stride = 2 * s.offset_groups * s.taps() * positions;
+  const int64_t mask_stride = s.offset_groups * s.taps() * positions;
+  const at::Tensor out = output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
+  at::parallel_for(0, s.batch * chunks_per_image, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Tap<scalar_t>> taps(capacity * s.taps() * s.offset_groups);
+    at::Tensor columns = at::empty(
+        {s.groups, capacity, s.taps() * s.channels_per_group()}, p.input.options());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / chunks_per_image;
+      const int64_t p_begin = (task - n * chunks_per_image) * capacity;
+      const int64_t count = std::min(capacity, positions - p_begin);
+      const scalar_t* mask = p.mask.defined() ? p.mask.data_ptr<scalar_t>() + n * mask_stride : nullptr;
+      compute_taps<scalar_t>(
+          s, p.offset.data_ptr<scalar_t>() + n * og_stride, mask, p_begin, 0, count, taps.data());
+      gather_columns<scalar_t>(
+          s, p.input.data_ptr<scalar_t>() + n * hw * s.in_channels, taps.data(), capacity, 0,
+          count, columns.data_ptr<scalar_t>());
+      for (int64_t g = 0; g < s.groups; ++g) {
+        out[n][g].narrow(1, p_begin, count).addmm_(p.weight[g], columns[g].narrow(0, 0, count).t());
+      }
+    }
+  });
+}
+
+at::Tensor deform_conv2d_cpu(
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& offset,
+    const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    int64_t offset_groups) {
+  const DeformConv2dShape s = check_deform_conv2d(
+      input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
+  at::Tensor output = bias.has_value()
+      ? bias->view({1, s.out_channels, 1, 1})
+            .expand({s.batch, s.out_channels, s.out_h, s.out_w})
+            .contiguous()
+      : at::zeros({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+  if (s.batch == 0) {
+    return output;
+  }
+  const Prepared p = prepare(s, input, weight, offset, mask);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
+    forward_kernel<scalar_t>(s, p, output);
+  });
+  return output;
+}
+
+template <typename scalar_t>
+void backward_kernel(
+    const DeformConv2dShape& s,
+    const Prepared& p,
+    const at::Tensor& grad_output,
+    at::Tensor& grad_input,
+    at::Tensor& grad_weight,
+    at::Tensor& grad_offset,
+    at::Tensor& grad_mask) {
+  const int64_t positions = s.positions();
+  const int64_t capacity = std::min(positions, chunk_positions(s, 4));
+  const int64_t hw = s.height * s.width;
+  const int64_t offset_stride = 2 * s.offset_groups * s.taps() * positions;
+  const int64_t mask_stride = s.offset_groups * s.taps() * positions;
+  const at::Tensor go = grad_output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
+  std::vector<Tap<scalar_t>> taps(capacity * s.taps() * s.offset_groups);
+  at::Tensor columns =
+      at::empty({s.groups, capacity, s.taps() * s.channels_per_group()}, p.input.options());
+  at::Tensor grad_columns = at::empty_like(columns);
+  const int64_t grain = std::max<int64_t>(1, 2048 / (s.taps() * s.in_channels));
+  for (int64_t n = 0; n < s.batch; ++n) {
+    const scalar_t* input = p.input.data_ptr<scalar_t>() + n * hw * s.in_channels;
+    const scalar_t* offset = p.offset.data_ptr<scalar_t>() + n * offset_stride;
+    const scalar_t* mask = p.mask.defined() ? p.mask.data_ptr<scalar_t>() + n * mask_stride : nullptr;
+    scalar_t* g_input = grad_input.data_ptr<scalar_t>() + n * hw * s.in_channels;
+    scalar_t* g_offset = grad_offset.data_ptr<scalar_t>() + n * offset_stride;
+    scalar_t* g_mask = grad_mask.defined() ? grad_mask.data_ptr<scalar_t>() + n * mask_stride : nullptr;
+    for (int64_t p_begin = 0; p_begin < positions; p_begin += capacity) {
+      const int64_t count = std::min(capacity, positions - p_begin);
+      at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+        compute_taps<scalar_t>(s, offset, mask, p_begin, begin, end, taps.data());
+        gather_columns<scalar_t>(
+            s, input, taps.data(), capacity, begin, end, columns.data_ptr<scalar_t>());
+      });
+      for (int64_t g = 0; g < s.groups; ++g) {
+        const at::Tensor go_g = go[n][g].narrow(1, p_begin, count);
+        grad_weight[g].addmm_(go_g, columns[g].narrow(0, 0, count));
+        at::Tensor gc = grad_columns[g].narrow(0, 0, count);
+        at::mm_out(gc, go_g.t(), p.weight[g]);
+      }
+      at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+        offset_mask_grad<scalar_t>(
+            s, input, taps.data(), grad_columns.data_ptr<scalar_t>(), capacity, p_begin, begin,
+            end, g_offset, g_mask);
+      });
+      at::parallel_for(0, s.in_channels, 16, [&](int64_t begin, int64_t end) {
+        scatter_input_grad<scalar_t>(
+            s, taps.data(), grad_columns.data_ptr<scalar_t>(), capacity, count, begin, end,
+            g_input);
+      });
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+deform_conv2d_backward_cpu(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& offset,
+    const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    int64_t offset_groups) {
+  const DeformConv2dShape s = check_deform_conv2d(
+      input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
+  TORCH_CHECK(
+      grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+      "deform_conv2d backward: grad_output must be [N, O, Ho, Wo], got ", grad_output.sizes());
+  const int64_t og = s.out_channels / s.groups;
+  const int64_t kc = s.taps() * s.channels_per_group();
+  at::Tensor grad_input = at::zeros({s.batch, s.height * s.width, s.in_channels}, input.options());
+  at::Tensor grad_weight = at::zeros({s.groups, og, kc}, input.options());
+  at::Tensor grad_offset = at::zeros_like(offset, at::MemoryFormat::Contiguous);
+  at::Tensor grad_mask = mask.has_value() ? at::zeros_like(*mask, at::MemoryFormat::Contiguous)
+                                          : at::empty({0}, input.options());
+  at::Tensor grad_bias = bias.has_value() ? grad_output.sum({0, 2, 3}) : at::empty({0}, input.options());
+  if (s.batch > 0) {
+    const Prepared p = prepare(s, input, weight, offset, mask);
+    at::Tensor masked_grad = mask.has_value() ? grad_mask : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_backward_cpu", [&] {
+      backward_kernel<scalar_t>(
+          s, p, grad_output.contiguous(), grad_input, grad_weight, grad_offset, masked_grad);
+    });
+  }
+  return {
+      grad_input.view({s.batch, s.height, s.width, s.in_channels}).permute({0, 3, 1, 2}).contiguous(),
+      grad_weight.view({s.groups, og, s.taps(), s.channels_per_group()})
+          .permute({0, 1, 3, 2})
+          .reshape(weight.sizes()),
+      grad_offset,
+      grad_mask,
+      grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ctnode, CPU, m) {
+  m.impl("deform_conv2d", TORCH_FN(deform_conv2d_cpu));
+  m.impl("_deform_conv2d_backward", TORCH_FN(deform_conv2d_backward_cpu));
+}
+
+}  // namespace ops
+}  // namespace ctnode

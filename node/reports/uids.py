@@ -28,7 +28,7 @@ def derive_uid(root: str, *parts: str) -> UID:
     if room < _MIN_SUFFIX_DIGITS:
         raise ValueError(f"UID root {root!r} leaves {room} digits for the suffix; at least {_MIN_SUFFIX_DIGITS} are needed")
     digest = hashlib.sha256("\x1f".join((root, *parts)).encode()).digest()
-    suffix = str(int.from_bytes(digest, "big"))[:room].lstrip("0") or "1"
+    suffix = str(int.from_bytes(digest, "big"))[:room]
     return UID(f"{root}.{suffix}")
 
 

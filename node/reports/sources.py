@@ -1,0 +1,126 @@
+"""The read CT series as the report builders need it: validated, ordered, with header-only evidence copies."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from detector.findings import Finding
+
+# Type 2 attributes highdicom copies from the first evidence instance; real (and de-identified) studies lack some.
+_TYPE2_COPIED = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+    "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+)
+_REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+             "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+
+
+class SourceSeries:
+    """The source images of one run, checked to be one series of one study in one frame of reference."""
+
+    def __init__(self, datasets: Sequence[Dataset]) -> None:
+        if not datasets:
+            raise ValueError("a report needs the source images of the read series; none were given")
+        for ds in datasets:
+            missing = [k for k in _REQUIRED if k not in ds]
+            if missing:
+                raise ValueError(f"source image {ds.get('SOPInstanceUID', '?')} lacks {', '.join(missing)}")
+        for attr in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+            values = {str(ds[attr].value) for ds in datasets}
+            if len(values) != 1:
+                raise ValueError(f"source images must share one {attr}; found {len(values)} different values")
+        uids = [str(ds.SOPInstanceUID) for ds in datasets]
+        if len(set(uids)) != len(uids):
+            raise ValueError("source images must have distinct SOP Instance UIDs; the series holds duplicates")
+        normal = self._normal(datasets[0])
+        self.images: tuple[Dataset, ...] = tuple(
+            sorted(datasets, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+        )
+        self._by_uid = {str(ds.SOPInstanceUID): ds for ds in self.images}
+
+    @staticmethod
+    def _normal(ds: Dataset) -> np.ndarray:
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        return np.cross(iop[:3], iop[3:])
+
+    @property
+    def first(self) -> Dataset:
+        """The first image along the slice normal."""
+        return self.images[0]
+
+    @property
+    def study_instance_uid(self) -> str:
+        """The study every emitted object joins."""
+        return str(self.first.StudyInstanceUID)
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        """The patient coordinate system the images (and the findings' mm coordinates) are in."""
+        return str(self.first.FrameOfReferenceUID)
+
+    def image(self, sop_instance_uid: str) -> Dataset:
+        """The source image with this SOP Instance UID; KeyError says when it is not in the series."""
+        try:
+            return self._by_uid[sop_instance_uid]
+        except KeyError:
+            raise KeyError(f"image {sop_instance_uid} is not in the read series") from None
+
+    def check_findings(self, findings: Sequence[Finding]) -> None:
+        """Raise ValueError with the reason when a finding's boxes do not fit the series' images."""
+        for n, finding in enumerate(findings, start=1):
+            if not finding.slices:
+                raise ValueError(f"finding {n} ({finding.label}) has no per-slice boxes to report")
+            if not 0.0 <= finding.score <= 1.0:
+                raise ValueError(f"finding {n} ({finding.label}) has score {finding.score}; scores lie in [0, 1]")
+            for box in finding.slices:
+                ds = self.image(box.sop_instance_uid)
+                x1, y1, x2, y2 = box.box_px
+                if not (0 <= x1 < x2 <= int(ds.Columns) and 0 <= y1 < y2 <= int(ds.Rows)):
+                    raise ValueError(
+                        f"finding {n} ({finding.label}) box {box.box_px} is not inside the "
+                        f"{ds.Columns}x{ds.Rows} image {box.sop_instance_uid}"
+                    )
+
+    def headers(self, sop_instance_uids: Sequence[str] | None = None) -> list[Dataset]:
+        """Header-only copies (no pixel data) of the images, with absent copied Type 2 attributes added empty."""
+        chosen = self.images if sop_instance_uids is None else [self.image(u) for u in sop_instance_uids]
+        return [_header(ds) for ds in chosen]
+
+    def hounsfield(self, sop_instance_uid: str) -> np.ndarray:
+        """The image's pixels in HU (modality LUT applied); ValueError when the dataset carries no pixel data."""
+        ds = self.image(sop_instance_uid)
+        if "PixelData" not in ds:
+            raise ValueError(f"image {sop_instance_uid} was given without pixel data; secondary captures need it")
+        return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+
+    def patient_orientation(self) -> tuple[str, str]:
+        """Patient Orientation (row, column directions) from Image Orientation (Patient), e.g. ("L", "P")."""
+        iop = np.asarray(self.first.ImageOrientationPatient, float)
+        return _direction(iop[:3]), _direction(iop[3:])
+
+
+def _direction(vector: np.ndarray) -> str:
+    """The patient-orientation letters of an LPS direction, strongest axis first (at most three letters)."""
+    letters = []
+    for axis in np.argsort(-np.abs(vector)):
+        if abs(vector[axis]) < 1e-3:
+            break
+        letters.append(("LR", "PA", "HF")[axis][0 if vector[axis] > 0 else 1])
+    return "".join(letters)
+
+
+def _header(ds: Dataset) -> Dataset:
+    """A shallow header copy of ``ds`` (pixel data left out) with absent copied Type 2 attributes added empty."""
+    header = Dataset()
+    header.file_meta = getattr(ds, "file_meta", Dataset())
+    for element in ds:
+        if element.tag.group != 0x7FE0:
+            header.add(element)
+    for keyword in _TYPE2_COPIED:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    return header

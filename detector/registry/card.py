@@ -81,19 +81,20 @@ class _Fields:
     """Reads one JSON object, naming every problem by its path in the card."""
 
     def __init__(self, data: Any, where: str, allowed: set[str], required: set[str]) -> None:
+        name = where or "top level"
         if not isinstance(data, dict):
-            raise ModelCardError(f"{where}: expected an object, got {type(data).__name__}")
+            raise ModelCardError(f"{name}: expected an object, got {type(data).__name__}")
         unknown = sorted(set(data) - allowed)
         if unknown:
-            raise ModelCardError(f"{where}: unknown field(s) {unknown}")
+            raise ModelCardError(f"{name}: unknown field(s) {unknown}")
         missing = sorted(k for k in required if data.get(k) is None)
         if missing:
-            raise ModelCardError(f"{where}: missing or null field(s) {missing}")
+            raise ModelCardError(f"{name}: missing or null field(s) {missing}")
         self.data, self.where = data, where
 
     def at(self, key: str) -> str:
         """The path of ``key`` in the card, for messages."""
-        return f"{self.where}.{key}"
+        return f"{self.where}.{key}" if self.where else key
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
         """The value at ``key`` if it has type ``kind``; ``default`` when it is absent or null."""
@@ -152,15 +153,18 @@ def _input_spec(data: Any, where: str) -> InputSpec:
     windows = []
     for w_where, item in f.items("windows"):
         w = _Fields(item, w_where, {"centre", "width"}, {"centre", "width"})
-        windows.append((w_where, w.number("centre"), w.number("width")))
+        try:
+            windows.append(HUWindow(w.number("centre"), w.number("width")))
+        except ValueError as exc:
+            raise ModelCardError(f"{w_where}: {exc}") from exc
+    values = {
+        "pixel_spacing_mm": f.number("pixel_spacing_mm"),
+        "context_slices": f.get("context_slices", int, 1),
+        "slice_step_mm": f.number("slice_step_mm"),
+        "pad_multiple": f.get("pad_multiple", int, 32),
+    }
     try:
-        return InputSpec(
-            pixel_spacing_mm=f.number("pixel_spacing_mm"),
-            windows=tuple(HUWindow(centre, width) for _, centre, width in windows),
-            context_slices=f.get("context_slices", int, 1),
-            slice_step_mm=f.number("slice_step_mm"),
-            pad_multiple=f.get("pad_multiple", int, 32),
-        )
+        return InputSpec(windows=tuple(windows), **values)
     except ValueError as exc:
         raise ModelCardError(f"{where}: {exc}") from exc
 
@@ -172,11 +176,11 @@ _CARD_FIELDS = {
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
-    f = _Fields(data, source, _CARD_FIELDS, _CARD_FIELDS - {"evaluation"})
-    if f.get("schema_version", int) != SCHEMA_VERSION:
-        raise ModelCardError(f"{f.at('schema_version')}: {data['schema_version']} is not supported, expected {SCHEMA_VERSION}")
-    weights = _Fields(data["weights"], f.at("weights"), {"file", "sha256"}, {"file", "sha256"})
     try:
+        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation"})
+        if f.get("schema_version", int) != SCHEMA_VERSION:
+            raise ModelCardError(f"schema_version: {data['schema_version']} is not supported, expected {SCHEMA_VERSION}")
+        weights = _Fields(data["weights"], "weights", {"file", "sha256"}, {"file", "sha256"})
         return ModelCard(
             name=f.get("name", str),
             version=f.get("version", str),
@@ -189,8 +193,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             evaluation=tuple(_figure(item, where) for where, item in f.items("evaluation")),
         )
     except ModelCardError as exc:
-        message = str(exc)
-        raise ModelCardError(message if message.startswith(source) else f"{source}: {message}") from exc
+        raise ModelCardError(f"{source}: {exc}") from exc
 
 
 def _code_dict(code: Code | None) -> dict[str, str] | None:

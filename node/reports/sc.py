@@ -1,0 +1,159 @@
+"""Secondary Capture overlays: each finding's key slice with boxes, labels and banner, plus one summary per study."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from detector.findings import Finding, SliceBox
+from node.reports.options import ReportOptions, ReportRun
+from node.reports.render import DrawnBox, render_slice, render_summary, windowed_gray
+from node.reports.sources import SourceSeries
+from node.reports.uids import ObjectKind, RunUids
+
+SC_SERIES_DESCRIPTION = "AI findings overlay (not for diagnosis)"
+_SUMMARY_LINES = 10
+
+
+def key_slice(finding: Finding) -> SliceBox:
+    """The finding's key slice: its highest-scoring box, the one nearest the middle on ties."""
+    middle = (len(finding.slices) - 1) / 2.0
+    best = max(range(len(finding.slices)), key=lambda i: (finding.slices[i].score, -abs(i - middle)))
+    return finding.slices[best]
+
+
+def finding_caption(n: int, finding: Finding) -> str:
+    """The text drawn next to a finding's box: number, label and score."""
+    return f"#{n + 1} {finding.label} {finding.score:.2f}"
+
+
+def _boxes_on(sop_instance_uid: str, findings: Sequence[Finding]) -> list[DrawnBox]:
+    """Every finding's box on that image, captioned."""
+    return [
+        DrawnBox(box.box_px, finding_caption(n, finding))
+        for n, finding in enumerate(findings)
+        for box in finding.slices
+        if box.sop_instance_uid == sop_instance_uid
+    ]
+
+
+def _footer(run: ReportRun) -> str:
+    return f"ctnode {run.algorithm.name} {run.algorithm.version}"
+
+
+def _references(images: Sequence[Dataset]) -> list[Dataset]:
+    items = []
+    for image in images:
+        item = Dataset()
+        item.ReferencedSOPClassUID = image.SOPClassUID
+        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        items.append(item)
+    return items
+
+
+def _secondary_capture(
+    pixels: np.ndarray,
+    sources: Sequence[Dataset],
+    series: SourceSeries,
+    uids: RunUids,
+    index: int,
+    options: ReportOptions,
+    derivation: str,
+    pixel_spacing: tuple[float, float] | None,
+) -> hd.sc.SCImage:
+    """An RGB SC in the source study, referencing ``sources`` and their frame of reference, text burned in."""
+    header = series.headers([str(sources[0].SOPInstanceUID)])[0]
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=header,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=uids.series(ObjectKind.SC),
+        series_number=options.series_number_base + 2,
+        sop_instance_uid=uids.instance(ObjectKind.SC, index),
+        instance_number=index + 1,
+        manufacturer=options.manufacturer,
+        pixel_spacing=pixel_spacing,
+        patient_orientation=series.patient_orientation(),
+        series_description=SC_SERIES_DESCRIPTION,
+    )
+    sc.ConversionType = "WSD"
+    sc.BurnedInAnnotation = "YES"
+    sc.RecognizableVisualFeatures = "NO"
+    sc.FrameOfReferenceUID = series.frame_of_reference_uid
+    sc.DerivationDescription = derivation
+    sc.SourceImageSequence = _references(sources)
+    sc.ReferencedImageSequence = _references(sources)
+    _copy_anatomy(header, sc)
+    if options.institution_name is not None:
+        sc.InstitutionName = options.institution_name
+    return sc
+
+
+def _copy_anatomy(source: Dataset, target: Dataset) -> None:
+    """Body Part Examined when the source names it; Laterality as the source has it, else present and empty.
+
+    An empty Laterality (Type 2C) says "not known" where the body part is unknown or may be paired.
+    """
+    if "BodyPartExamined" in source:
+        target.BodyPartExamined = source.BodyPartExamined
+    target.Laterality = source.get("Laterality", "")
+
+
+def build_secondary_captures(run: ReportRun, options: ReportOptions) -> list[hd.sc.SCImage]:
+    """One overlay SC per finding (its key slice, all boxes on it drawn), then the study summary SC last."""
+    series = SourceSeries(run.sources)
+    series.check_findings(run.findings)
+    uids = RunUids(options.uid_root, run.run_id)
+    captures = []
+    crops = []
+    for n, finding in enumerate(run.findings):
+        key = series.image(key_slice(finding).sop_instance_uid)
+        gray = windowed_gray(series.hounsfield(str(key.SOPInstanceUID)), options.window_centre_hu, options.window_width_hu)
+        pixels = render_slice(gray, _boxes_on(str(key.SOPInstanceUID), run.findings), options.banner_text, _footer(run))
+        spacing = tuple(float(v) for v in key.PixelSpacing)
+        captures.append(
+            _secondary_capture(
+                pixels, [key], series, uids, n, options,
+                f"AI finding {n + 1} boxes burned into the CT slice, window C{options.window_centre_hu:g} "
+                f"W{options.window_width_hu:g}",
+                (spacing[0], spacing[1]),
+            )
+        )
+        crops.append(_crop_around(pixels, key_slice(finding).box_px))
+    captures.append(_summary(run, series, uids, options, crops))
+    return captures
+
+
+def _crop_around(pixels: np.ndarray, box_px: tuple[float, float, float, float]) -> np.ndarray:
+    """A square crop of the rendered slice centred on the box, three box sizes wide (at least 96 px)."""
+    rows, columns = pixels.shape[:2]
+    x1, y1, x2, y2 = box_px
+    side = int(min(max(3 * max(x2 - x1, y2 - y1), 96), rows, columns))
+    left = int(np.clip((x1 + x2 - side) / 2, 0, columns - side))
+    top = int(np.clip((y1 + y2 - side) / 2, 0, rows - side))
+    return pixels[top:top + side, left:left + side]
+
+
+def _summary(
+    run: ReportRun, series: SourceSeries, uids: RunUids, options: ReportOptions, crops: Sequence[np.ndarray]
+) -> hd.sc.SCImage:
+    """The study summary page: model, finding count, one line and one crop per finding."""
+    findings = run.findings
+    lines = [_footer(run), f"{len(findings)} finding(s)" if findings else "No finding detected by this model"]
+    shown = _SUMMARY_LINES - len(lines) - 1
+    for n, finding in enumerate(findings[:shown]):
+        lines.append(f"{finding_caption(n, finding)}  ({len(finding.slices)} slice(s))")
+    if len(findings) > shown:
+        lines.append(f"... and {len(findings) - shown} more, see the report")
+    pixels = render_summary(crops, lines, options.banner_text)
+    keys = [series.image(key_slice(f).sop_instance_uid) for f in findings] or [series.first]
+    unique_keys = list({str(k.SOPInstanceUID): k for k in keys}.values())
+    return _secondary_capture(
+        pixels, unique_keys, series, uids, len(findings), options,
+        "AI findings summary of the study, rendered from the key slices", None,
+    )

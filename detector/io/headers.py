@@ -109,16 +109,16 @@ def read_headers(source: Path | Iterable[Path]) -> HeaderScan:
     for path in files:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if not all(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")):
+                ignored.append(f"file {path.name}: not an image instance (no SOP Class/Instance or Series UID)")
+                continue
+            header = header_from_dataset(ds, path)
         except InvalidDicomError:
             ignored.append(f"file {path.name}: not a DICOM file")
             continue
         except (OSError, ValueError, EOFError) as exc:
             ignored.append(f"file {path.name}: unreadable DICOM header ({type(exc).__name__})")
             continue
-        if not all(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")):
-            ignored.append(f"file {path.name}: not an image instance (no SOP Class/Instance or Series UID)")
-            continue
-        header = header_from_dataset(ds, path)
         if header.sop_instance_uid in headers:
             ignored.append(f"file {path.name}: duplicate of instance {header.sop_instance_uid}")
             continue

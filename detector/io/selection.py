@@ -75,7 +75,9 @@ def _image_type_reason(series: Series) -> str | None:
     localizers = sum("LOCALIZER" in h.image_type for h in series.instances)
     if localizers:
         return "LOCALIZER image type" + ("" if localizers == n else f" ({localizers} of {n} instances)")
-    wrong = Counter("\\".join(h.image_type[:2]) or "no" for h in series.instances if h.image_type[:2] != ("ORIGINAL", "PRIMARY"))
+    wrong = Counter(
+        "\\".join(h.image_type[:2]) or "no" for h in series.instances if h.image_type[:2] != ("ORIGINAL", "PRIMARY")
+    )
     if wrong:
         kind, count = wrong.most_common(1)[0]
         share = "" if count == n else f" ({count} of {n} instances)"

@@ -74,7 +74,8 @@ class ModelCard:
         for c in self.classes:
             if c.label == label:
                 return c
-        raise KeyError(f"model {self.name} {self.version} has no class {label!r} (has {[c.label for c in self.classes]})")
+        labels = [c.label for c in self.classes]
+        raise KeyError(f"model {self.name} {self.version} has no class {label!r} (has {labels})")
 
 
 class _Fields:
@@ -137,7 +138,8 @@ def _class(data: Any, where: str) -> ModelClass:
 def _figure(data: Any, where: str) -> EvaluationFigure:
     f = _Fields(data, where, {"metric", "value", "dataset", "ci95"}, {"metric", "value", "dataset"})
     ci = f.get("ci95", list)
-    if ci is not None and (len(ci) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ci)):
+    numbers = ci is not None and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ci)
+    if ci is not None and (len(ci) != 2 or not numbers):
         raise ModelCardError(f"{f.at('ci95')}: expected [low, high], got {json.dumps(ci)}")
     return EvaluationFigure(
         metric=f.get("metric", str),
@@ -170,7 +172,8 @@ def _input_spec(data: Any, where: str) -> InputSpec:
 
 
 _CARD_FIELDS = {
-    "schema_version", "name", "version", "weights", "body_part", "classes", "input", "operating_threshold", "evaluation",
+    "schema_version", "name", "version", "weights", "body_part",
+    "classes", "input", "operating_threshold", "evaluation",
 }
 
 
@@ -179,7 +182,8 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     try:
         f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation"})
         if f.get("schema_version", int) != SCHEMA_VERSION:
-            raise ModelCardError(f"schema_version: {data['schema_version']} is not supported, expected {SCHEMA_VERSION}")
+            version = data["schema_version"]
+            raise ModelCardError(f"schema_version: {version} is not supported, expected {SCHEMA_VERSION}")
         weights = _Fields(data["weights"], "weights", {"file", "sha256"}, {"file", "sha256"})
         return ModelCard(
             name=f.get("name", str),
@@ -222,7 +226,12 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         },
         "operating_threshold": card.operating_threshold,
         "evaluation": [
-            {"metric": e.metric, "value": e.value, "dataset": e.dataset, "ci95": None if e.ci95 is None else list(e.ci95)}
+            {
+                "metric": e.metric,
+                "value": e.value,
+                "dataset": e.dataset,
+                "ci95": None if e.ci95 is None else list(e.ci95),
+            }
             for e in card.evaluation
         ],
     }
@@ -233,7 +242,8 @@ def load_card(path: Path) -> ModelCard:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ModelCardError(f"model card {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        raise ModelCardError(f"model card {path}: not valid JSON ({where})") from exc
     return card_from_dict(data, source=f"model card {path}")
 
 

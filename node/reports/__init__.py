@@ -1,1 +1,28 @@
 """Report stage: the DICOM objects (TID 1500 SR, Secondary Capture, GSPS, KOS) a run sends back to the PACS."""
+
+from node.reports.bundle import ReportObjects, build_report_objects, write_report_objects
+from node.reports.gsps import build_gsps
+from node.reports.kos import build_kos
+from node.reports.options import AlgorithmIdentity, EarlierReport, ReportOptions, ReportRun
+from node.reports.sc import build_secondary_captures
+from node.reports.sr import ReportedFinding, build_sr, read_findings
+from node.reports.uids import ObjectKind, RunUids, derive_uid
+
+__all__ = [
+    "AlgorithmIdentity",
+    "EarlierReport",
+    "ObjectKind",
+    "ReportObjects",
+    "ReportOptions",
+    "ReportRun",
+    "ReportedFinding",
+    "RunUids",
+    "build_gsps",
+    "build_kos",
+    "build_report_objects",
+    "build_secondary_captures",
+    "build_sr",
+    "derive_uid",
+    "read_findings",
+    "write_report_objects",
+]

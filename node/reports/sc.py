@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from detector.findings import Finding, SliceBox
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.render import DrawnBox, render_slice, render_summary, windowed_gray
-from node.reports.sources import SourceSeries
+from node.reports.sources import SourceSeries, copy_anatomy
 from node.reports.uids import ObjectKind, RunUids
 
 SC_SERIES_DESCRIPTION = "AI findings overlay (not for diagnosis)"
@@ -88,20 +88,10 @@ def _secondary_capture(
     sc.DerivationDescription = derivation
     sc.SourceImageSequence = _references(sources)
     sc.ReferencedImageSequence = _references(sources)
-    _copy_anatomy(header, sc)
+    copy_anatomy(header, sc)
     if options.institution_name is not None:
         sc.InstitutionName = options.institution_name
     return sc
-
-
-def _copy_anatomy(source: Dataset, target: Dataset) -> None:
-    """Body Part Examined when the source names it; Laterality as the source has it, else present and empty.
-
-    An empty Laterality (Type 2C) says "not known" where the body part is unknown or may be paired.
-    """
-    if "BodyPartExamined" in source:
-        target.BodyPartExamined = source.BodyPartExamined
-    target.Laterality = source.get("Laterality", "")
 
 
 def build_secondary_captures(run: ReportRun, options: ReportOptions) -> list[hd.sc.SCImage]:

@@ -124,3 +124,20 @@ def _header(ds: Dataset) -> Dataset:
         if keyword not in header:
             setattr(header, keyword, None)
     return header
+
+
+def copy_anatomy(source: Dataset, target: Dataset) -> None:
+    """Body Part Examined when the source names it; Laterality as the source has it, else present and empty.
+
+    An empty Laterality (Type 2C) says "not known" where the body part is unknown or may be paired.
+    """
+    if "BodyPartExamined" in source:
+        target.BodyPartExamined = source.BodyPartExamined
+    target.Laterality = source.get("Laterality", "")
+
+
+def drop_incomplete_study_references(ds: Dataset) -> None:
+    """Drop a copied Referenced Study Sequence whose items lack their SOP Class UID (Type 1 there; Type 3 sequence)."""
+    items = ds.get("ReferencedStudySequence")
+    if items is not None and any("ReferencedSOPClassUID" not in item for item in items):
+        del ds.ReferencedStudySequence

@@ -14,7 +14,7 @@ from pydicom.sr.coding import Code
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
 from node.reports.options import ReportOptions, ReportRun
-from node.reports.sources import SourceSeries
+from node.reports.sources import SourceSeries, drop_incomplete_study_references
 from node.reports.uids import ObjectKind, RunUids, derive_uid
 
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
@@ -154,15 +154,8 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
         previous_versions=[e.as_dataset() for e in run.earlier_reports] or None,
         series_description=SR_SERIES_DESCRIPTION,
     )
-    repair_copied_study_references(sr)
+    drop_incomplete_study_references(sr)
     return sr
-
-
-def repair_copied_study_references(ds: Dataset) -> None:
-    """Drop a copied Referenced Study Sequence whose items lack their SOP Class UID (Type 1 there; Type 3 sequence)."""
-    items = ds.get("ReferencedStudySequence")
-    if items is not None and any("ReferencedSOPClassUID" not in item for item in items):
-        del ds.ReferencedStudySequence
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,78 @@
+"""The optional Grayscale Softcopy Presentation State: the findings' boxes as graphic annotations on the CT."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+
+from node.reports.options import ReportOptions, ReportRun
+from node.reports.sc import finding_caption
+from node.reports.sources import SourceSeries, copy_anatomy, drop_incomplete_study_references
+from node.reports.uids import ObjectKind, RunUids
+
+GSPS_SERIES_DESCRIPTION = "AI findings boxes (not for diagnosis)"
+
+
+def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """A GSPS over the read series: every finding's per-slice box (closed polyline) and caption, model's window.
+
+    Raises ValueError for a run without findings: there is nothing to annotate.
+    """
+    series = SourceSeries(run.sources)
+    series.check_findings(run.findings)
+    if not run.findings:
+        raise ValueError("a presentation state needs at least one finding to annotate")
+    uids = RunUids(options.uid_root, run.run_id)
+    layer = hd.pr.GraphicLayer(layer_name=options.gsps_layer_name, order=1, description=options.banner_text)
+    annotations = []
+    for n, finding in enumerate(run.findings):
+        tracking_uid = uids.instance(ObjectKind.FINDING, n)
+        for box in finding.slices:
+            x1, y1, x2, y2 = box.box_px
+            outline = hd.pr.GraphicObject(
+                graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                graphic_data=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=float),
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                tracking_id=finding.tracking_id or f"finding {n + 1}",
+                tracking_uid=tracking_uid,
+            )
+            caption = hd.pr.TextObject(
+                text_value=f"{finding_caption(n, finding)} - {options.banner_text}",
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                anchor_point=(float(x1), float(y1)),
+                anchor_point_visible=False,
+            )
+            annotations.append(
+                hd.pr.GraphicAnnotation(
+                    referenced_images=[series.image(box.sop_instance_uid)],
+                    graphic_layer=layer,
+                    graphic_objects=[outline],
+                    text_objects=[caption],
+                )
+            )
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=series.headers(),
+        series_instance_uid=uids.series(ObjectKind.GSPS),
+        series_number=options.series_number_base + 3,
+        sop_instance_uid=uids.instance(ObjectKind.GSPS, 0),
+        instance_number=1,
+        manufacturer=options.manufacturer,
+        manufacturer_model_name=run.algorithm.name,
+        software_versions=run.algorithm.version,
+        device_serial_number=run.algorithm.weights_sha256[:16],
+        content_label=options.gsps_layer_name.replace(" ", "_"),
+        content_description=f"{run.algorithm.name} {run.algorithm.version} findings",
+        graphic_annotations=annotations,
+        graphic_layers=[layer],
+        institution_name=options.institution_name,
+        institutional_department_name=options.institutional_department_name,
+        voi_lut_transformations=[
+            hd.pr.SoftcopyVOILUTTransformation(
+                window_center=options.window_centre_hu, window_width=options.window_width_hu
+            )
+        ],
+        series_description=GSPS_SERIES_DESCRIPTION,
+    )
+    drop_incomplete_study_references(gsps)
+    copy_anatomy(series.first, gsps)
+    return gsps

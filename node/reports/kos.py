@@ -1,0 +1,46 @@
+"""The optional Key Object Selection: the key slices of the run's findings, flagged for the reader."""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+
+from node.reports.options import ReportOptions, ReportRun
+from node.reports.sc import key_slice
+from node.reports.sources import SourceSeries, drop_incomplete_study_references
+from node.reports.uids import ObjectKind, RunUids
+
+KOS_SERIES_DESCRIPTION = "AI key slices (not for diagnosis)"
+
+
+def build_kos(run: ReportRun, options: ReportOptions) -> hd.ko.KeyObjectSelectionDocument:
+    """A KOS titled "Of Interest" listing each finding's key slice once; ValueError for a run without findings."""
+    series = SourceSeries(run.sources)
+    series.check_findings(run.findings)
+    if not run.findings:
+        raise ValueError("a key object selection needs at least one finding whose key slice it selects")
+    uids = RunUids(options.uid_root, run.run_id)
+    key_uids = list(dict.fromkeys(key_slice(f).sop_instance_uid for f in run.findings))
+    keys = series.headers(key_uids)
+    content = hd.ko.KeyObjectSelection(
+        document_title=codes.cid7010.OfInterest,
+        referenced_objects=keys,
+        description=f"Key slices of {len(run.findings)} {run.algorithm.name} finding(s); {options.banner_text}"[:1024],
+    )
+    document = hd.ko.KeyObjectSelectionDocument(
+        evidence=keys,
+        content=content,
+        series_instance_uid=uids.series(ObjectKind.KOS),
+        series_number=options.series_number_base + 4,
+        sop_instance_uid=uids.instance(ObjectKind.KOS, 0),
+        instance_number=1,
+        manufacturer=options.manufacturer,
+        institution_name=options.institution_name,
+        institutional_department_name=options.institutional_department_name,
+        series_description=KOS_SERIES_DESCRIPTION,
+    )
+    for item in document.ContentSequence:
+        if item.ValueType == "IMAGE" and "ConceptNameCodeSequence" in item:
+            del item.ConceptNameCodeSequence  # TID 2010 forbids a concept name on the selected IMAGE items
+    drop_incomplete_study_references(document)
+    return document

@@ -1,0 +1,130 @@
+"""The TID 1500 SR: round trip of every finding, explicit no-finding report, predecessors, study and UIDs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from io import BytesIO
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from detector.findings import Finding
+from node.reports import AlgorithmIdentity, EarlierReport, ReportOptions, ReportRun, build_sr, read_findings
+from node.reports.sr import NO_ABNORMALITY, NO_FINDING_TRACKING_ID
+
+
+def _reread(ds: Dataset) -> Dataset:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def _findings(chest_series: list[Dataset], chest_tumour: Finding) -> list[Finding]:
+    """The annotated tumour plus a second, single-slice finding elsewhere on the series."""
+    other = sorted(chest_series, key=lambda ds: float(ds.ImagePositionPatient[2]))[40]
+    second = replace(
+        chest_tumour, score=0.42, tracking_id="", centre_mm=(-50.5, 20.25, float(other.ImagePositionPatient[2])),
+        slices=(replace(chest_tumour.slices[0], sop_instance_uid=str(other.SOPInstanceUID), box_px=(100.0, 120.5, 130.0, 150.0)),),
+    )
+    return [chest_tumour, second]
+
+
+def test_round_trip_reads_back_every_finding(chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity) -> None:
+    findings = _findings(chest_series, chest_tumour)
+    sr = _reread(build_sr(ReportRun("run-1", chest_series, findings, algorithm), ReportOptions()))
+    read = read_findings(sr)
+    assert [r.tracking_id for r in read] == ["lesion A", "finding 2"]
+    assert len({r.tracking_uid for r in read}) == 2
+    for finding, back in zip(findings, read):
+        assert back.score == pytest.approx(finding.score, abs=1e-9)
+        assert back.finding_type.value == finding.finding_type.value
+        assert back.finding_site is not None and back.finding_site.value == "39607008"
+        assert back.boxes == {s.sop_instance_uid: s.box_px for s in finding.slices}
+        assert back.centre_mm == pytest.approx(finding.centre_mm, abs=1e-3)  # SCOORD3D holds float32
+
+
+def test_sr_joins_the_original_study_with_its_patient_and_evidence(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
+) -> None:
+    sr = build_sr(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions())
+    source = chest_series[0]
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SeriesInstanceUID != source.SeriesInstanceUID
+    assert (sr.PatientID, sr.PatientName, sr.PatientSex) == (source.PatientID, source.PatientName, source.PatientSex)
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert {i.ReferencedSOPInstanceUID for i in evidence} == {ds.SOPInstanceUID for ds in chest_series}
+    texts = _values(sr)
+    assert {algorithm.name, algorithm.version, f"weights_sha256={algorithm.weights_sha256}"} <= texts
+    assert "Artificial Intelligence" in texts
+
+
+def _values(item: Dataset) -> set[str]:
+    """Every text value and code meaning in the content tree under ``item``."""
+    found = set()
+    for child in item.get("ContentSequence", []):
+        if "TextValue" in child:
+            found.add(str(child.TextValue))
+        if "ConceptCodeSequence" in child:
+            found.add(str(child.ConceptCodeSequence[0].CodeMeaning))
+        found |= _values(child)
+    return found
+
+
+def test_sr_without_findings_says_so(chest_series: list[Dataset], algorithm: AlgorithmIdentity) -> None:
+    sr = _reread(build_sr(ReportRun("run-1", chest_series, [], algorithm), ReportOptions()))
+    assert read_findings(sr) == []
+    container = sr.ContentSequence[-1]
+    assert container.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
+    group = container.ContentSequence[0].ContentSequence
+    assert any(getattr(i, "TextValue", None) == NO_FINDING_TRACKING_ID for i in group)
+    statements = [i for i in group if i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodeValue == NO_ABNORMALITY.value]
+    assert statements and statements[0].ConceptNameCodeSequence[0].CodeMeaning == "Finding"
+
+
+def test_rerun_names_the_earlier_sr_as_predecessor(chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity) -> None:
+    first = build_sr(ReportRun("study-x/v1", chest_series, [chest_tumour], algorithm), ReportOptions())
+    earlier = EarlierReport(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, first.SOPClassUID)
+    second = build_sr(ReportRun("study-x/v2", chest_series, [chest_tumour], algorithm, [earlier]), ReportOptions())
+    assert "PredecessorDocumentsSequence" not in first
+    study = second.PredecessorDocumentsSequence[0]
+    assert study.StudyInstanceUID == first.StudyInstanceUID
+    assert study.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    assert study.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first.SOPInstanceUID
+
+
+def test_uids_are_stable_across_builds_and_differ_across_runs(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
+) -> None:
+    def uids(run_id: str) -> list[str]:
+        sr = build_sr(ReportRun(run_id, chest_series, [chest_tumour], algorithm), ReportOptions())
+        return [sr.SOPInstanceUID, sr.SeriesInstanceUID, read_findings(sr)[0].tracking_uid]
+
+    assert uids("run-1") == uids("run-1")
+    assert not set(uids("run-1")) & set(uids("run-2"))
+
+
+def test_head_series_without_birth_date_gets_an_empty_one(head_series: list[Dataset], head_bleed: Finding, algorithm: AlgorithmIdentity) -> None:
+    assert "PatientBirthDate" not in head_series[0]
+    sr = _reread(build_sr(ReportRun("run-h", head_series, [head_bleed], algorithm), ReportOptions()))
+    assert sr.PatientBirthDate == ""
+    assert "PatientBirthDate" not in head_series[0], "the caller's datasets must not be modified"
+    assert read_findings(sr)[0].boxes == {s.sop_instance_uid: s.box_px for s in head_bleed.slices}
+
+
+def test_inconsistent_input_is_refused_with_the_reason(chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity) -> None:
+    outside = replace(chest_tumour, slices=(replace(chest_tumour.slices[0], box_px=(500.0, 10.0, 520.0, 30.0)),))
+    with pytest.raises(ValueError, match="is not inside the 512x512 image"):
+        build_sr(ReportRun("r", chest_series, [outside], algorithm), ReportOptions())
+    foreign = replace(chest_tumour, slices=(replace(chest_tumour.slices[0], sop_instance_uid="1.2.3.4"),))
+    with pytest.raises(KeyError, match="not in the read series"):
+        build_sr(ReportRun("r", chest_series, [foreign], algorithm), ReportOptions())
+    with pytest.raises(ValueError, match="share one SeriesInstanceUID"):
+        other = chest_series[0].copy()
+        other.SeriesInstanceUID = "1.2.3.4.5"
+        other.SOPInstanceUID = "1.2.3.4.6"
+        build_sr(ReportRun("r", [*chest_series, other], [], algorithm), ReportOptions())
+    with pytest.raises(ValueError, match="64 lower-case hex digits"):
+        AlgorithmIdentity("m", "1", "not-a-digest")

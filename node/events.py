@@ -24,4 +24,3 @@ class AssociationOutcome(StrEnum):
     RELEASED = "released"
     ABORTED = "aborted"
     REJECTED = "rejected"
-    CLOSED = "closed"

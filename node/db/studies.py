@@ -56,7 +56,7 @@ def _series_rows(engine: Engine, study_ids: list[int]) -> dict[int, list[SeriesS
     out: dict[int, list[SeriesSummary]] = {}
     with engine.connect() as conn:
         for row in conn.execute(query):
-            out.setdefault(row[0], []).append(SeriesSummary(*row[1:8], *row[8:10]))
+            out.setdefault(row[0], []).append(SeriesSummary(*row[1:7], int(row[7]), *row[8:10]))
     return out
 
 

@@ -193,8 +193,9 @@ class StorageSCP:
         if state.closed or state.row_id is None:
             return
         state.closed = True
-        if state.outcome is AssociationOutcome.OPEN:
-            state.outcome = AssociationOutcome.CLOSED
+        if state.outcome is AssociationOutcome.OPEN:  # the connection dropped before the reactor saw why
+            released = event.assoc.is_released or event.assoc.acse.is_release_requested()
+            state.outcome = AssociationOutcome.RELEASED if released else AssociationOutcome.ABORTED
         try:
             with self.engine.begin() as conn:
                 conn.execute(update(AssociationRow).where(AssociationRow.id == state.row_id).values(

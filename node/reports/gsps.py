@@ -7,7 +7,7 @@ import numpy as np
 
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.sc import finding_caption
-from node.reports.sources import SourceSeries, copy_anatomy, drop_incomplete_study_references
+from node.reports.sources import SourceSeries, copy_anatomy
 from node.reports.uids import ObjectKind, RunUids
 
 GSPS_SERIES_DESCRIPTION = "AI findings boxes (not for diagnosis)"
@@ -73,6 +73,5 @@ def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcop
         ],
         series_description=GSPS_SERIES_DESCRIPTION,
     )
-    drop_incomplete_study_references(gsps)
     copy_anatomy(series.first, gsps)
     return gsps

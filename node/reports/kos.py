@@ -7,7 +7,7 @@ from pydicom.sr.codedict import codes
 
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.sc import key_slice
-from node.reports.sources import SourceSeries, drop_incomplete_study_references
+from node.reports.sources import SourceSeries
 from node.reports.uids import ObjectKind, RunUids
 
 KOS_SERIES_DESCRIPTION = "AI key slices (not for diagnosis)"
@@ -42,5 +42,4 @@ def build_kos(run: ReportRun, options: ReportOptions) -> hd.ko.KeyObjectSelectio
     for item in document.ContentSequence:
         if item.ValueType == "IMAGE" and "ConceptNameCodeSequence" in item:
             del item.ConceptNameCodeSequence  # TID 2010 forbids a concept name on the selected IMAGE items
-    drop_incomplete_study_references(document)
     return document

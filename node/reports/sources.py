@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ _TYPE2_COPIED = (
     "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
     "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
 )
+UNSTATED_DEIDENTIFICATION = "Method not stated by the source images"
 _REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
              "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 
@@ -98,46 +100,53 @@ class SourceSeries:
         return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
 
     def patient_orientation(self) -> tuple[str, str]:
-        """Patient Orientation (row, column directions) from Image Orientation (Patient), e.g. ("L", "P")."""
+        """Patient Orientation (row, column directions) from Image Orientation (Patient): the nearest axes, e.g. ("L", "P")."""
         iop = np.asarray(self.first.ImageOrientationPatient, float)
         return _direction(iop[:3]), _direction(iop[3:])
 
 
 def _direction(vector: np.ndarray) -> str:
-    """The patient-orientation letters of an LPS direction, strongest axis first (at most three letters)."""
-    letters = []
-    for axis in np.argsort(-np.abs(vector)):
-        if abs(vector[axis]) < 1e-3:
-            break
-        letters.append(("LR", "PA", "HF")[axis][0 if vector[axis] > 0 else 1])
-    return "".join(letters)
+    """The patient-orientation letter of an LPS direction's strongest axis (highdicom takes one letter per axis)."""
+    axis = int(np.argmax(np.abs(vector)))
+    return ("LR", "PA", "HF")[axis][0 if vector[axis] > 0 else 1]
 
 
 def _header(ds: Dataset) -> Dataset:
-    """A shallow header copy of ``ds`` (pixel data left out) with absent copied Type 2 attributes added empty."""
+    """A copy of ``ds`` without pixel data, ready to be copied into our objects; ``ds`` is untouched.
+
+    Absent copied Type 2 attributes are added empty; a Referenced Study Sequence whose items lack their SOP
+    Class UID (Type 1 there) is left out (the sequence is Type 3); an identity-removed statement without a
+    method gets one saying the source did not state it (Type 1C).
+    """
     header = Dataset()
-    header.file_meta = getattr(ds, "file_meta", Dataset())
+    header.file_meta = copy.deepcopy(getattr(ds, "file_meta", Dataset()))
     for element in ds:
         if element.tag.group != 0x7FE0:
-            header.add(element)
+            header.add(copy.deepcopy(element))
     for keyword in _TYPE2_COPIED:
         if keyword not in header:
             setattr(header, keyword, None)
+    references = header.get("ReferencedStudySequence")
+    if references is not None and any("ReferencedSOPClassUID" not in item for item in references):
+        del header.ReferencedStudySequence
+    if (
+        header.get("PatientIdentityRemoved") == "YES"
+        and not header.get("DeidentificationMethod")
+        and not header.get("DeidentificationMethodCodeSequence")
+    ):
+        header.DeidentificationMethod = UNSTATED_DEIDENTIFICATION
     return header
 
 
 def copy_anatomy(source: Dataset, target: Dataset) -> None:
-    """Body Part Examined when the source names it; Laterality as the source has it, else present and empty.
+    """Body Part Examined and Laterality as General Series needs them on a new series of this anatomy.
 
-    An empty Laterality (Type 2C) says "not known" where the body part is unknown or may be paired.
+    With a body part named, Laterality goes along only when the source has a value; without one, Laterality
+    (Type 2C) is present, empty when unknown.
     """
     if "BodyPartExamined" in source:
         target.BodyPartExamined = source.BodyPartExamined
-    target.Laterality = source.get("Laterality", "")
-
-
-def drop_incomplete_study_references(ds: Dataset) -> None:
-    """Drop a copied Referenced Study Sequence whose items lack their SOP Class UID (Type 1 there; Type 3 sequence)."""
-    items = ds.get("ReferencedStudySequence")
-    if items is not None and any("ReferencedSOPClassUID" not in item for item in items):
-        del ds.ReferencedStudySequence
+        if source.get("Laterality"):
+            target.Laterality = source.Laterality
+    else:
+        target.Laterality = source.get("Laterality", "")

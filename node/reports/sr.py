@@ -14,7 +14,7 @@ from pydicom.sr.coding import Code
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
 from node.reports.options import ReportOptions, ReportRun
-from node.reports.sources import SourceSeries, drop_incomplete_study_references
+from node.reports.sources import SourceSeries
 from node.reports.uids import ObjectKind, RunUids, derive_uid
 
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
@@ -154,7 +154,6 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
         previous_versions=[e.as_dataset() for e in run.earlier_reports] or None,
         series_description=SR_SERIES_DESCRIPTION,
     )
-    drop_incomplete_study_references(sr)
     return sr
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -83,7 +82,7 @@ def read_header(item: Received) -> Dataset:
     """Decode the identifying attributes and check the UIDs; raises Refused with the precise status."""
     try:
         ds = dcmread(item.path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+    except Exception as exc:  # any parser failure on untrusted bytes means "cannot understand"
         raise Refused(StoreStatus.CANNOT_PARSE, f"data set cannot be decoded: {type(exc).__name__}") from exc
     phi_registry.remember(ds.get("PatientName"), ds.get("PatientID"), ds.get("AccessionNumber"),
                           ds.get("PatientBirthDate"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from io import BytesIO
 
@@ -122,7 +123,7 @@ def test_inconsistent_input_is_refused_with_the_reason(chest_series: list[Datase
     with pytest.raises(KeyError, match="not in the read series"):
         build_sr(ReportRun("r", chest_series, [foreign], algorithm), ReportOptions())
     with pytest.raises(ValueError, match="share one SeriesInstanceUID"):
-        other = chest_series[0].copy()
+        other = copy.deepcopy(chest_series[0])
         other.SeriesInstanceUID = "1.2.3.4.5"
         other.SOPInstanceUID = "1.2.3.4.6"
         build_sr(ReportRun("r", [*chest_series, other], [], algorithm), ReportOptions())

@@ -1,0 +1,86 @@
+"""A pynetdicom SCU that can send what storescu refuses to: data sets without or with bad UIDs, garbage, partial P-DATA."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from io import BytesIO
+
+from pydicom import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import CTImageStorage
+
+
+@contextmanager
+def associate(port: int, calling_ae: str = "STORESCU", called_ae: str = "CTNODE") -> Iterator[Association]:
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title=called_ae)
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+@contextmanager
+def _reactor_paused(assoc: Association) -> Iterator[None]:
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        yield
+    finally:
+        assoc._reactor_checkpoint.set()
+
+
+def encode(ds: Dataset) -> bytes:
+    """The data set alone, explicit VR little endian, as it travels in P-DATA."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def send_raw(assoc: Association, payload: bytes, sop_instance_uid: str, sop_class_uid: str = CTImageStorage,
+             message_id: int = 1) -> int:
+    """C-STORE ``payload`` as the data set with the given command UIDs; returns the response status."""
+    request = C_STORE()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = sop_class_uid
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(payload)
+    context = assoc._get_valid_context(sop_class_uid, ExplicitVRLittleEndian, "scu")
+    with _reactor_paused(assoc):  # as pynetdicom's own send_c_store does, so the reactor does not take the reply
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(block=True)
+    assert response is not None, "no C-STORE response"
+    return int(response.Status)
+
+
+def send_partial_then_abort(assoc: Association, payload: bytes, sop_instance_uid: str, fraction: float = 0.5) -> None:
+    """Send the command and part of the data set's P-DATA, then A-ABORT: a transfer cut mid-instance."""
+    request = C_STORE()
+    request.MessageID = 99
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(payload)
+    context = assoc._get_valid_context(CTImageStorage, ExplicitVRLittleEndian, "scu")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    fragments = list(message.encode_msg(context.context_id, 16382))
+    with _reactor_paused(assoc):
+        for primitive in fragments[: max(2, int(len(fragments) * fraction))]:
+            assoc.dul.send_pdu(primitive)
+    assoc.abort()

@@ -1,0 +1,58 @@
+"""Secondary Capture overlays: the box drawn where the finding is, banner burned in, references and study set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset
+
+from detector.findings import Finding
+from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_secondary_captures
+from node.reports.render import BANNER_RGB, BOX_RGB
+from node.reports.sc import SC_SERIES_DESCRIPTION, key_slice
+
+
+def test_overlay_shows_the_box_at_the_finding_and_the_banner(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity, tmp_path: Path
+) -> None:
+    overlay, summary = build_secondary_captures(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions())
+    pixels = overlay.pixel_array
+    Image.fromarray(pixels).save(tmp_path / "overlay.png")
+    Image.fromarray(summary.pixel_array).save(tmp_path / "summary.png")
+    x1, y1, x2, y2 = (int(v) for v in key_slice(chest_tumour).box_px)
+    middle_row, middle_column = (y1 + y2) // 2, (x1 + x2) // 2
+    border = [pixels[middle_row, x1 - 1], pixels[middle_row, x2], pixels[y2, middle_column]]
+    assert all(tuple(p) == BOX_RGB for p in border), border
+    inside, far = pixels[middle_row, middle_column], pixels[middle_row, 60]
+    assert inside[0] == inside[1] == inside[2] and far[0] == far[1] == far[2], "CT pixels stay grey"
+    assert tuple(pixels[3, 3]) == BANNER_RGB
+    yellow = np.all(pixels == BOX_RGB, axis=-1)
+    rows, columns = np.nonzero(yellow)
+    assert rows.min() >= y1 - 40 and columns.min() >= x1 - 40, "box drawing stays near the finding"
+
+
+def test_overlay_header_references_its_source_slice(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
+) -> None:
+    overlay, summary = build_secondary_captures(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions())
+    key = key_slice(chest_tumour).sop_instance_uid
+    source = chest_series[0]
+    for sc in (overlay, summary):
+        assert sc.BurnedInAnnotation == "YES"
+        assert sc.PhotometricInterpretation == "RGB" and sc.SamplesPerPixel == 3
+        assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PatientID == source.PatientID
+        assert sc.FrameOfReferenceUID == source.FrameOfReferenceUID
+        assert sc.SeriesDescription == SC_SERIES_DESCRIPTION
+        assert key in {i.ReferencedSOPInstanceUID for i in sc.SourceImageSequence}
+    assert overlay.SeriesInstanceUID == summary.SeriesInstanceUID
+    assert [overlay.InstanceNumber, summary.InstanceNumber] == [1, 2]
+    assert list(overlay.PatientOrientation) == ["L", "P"]
+
+
+def test_no_finding_run_gets_only_the_summary(chest_series: list[Dataset], algorithm: AlgorithmIdentity) -> None:
+    captures = build_secondary_captures(ReportRun("run-1", chest_series, [], algorithm), ReportOptions(banner_text="TEST ONLY"))
+    assert len(captures) == 1
+    red = np.all(captures[0].pixel_array == BANNER_RGB, axis=-1)
+    assert red[:10].all(), "the banner spans the top of the summary"

@@ -1,0 +1,32 @@
+"""Every object kind written for a run passes the DICOM validators (dciodvfy, dsrdump, pixelmed SR validator)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from detector.findings import Finding
+from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_report_objects, write_report_objects
+
+
+def test_all_object_kinds_validate_without_errors(
+    chest_series: list[Dataset], chest_tumour: Finding, head_series: list[Dataset], head_bleed: Finding,
+    algorithm: AlgorithmIdentity, validate_dicom: Path, tmp_path: Path,
+) -> None:
+    options = ReportOptions(enable_gsps=True, enable_kos=True, institution_name="Test Hospital")
+    runs = {
+        "chest": ReportRun("chest-1", chest_series, [chest_tumour], algorithm),
+        "chest-negative": ReportRun("chest-2", chest_series, [], algorithm),
+        "head": ReportRun("head-1", head_series, [head_bleed], algorithm),
+    }
+    written = {name: write_report_objects(build_report_objects(run, options), tmp_path / name) for name, run in runs.items()}
+    assert [p.name for p in written["chest"]] == ["sr.dcm", "sc-001.dcm", "sc-002.dcm", "gsps.dcm", "kos.dcm"]
+    assert [p.name for p in written["chest-negative"]] == ["sr.dcm", "sc-001.dcm"]
+    result = subprocess.run([str(validate_dicom), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    print(result.stdout)
+    lines = [line for line in result.stdout.splitlines() if line.endswith(".dcm") or ".dcm:" in line]
+    assert len(lines) == 12, result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith("validated=12 with_errors=0")

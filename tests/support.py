@@ -1,0 +1,142 @@
+"""Shared test helpers: ports, tools and services, the node as a real process, DICOM byte comparisons."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ct_data() -> Path:
+    """The real CT data folder (CTNODE_TEST_DATA, default ../shared/ct beside the repository)."""
+    return Path(os.environ.get("CTNODE_TEST_DATA", REPO.parent / "shared" / "ct"))
+
+
+def require_ct(*parts: str) -> Path:
+    path = ct_data().joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real CT data not found at {path} (set CTNODE_TEST_DATA)")
+    return path
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    """Part 10 image files under ``folder`` (skips licences, DICOMDIRs and other files), sorted."""
+    from pydicom.misc import is_dicom
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_dicom(p) and p.name != "DIRFILE")
+
+
+def require(what: str, available: bool) -> None:
+    """Skip when a service/tool is missing; fail instead when CI says every service must be there."""
+    if available:
+        return
+    message = f"{what} is not available"
+    if os.environ.get("CTNODE_REQUIRE_SERVICES") == "1":
+        pytest.fail(message + " but CTNODE_REQUIRE_SERVICES=1")
+    pytest.skip(message)
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    require(f"the {name} program", path is not None)
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 30.0, process: subprocess.Popen[Any] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The data set of a Part 10 file, without preamble and File Meta group."""
+    raw = path.read_bytes()
+    if raw[128:132] != b"DICM":
+        return raw
+    # (0002,0000) UL group length, explicit VR LE: tag(4) VR(2) len(2) value(4)
+    group_length = struct.unpack("<I", raw[140:144])[0]
+    return raw[144 + group_length:]
+
+
+def without_trailing_padding(data: bytes) -> bytes:
+    """Drop a final Data Set Trailing Padding element (FFFC,FFFC), which DCMTK does not transmit."""
+    marker = data.rfind(b"\xfc\xff\xfc\xffOB\x00\x00")
+    if marker >= 0 and marker + 12 + struct.unpack("<I", data[marker + 8:marker + 12])[0] == len(data):
+        return data[:marker]
+    return data
+
+
+class NodeProcess:
+    """`python -m node serve` in a subprocess with its own data directory, config and log file."""
+
+    def __init__(self, data_dir: Path, db_url: str, allowed: list[dict[str, str]] | None = None,
+                 accept_any: bool = False, **dicom: Any) -> None:
+        self.data_dir = data_dir
+        self.port = dicom.pop("port", None) or free_port()
+        self.ae_title = dicom.get("ae_title", "CTNODE")
+        storage = {"data_dir": str(data_dir), "min_free_bytes": dicom.pop("min_free_bytes", 0)}
+        self.config = {
+            "dicom": {"host": "127.0.0.1", "port": self.port, "accept_any": accept_any,
+                      "allowed": allowed or [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}], **dicom},
+            "storage": storage,
+            "database": {"url": db_url},
+            "logging": {"format": "json", "level": "INFO"},
+        }
+        self.config_file = data_dir / "ctnode.yaml"
+        self.log_file = data_dir / "node.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> NodeProcess:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(yaml.safe_dump(self.config))
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(self.config_file)],
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        wait_for_port(self.port, process=self.process)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "node", *args, "--config", str(self.config_file)],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -55,4 +55,4 @@ def test_no_finding_run_gets_only_the_summary(chest_series: list[Dataset], algor
     captures = build_secondary_captures(ReportRun("run-1", chest_series, [], algorithm), ReportOptions(banner_text="TEST ONLY"))
     assert len(captures) == 1
     red = np.all(captures[0].pixel_array == BANNER_RGB, axis=-1)
-    assert red[:10].all(), "the banner spans the top of the summary"
+    assert red[:4].all() and red[:20].mean() > 0.8, "the banner spans the top of the summary"

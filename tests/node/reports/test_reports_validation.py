@@ -5,12 +5,14 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset
 
 from detector.findings import Finding
 from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_report_objects, write_report_objects
 
 
+@pytest.mark.slow
 def test_all_object_kinds_validate_without_errors(
     chest_series: list[Dataset], chest_tumour: Finding, head_series: list[Dataset], head_bleed: Finding,
     algorithm: AlgorithmIdentity, validate_dicom: Path, tmp_path: Path,

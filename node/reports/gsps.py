@@ -7,12 +7,13 @@ import numpy as np
 
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.sc import finding_caption
-from node.reports.sources import SourceSeries, copy_anatomy
-from node.reports.uids import ObjectKind, RunUids
+from node.reports.sources import SourceSeries, copy_anatomy, no_identifier_warnings
+from node.reports.uids import ObjectKind, RunUids, object_identity
 
 GSPS_SERIES_DESCRIPTION = "AI findings boxes (not for diagnosis)"
 
 
+@no_identifier_warnings()
 def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """A GSPS over the read series: every finding's per-slice box (closed polyline) and caption, model's window.
 
@@ -52,11 +53,7 @@ def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcop
             )
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=series.headers(),
-        series_instance_uid=uids.series(ObjectKind.GSPS),
-        series_number=options.series_number_base + 3,
-        sop_instance_uid=uids.instance(ObjectKind.GSPS, 0),
-        instance_number=1,
-        manufacturer=options.manufacturer,
+        **object_identity(uids, ObjectKind.GSPS, 0, options.series_number_base, options.manufacturer),
         manufacturer_model_name=run.algorithm.name,
         software_versions=run.algorithm.version,
         device_serial_number=run.algorithm.weights_sha256[:16],

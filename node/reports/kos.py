@@ -7,12 +7,13 @@ from pydicom.sr.codedict import codes
 
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.sc import key_slice
-from node.reports.sources import SourceSeries
-from node.reports.uids import ObjectKind, RunUids
+from node.reports.sources import SourceSeries, no_identifier_warnings
+from node.reports.uids import ObjectKind, RunUids, object_identity
 
 KOS_SERIES_DESCRIPTION = "AI key slices (not for diagnosis)"
 
 
+@no_identifier_warnings()
 def build_kos(run: ReportRun, options: ReportOptions) -> hd.ko.KeyObjectSelectionDocument:
     """A KOS titled "Of Interest" listing each finding's key slice once; ValueError for a run without findings."""
     series = SourceSeries(run.sources)
@@ -30,11 +31,7 @@ def build_kos(run: ReportRun, options: ReportOptions) -> hd.ko.KeyObjectSelectio
     document = hd.ko.KeyObjectSelectionDocument(
         evidence=keys,
         content=content,
-        series_instance_uid=uids.series(ObjectKind.KOS),
-        series_number=options.series_number_base + 4,
-        sop_instance_uid=uids.instance(ObjectKind.KOS, 0),
-        instance_number=1,
-        manufacturer=options.manufacturer,
+        **object_identity(uids, ObjectKind.KOS, 0, options.series_number_base, options.manufacturer),
         institution_name=options.institution_name,
         institutional_department_name=options.institutional_department_name,
         series_description=KOS_SERIES_DESCRIPTION,

@@ -11,8 +11,8 @@ from pydicom.dataset import Dataset
 from detector.findings import Finding, SliceBox
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.render import DrawnBox, render_slice, render_summary, windowed_gray
-from node.reports.sources import SourceSeries, copy_anatomy
-from node.reports.uids import ObjectKind, RunUids
+from node.reports.sources import SourceSeries, copy_anatomy, no_identifier_warnings
+from node.reports.uids import ObjectKind, RunUids, object_identity
 
 SC_SERIES_DESCRIPTION = "AI findings overlay (not for diagnosis)"
 _SUMMARY_LINES = 10
@@ -72,11 +72,7 @@ def _secondary_capture(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=uids.series(ObjectKind.SC),
-        series_number=options.series_number_base + 2,
-        sop_instance_uid=uids.instance(ObjectKind.SC, index),
-        instance_number=index + 1,
-        manufacturer=options.manufacturer,
+        **object_identity(uids, ObjectKind.SC, index, options.series_number_base, options.manufacturer),
         pixel_spacing=pixel_spacing,
         patient_orientation=series.patient_orientation(),
         series_description=SC_SERIES_DESCRIPTION,
@@ -94,6 +90,7 @@ def _secondary_capture(
     return sc
 
 
+@no_identifier_warnings()
 def build_secondary_captures(run: ReportRun, options: ReportOptions) -> list[hd.sc.SCImage]:
     """One overlay SC per finding (its key slice, all boxes on it drawn), then the study summary SC last."""
     series = SourceSeries(run.sources)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -150,3 +152,11 @@ def copy_anatomy(source: Dataset, target: Dataset) -> None:
             target.Laterality = source.Laterality
     else:
         target.Laterality = source.get("Laterality", "")
+
+
+@contextmanager
+def no_identifier_warnings() -> Iterator[None]:
+    """Silence highdicom's person-name format warnings: they quote the patient's name, which never goes to logs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name", category=UserWarning)
+        yield

@@ -14,8 +14,8 @@ from pydicom.sr.coding import Code
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
 from node.reports.options import ReportOptions, ReportRun
-from node.reports.sources import SourceSeries
-from node.reports.uids import ObjectKind, RunUids, derive_uid
+from node.reports.sources import SourceSeries, no_identifier_warnings
+from node.reports.uids import ObjectKind, RunUids, derive_uid, object_identity
 
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 PERCENT = Code("%", "UCUM", "Percent")
@@ -111,6 +111,7 @@ def _no_finding_group(uids: RunUids, algorithm: hd.sr.AlgorithmIdentification) -
     )
 
 
+@no_identifier_warnings()
 def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
     """The run's Comprehensive 3D SR (TID 1500) in the source study; one finding-group pair per finding."""
     series = SourceSeries(run.sources)
@@ -139,14 +140,10 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
     )
-    sr = hd.sr.Comprehensive3DSR(
+    return hd.sr.Comprehensive3DSR(
         evidence=series.headers(),
         content=report[0],
-        series_instance_uid=uids.series(ObjectKind.SR),
-        series_number=options.series_number_base + 1,
-        sop_instance_uid=uids.instance(ObjectKind.SR, 0),
-        instance_number=1,
-        manufacturer=options.manufacturer,
+        **object_identity(uids, ObjectKind.SR, 0, options.series_number_base, options.manufacturer),
         institution_name=options.institution_name,
         institutional_department_name=options.institutional_department_name,
         is_complete=True,
@@ -154,7 +151,6 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
         previous_versions=[e.as_dataset() for e in run.earlier_reports] or None,
         series_description=SR_SERIES_DESCRIPTION,
     )
-    return sr
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from enum import Enum
+from typing import Any
 
 from pydicom.uid import UID
 
@@ -50,3 +51,17 @@ class RunUids:
         if index < 0:
             raise ValueError(f"object index must be >= 0, got {index}")
         return derive_uid(self.root, self.run_id, kind.value, str(index))
+
+
+_SERIES_NUMBER_OFFSET = {ObjectKind.SR: 1, ObjectKind.SC: 2, ObjectKind.GSPS: 3, ObjectKind.KOS: 4}
+
+
+def object_identity(uids: RunUids, kind: ObjectKind, index: int, series_number_base: int, manufacturer: str) -> dict[str, Any]:
+    """The highdicom keyword arguments that name an emitted object: series, instance (UID, number), maker."""
+    return {
+        "series_instance_uid": uids.series(kind),
+        "series_number": series_number_base + _SERIES_NUMBER_OFFSET[kind],
+        "sop_instance_uid": uids.instance(kind, index),
+        "instance_number": index + 1,
+        "manufacturer": manufacturer,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,18 @@ def test_all_object_kinds_validate_without_errors(
     assert len(lines) == 12, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("validated=12 with_errors=0")
+
+
+def test_patient_identifiers_stay_out_of_warnings_and_logs(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity,
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    options = ReportOptions(enable_gsps=True, enable_kos=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        objects = build_report_objects(ReportRun("run-1", chest_series, [chest_tumour], algorithm), options)
+        write_report_objects(objects, tmp_path)
+    out, err = capsys.readouterr()
+    said = " ".join(str(w.message) for w in caught) + out + err
+    assert "run-1" in said, "the build is logged"
+    assert str(chest_series[0].PatientID) not in said and str(chest_series[0].PatientName) not in said

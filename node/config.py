@@ -7,7 +7,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 1-16 chars, no backslash or control chars
@@ -21,7 +21,13 @@ def check_ae_title(value: str) -> str:
     return title
 
 
-class AllowedPeer(BaseModel):
+class _Section(BaseModel):
+    """A configuration section: unknown keys are errors, not silently ignored typos."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class AllowedPeer(_Section):
     """A calling AE allowed to associate; ``host`` (an IP address) narrows it to one source."""
 
     ae_title: str
@@ -36,7 +42,7 @@ class AllowedPeer(BaseModel):
         return cls(ae_title=ae, host=host or None)
 
 
-class TLSConfig(BaseModel):
+class TLSConfig(_Section):
     """Optional TLS on the DICOM port (DICOM Part 15 secure transport)."""
 
     enabled: bool = False
@@ -51,7 +57,7 @@ class TLSConfig(BaseModel):
         return self
 
 
-class DicomConfig(BaseModel):
+class DicomConfig(_Section):
     """The DICOM listener."""
 
     ae_title: str = "CTNODE"
@@ -69,7 +75,7 @@ class DicomConfig(BaseModel):
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
 
 
-class StorageConfig(BaseModel):
+class StorageConfig(_Section):
     """Where instances live; the node refuses new data below ``min_free_bytes``."""
 
     data_dir: Path = Path("var/ctnode")
@@ -88,14 +94,14 @@ class StorageConfig(BaseModel):
         return self.data_dir / "quarantine"
 
 
-class DatabaseConfig(BaseModel):
+class DatabaseConfig(_Section):
     """The audit database; empty ``url`` means SQLite inside the data directory."""
 
     url: str = ""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
-class LoggingConfig(BaseModel):
+class LoggingConfig(_Section):
     """``format: auto`` is pretty on a terminal and JSON lines otherwise."""
 
     format: Literal["auto", "json", "console"] = "auto"

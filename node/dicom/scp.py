@@ -32,10 +32,6 @@ from node.storage.store import InstanceStore
 
 log = get_logger(__name__)
 
-# A-ASSOCIATE-RJ: rejected-transient, service-provider (presentation), temporary congestion.
-_TRANSIENT_REJECT = (0x02, 0x03, 0x01)
-
-
 @dataclass
 class _AssociationState:
     row_id: int | None
@@ -142,9 +138,9 @@ class StorageSCP:
                     audit.record(conn, AuditKind.ASSOCIATION_REJECTED, association_id=row_id,
                                  detail={"reason": rejection.reason, "calling_ae": calling, "host": host})
         except SQLAlchemyError as exc:
-            log.error("database unavailable, association rejected (transient)", error=type(exc).__name__)
-            assoc.acse.send_reject(*_TRANSIENT_REJECT)
-            return
+            # Accept anyway when allowed: every C-STORE then gets 0xA700, a precise answer per instance.
+            log.error("database unavailable, association not audited", error=type(exc).__name__)
+            row_id = None
         state = self._state(assoc)
         state.row_id = row_id
         if rejection:

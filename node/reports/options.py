@@ -32,7 +32,9 @@ class ReportOptions(BaseModel):
     manufacturer: str = Field(default="ctnode", min_length=1, max_length=64)
     institution_name: str | None = Field(default=None, max_length=64)
     institutional_department_name: str | None = Field(default=None, max_length=64)
-    series_number_base: int = Field(default=9000, ge=1, le=2**31 - 10, description="SR is base+1, SC +2, GSPS +3, KOS +4")
+    series_number_base: int = Field(
+        default=9000, ge=1, le=2**31 - 10, description="SR is base+1, SC +2, GSPS +3, KOS +4"
+    )
     gsps_layer_name: str = Field(default="CTNODE_AI", description="DICOM CS: upper case, digits, _ and space, max 16")
     enable_gsps: bool = False
     enable_kos: bool = False

@@ -36,7 +36,9 @@ def windowed_gray(hu: np.ndarray, centre_hu: float, width_hu: float) -> np.ndarr
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> tuple[int, int]:
+def _text_size(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
+) -> tuple[int, int]:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     return int(right - left), int(bottom - top)
 

@@ -100,7 +100,8 @@ def build_secondary_captures(run: ReportRun, options: ReportOptions) -> list[hd.
     crops = []
     for n, finding in enumerate(run.findings):
         key = series.image(key_slice(finding).sop_instance_uid)
-        gray = windowed_gray(series.hounsfield(str(key.SOPInstanceUID)), options.window_centre_hu, options.window_width_hu)
+        hu = series.hounsfield(str(key.SOPInstanceUID))
+        gray = windowed_gray(hu, options.window_centre_hu, options.window_width_hu)
         pixels = render_slice(gray, _boxes_on(str(key.SOPInstanceUID), run.findings), options.banner_text, _footer(run))
         spacing = tuple(float(v) for v in key.PixelSpacing)
         captures.append(

@@ -102,7 +102,7 @@ class SourceSeries:
         return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
 
     def patient_orientation(self) -> tuple[str, str]:
-        """Patient Orientation (row, column directions) from Image Orientation (Patient): the nearest axes, e.g. ("L", "P")."""
+        """Patient Orientation (row, column directions): the axes nearest Image Orientation (Patient), e.g. L, P."""
         iop = np.asarray(self.first.ImageOrientationPatient, float)
         return _direction(iop[:3]), _direction(iop[3:])
 
@@ -158,5 +158,5 @@ def copy_anatomy(source: Dataset, target: Dataset) -> None:
 def no_identifier_warnings() -> Iterator[None]:
     """Silence highdicom's person-name format warnings: they quote the patient's name, which never goes to logs."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*intended person name", category=UserWarning)
         yield

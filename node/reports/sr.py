@@ -100,7 +100,9 @@ def _finding_groups(
     return [roi_group, centre_group]
 
 
-def _no_finding_group(uids: RunUids, algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _no_finding_group(
+    uids: RunUids, algorithm: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """A TID 1501 group stating explicitly that the algorithm found nothing in the read series."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(

@@ -27,7 +27,9 @@ def derive_uid(root: str, *parts: str) -> UID:
     """A UID under ``root`` whose suffix is a digest of ``parts``: same parts, same UID; other parts, another."""
     room = _MAX_UID - len(root) - 1
     if room < _MIN_SUFFIX_DIGITS:
-        raise ValueError(f"UID root {root!r} leaves {room} digits for the suffix; at least {_MIN_SUFFIX_DIGITS} are needed")
+        raise ValueError(
+            f"UID root {root!r} leaves {room} digits for the suffix; at least {_MIN_SUFFIX_DIGITS} are needed"
+        )
     digest = hashlib.sha256("\x1f".join((root, *parts)).encode()).digest()
     suffix = str(int.from_bytes(digest, "big"))[:room]
     return UID(f"{root}.{suffix}")
@@ -56,7 +58,9 @@ class RunUids:
 _SERIES_NUMBER_OFFSET = {ObjectKind.SR: 1, ObjectKind.SC: 2, ObjectKind.GSPS: 3, ObjectKind.KOS: 4}
 
 
-def object_identity(uids: RunUids, kind: ObjectKind, index: int, series_number_base: int, manufacturer: str) -> dict[str, Any]:
+def object_identity(
+    uids: RunUids, kind: ObjectKind, index: int, series_number_base: int, manufacturer: str
+) -> dict[str, Any]:
     """The highdicom keyword arguments that name an emitted object: series, instance (UID, number), maker."""
     return {
         "series_instance_uid": uids.series(kind),

@@ -116,5 +116,6 @@ def validate_dicom() -> Path:
         pytest.skip(f"validator script {script} is absent")
     missing = [t for t in ("dciodvfy", "dsrdump", "java") if shutil.which(t) is None]
     if missing or not Path("/usr/share/java/pixelmed.jar").exists():
-        pytest.skip(f"DICOM validators missing ({', '.join(missing) or 'pixelmed.jar'}): apt-get install dicom3tools dcmtk pixelmed-apps")
+        what = ", ".join(missing) or "pixelmed.jar"
+        pytest.skip(f"DICOM validators missing ({what}): apt-get install dicom3tools dcmtk pixelmed-apps")
     return script

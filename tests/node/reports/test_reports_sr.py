@@ -28,12 +28,15 @@ def _findings(chest_series: list[Dataset], chest_tumour: Finding) -> list[Findin
     other = sorted(chest_series, key=lambda ds: float(ds.ImagePositionPatient[2]))[40]
     second = replace(
         chest_tumour, score=0.42, tracking_id="", centre_mm=(-50.5, 20.25, float(other.ImagePositionPatient[2])),
-        slices=(replace(chest_tumour.slices[0], sop_instance_uid=str(other.SOPInstanceUID), box_px=(100.0, 120.5, 130.0, 150.0)),),
+        slices=(replace(chest_tumour.slices[0], sop_instance_uid=str(other.SOPInstanceUID),
+                        box_px=(100.0, 120.5, 130.0, 150.0)),),
     )
     return [chest_tumour, second]
 
 
-def test_round_trip_reads_back_every_finding(chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity) -> None:
+def test_round_trip_reads_back_every_finding(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
+) -> None:
     findings = _findings(chest_series, chest_tumour)
     sr = _reread(build_sr(ReportRun("run-1", chest_series, findings, algorithm), ReportOptions()))
     read = read_findings(sr)
@@ -81,11 +84,15 @@ def test_sr_without_findings_says_so(chest_series: list[Dataset], algorithm: Alg
     assert container.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
     group = container.ContentSequence[0].ContentSequence
     assert any(getattr(i, "TextValue", None) == NO_FINDING_TRACKING_ID for i in group)
-    statements = [i for i in group if i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodeValue == NO_ABNORMALITY.value]
+    statements = [
+        i for i in group if i.ValueType == "CODE" and i.ConceptCodeSequence[0].CodeValue == NO_ABNORMALITY.value
+    ]
     assert statements and statements[0].ConceptNameCodeSequence[0].CodeMeaning == "Finding"
 
 
-def test_rerun_names_the_earlier_sr_as_predecessor(chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity) -> None:
+def test_rerun_names_the_earlier_sr_as_predecessor(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
+) -> None:
     first = build_sr(ReportRun("study-x/v1", chest_series, [chest_tumour], algorithm), ReportOptions())
     earlier = EarlierReport(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, first.SOPClassUID)
     second = build_sr(ReportRun("study-x/v2", chest_series, [chest_tumour], algorithm, [earlier]), ReportOptions())
@@ -107,7 +114,9 @@ def test_uids_are_stable_across_builds_and_differ_across_runs(
     assert not set(uids("run-1")) & set(uids("run-2"))
 
 
-def test_head_series_without_birth_date_gets_an_empty_one(head_series: list[Dataset], head_bleed: Finding, algorithm: AlgorithmIdentity) -> None:
+def test_head_series_without_birth_date_gets_an_empty_one(
+    head_series: list[Dataset], head_bleed: Finding, algorithm: AlgorithmIdentity
+) -> None:
     assert "PatientBirthDate" not in head_series[0]
     sr = _reread(build_sr(ReportRun("run-h", head_series, [head_bleed], algorithm), ReportOptions()))
     assert sr.PatientBirthDate == ""
@@ -115,7 +124,9 @@ def test_head_series_without_birth_date_gets_an_empty_one(head_series: list[Data
     assert read_findings(sr)[0].boxes == {s.sop_instance_uid: s.box_px for s in head_bleed.slices}
 
 
-def test_inconsistent_input_is_refused_with_the_reason(chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity) -> None:
+def test_inconsistent_input_is_refused_with_the_reason(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
+) -> None:
     outside = replace(chest_tumour, slices=(replace(chest_tumour.slices[0], box_px=(500.0, 10.0, 520.0, 30.0)),))
     with pytest.raises(ValueError, match="is not inside the 512x512 image"):
         build_sr(ReportRun("r", chest_series, [outside], algorithm), ReportOptions())

@@ -24,7 +24,9 @@ def test_all_object_kinds_validate_without_errors(
         "chest-negative": ReportRun("chest-2", chest_series, [], algorithm),
         "head": ReportRun("head-1", head_series, [head_bleed], algorithm),
     }
-    written = {name: write_report_objects(build_report_objects(run, options), tmp_path / name) for name, run in runs.items()}
+    written = {
+        name: write_report_objects(build_report_objects(run, options), tmp_path / name) for name, run in runs.items()
+    }
     assert [p.name for p in written["chest"]] == ["sr.dcm", "sc-001.dcm", "sc-002.dcm", "gsps.dcm", "kos.dcm"]
     assert [p.name for p in written["chest-negative"]] == ["sr.dcm", "sc-001.dcm"]
     result = subprocess.run([str(validate_dicom), str(tmp_path)], capture_output=True, text=True, timeout=300)

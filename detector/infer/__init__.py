@@ -1,0 +1,16 @@
+"""Inference: shipped models by name, and a CT series (files or volume) to 3D findings in bounded batches."""
+
+from detector.infer.engine import DetectionResult, default_device, detect_series, detect_volume, slice_detections
+from detector.infer.models import LoadedModel, card_path, load_model, shipped_cards
+
+__all__ = [
+    "DetectionResult",
+    "LoadedModel",
+    "card_path",
+    "default_device",
+    "detect_series",
+    "detect_volume",
+    "load_model",
+    "shipped_cards",
+    "slice_detections",
+]

@@ -1,0 +1,103 @@
+"""Inference engine: a whole series through the network in bounded slice batches, CPU or CUDA (autocast)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from detector.findings import Finding
+from detector.infer.models import LoadedModel
+from detector.io import SelectionPolicy, SeriesSelection, Volume, read_ct_volume
+from detector.postprocess import SliceDetection, decode_slice, merge_findings
+from detector.preprocess import model_input
+
+BATCH_SLICES = 8
+CANDIDATE_FRACTION = 0.5
+"""Per-slice boxes down to this fraction of the operating threshold may extend a finding whose peak passes it."""
+
+
+@dataclass(frozen=True, eq=False)
+class DetectionResult:
+    """What one run of the detector on a study produced, and what it read."""
+
+    findings: list[Finding]
+    volume: Volume
+    selection: SeriesSelection
+    model: LoadedModel
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op CPU threads (None: torch's default), restoring the previous setting."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def slice_detections(
+    volume: Volume,
+    model: LoadedModel,
+    *,
+    batch_slices: int = BATCH_SLICES,
+    device: torch.device | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> list[SliceDetection]:
+    """Every slice's NMS-ed detections (source pixels) down to the candidate score.
+
+    Only ``batch_slices`` inputs are built and on the device at a time; on CUDA the network
+    runs under float16 autocast.
+    """
+    device = device or default_device()
+    card = model.card
+    network = model.network.to(device)
+    threshold = card.operating_threshold * CANDIDATE_FRACTION
+    depth = volume.geometry.shape[0]
+    out: list[SliceDetection] = []
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
+    with _threads(threads), torch.inference_mode(), autocast, Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("detecting", total=depth)
+        for start in range(0, depth, batch_slices):
+            batch = model_input(volume, range(start, min(start + batch_slices, depth)), card.input_spec)
+            images = batch.images.to(device, non_blocking=True)
+            logits, deltas = network(images)
+            anchors = network.anchors(*images.shape[-2:]).to(device)
+            for k, index in enumerate(batch.slice_indices):
+                det = decode_slice(logits[k], deltas[k], anchors, threshold)
+                boxes = batch.mapping.box_to_source(det.boxes.cpu().numpy())
+                out += [
+                    SliceDetection(index, (float(b[0]), float(b[1]), float(b[2]), float(b[3])), float(s), int(c))
+                    for b, s, c in zip(boxes, det.scores.cpu().tolist(), det.labels.cpu().tolist(), strict=True)
+                ]
+            bar.advance(task, len(batch.slice_indices))
+    return out
+
+
+def detect_volume(volume: Volume, model: LoadedModel, **options: object) -> list[Finding]:
+    """3D findings in ``volume`` at the card's operating threshold, best first (options: see slice_detections)."""
+    detections = slice_detections(volume, model, **options)  # type: ignore[arg-type]
+    return merge_findings(detections, volume.geometry, model.card.classes, model.card.operating_threshold)
+
+
+def detect_series(
+    source: Path | Iterable[Path],
+    model: LoadedModel,
+    policy: SelectionPolicy | None = None,
+    **options: object,
+) -> DetectionResult:
+    """The whole detect stage: select and load the series to read from ``source``, find its findings."""
+    volume, selection = read_ct_volume(source, policy)
+    return DetectionResult(detect_volume(volume, model, **options), volume, selection, model)

@@ -1,0 +1,67 @@
+"""ResNet-style backbone sized for a 2-core CPU, with DCNv2 on the 3x3 convolutions of chosen stages."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from detector.models.config import DetectorConfig
+from detector.ops import ModulatedDeformConv2dPack
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int, deformable: bool) -> nn.Module:
+    """A bias-free 3x3 conv (padding 1); DCNv2 when ``deformable`` (equal to the plain conv when fresh)."""
+    if deformable:
+        return ModulatedDeformConv2dPack(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with batch norm and a residual shortcut (1x1 projection when the shape changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, deformable: bool) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_channels, out_channels, stride, deformable)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = conv3x3(out_channels, out_channels, 1, deformable)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class Backbone(nn.Module):
+    """Stem (3x3 stride 2) then one stride-2 stage per ``stage_channels`` entry; returns every stage's output."""
+
+    def __init__(self, config: DetectorConfig) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(config.in_channels, config.stem_channels, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(config.stem_channels),
+            nn.ReLU(inplace=True),
+        )
+        stages = []
+        width = config.stem_channels
+        for i, (channels, blocks) in enumerate(zip(config.stage_channels, config.stage_blocks, strict=True)):
+            deformable = i in config.dcn_stages
+            layers = [BasicBlock(width, channels, 2, deformable)]
+            layers += [BasicBlock(channels, channels, 1, deformable) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            width = channels
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """[B, C, H, W] -> one map per stage, stage i at stride 2 ** (i + 2)."""
+        out = []
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out

@@ -1,0 +1,153 @@
+"""Per-slice boxes -> 3D findings: link boxes across adjacent slices, then measure each chain in patient mm."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.findings import Finding, SliceBox
+from detector.io import StackGeometry
+from detector.registry import ModelClass
+
+LINK_IOU = 0.2
+
+
+@dataclass(frozen=True)
+class SliceDetection:
+    """One detection on source slice ``slice_index``: box (x1, y1, x2, y2) in source pixels, score, class index."""
+
+    slice_index: int
+    box_px: tuple[float, float, float, float]
+    score: float
+    label: int
+
+
+def _shifted(geometry: StackGeometry, box: tuple[float, ...], source: int, target: int) -> np.ndarray:
+    """``box`` of slice ``source`` in slice ``target``'s pixel coordinates (undoes the in-plane gantry-tilt shift)."""
+    delta = geometry.positions_mm[target] - geometry.positions_mm[source]
+    dy, dx = geometry.pixel_spacing_mm
+    sx, sy = float(delta @ geometry.row_direction) / dx, float(delta @ geometry.column_direction) / dy
+    return np.asarray(box) - np.array([sx, sy, sx, sy])
+
+
+def _linked(a: np.ndarray, b: np.ndarray) -> bool:
+    """Boxes on adjacent slices belong together: IoU >= LINK_IOU, or each centre lies inside the other box."""
+    low, high = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = float(np.prod(np.clip(high - low, 0, None)))
+    union = float(np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+    if union > 0 and inter / union >= LINK_IOU:
+        return True
+    ca, cb = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
+    return bool(np.all((ca >= b[:2]) & (ca <= b[2:])) and np.all((cb >= a[:2]) & (cb <= a[2:])))
+
+
+def link_slices(detections: Sequence[SliceDetection], geometry: StackGeometry) -> list[list[SliceDetection]]:
+    """Chains of one box per slice over consecutive slices, same class, grown greedily from the best score.
+
+    The best unused detection seeds a chain; the chain then grows one slice at a time up and
+    down, each step taking the best-scoring unused detection linked to the chain's end box.
+    """
+    order = sorted(range(len(detections)), key=lambda i: (-detections[i].score, i))
+    by_slice: dict[int, list[int]] = {}
+    for i in order:
+        by_slice.setdefault(detections[i].slice_index, []).append(i)
+    used: set[int] = set()
+    chains = []
+    for seed in order:
+        if seed in used:
+            continue
+        used.add(seed)
+        chain = [seed]
+        for step in (-1, 1):
+            end = seed
+            while True:
+                z = detections[end].slice_index + step
+                end_box = _shifted(geometry, detections[end].box_px, detections[end].slice_index, z) if (
+                    0 <= z < geometry.shape[0]) else None
+                match = next(
+                    (
+                        i for i in by_slice.get(z, [])
+                        if i not in used and detections[i].label == detections[seed].label
+                        and end_box is not None and _linked(end_box, np.asarray(detections[i].box_px))
+                    ),
+                    None,
+                )
+                if match is None:
+                    break
+                used.add(match)
+                chain.append(match)
+                end = match
+        chains.append(sorted((detections[i] for i in chain), key=lambda d: d.slice_index))
+    return chains
+
+
+def _clipped(box: tuple[float, float, float, float], rows: int, columns: int) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = box
+    return (float(np.clip(x1, 0, columns)), float(np.clip(y1, 0, rows)),
+            float(np.clip(x2, 0, columns)), float(np.clip(y2, 0, rows)))
+
+
+def to_finding(chain: Sequence[SliceDetection], geometry: StackGeometry, cls: ModelClass) -> Finding:
+    """A finding from one chain: peak score, score-weighted centre (LPS mm), extents and per-slice boxes.
+
+    ``size_mm`` is the extent along (row direction, column direction, slice normal): the widest
+    box on any slice, and the span of the slices plus one median slice gap.
+    """
+    _, rows, columns = geometry.shape
+    boxes = np.array([d.box_px for d in chain], dtype=np.float64)
+    scores = np.array([d.score for d in chain], dtype=np.float64)
+    z = np.array([d.slice_index for d in chain], dtype=np.float64)
+    centres = np.stack([z, (boxes[:, 1] + boxes[:, 3]) / 2, (boxes[:, 0] + boxes[:, 2]) / 2], axis=1)
+    centre = (geometry.voxel_to_patient(centres) * scores[:, None]).sum(axis=0) / scores.sum()
+    dy, dx = geometry.pixel_spacing_mm
+    coords = geometry.slice_coordinates_mm
+    gap = float(np.median(geometry.slice_gaps_mm))
+    size = (
+        float((boxes[:, 2] - boxes[:, 0]).max() * dx),
+        float((boxes[:, 3] - boxes[:, 1]).max() * dy),
+        float(coords[int(z.max())] - coords[int(z.min())] + gap),
+    )
+    voxel_box = (
+        int(z.min()),
+        int(np.clip(np.floor(boxes[:, 1].min() + 0.5), 0, rows - 1)),
+        int(np.clip(np.floor(boxes[:, 0].min() + 0.5), 0, columns - 1)),
+        int(z.max()) + 1,
+        int(np.clip(np.ceil(boxes[:, 3].max() - 0.5), 0, rows - 1)) + 1,
+        int(np.clip(np.ceil(boxes[:, 2].max() - 0.5), 0, columns - 1)) + 1,
+    )
+    slices = tuple(
+        SliceBox(geometry.sop_instance_uids[d.slice_index], _clipped(d.box_px, rows, columns), float(d.score))
+        for d in chain
+    )
+    return Finding(
+        label=cls.label,
+        finding_type=cls.finding_type,
+        score=float(scores.max()),
+        centre_mm=(float(centre[0]), float(centre[1]), float(centre[2])),
+        size_mm=size,
+        voxel_box=voxel_box,
+        slices=slices,
+        finding_site=cls.finding_site,
+    )
+
+
+def merge_findings(
+    detections: Sequence[SliceDetection],
+    geometry: StackGeometry,
+    classes: Sequence[ModelClass],
+    operating_threshold: float,
+) -> list[Finding]:
+    """3D findings whose peak score reaches ``operating_threshold``, best first.
+
+    Boxes that leave the image are clipped to it; a box left empty by clipping is dropped first.
+    """
+    _, rows, columns = geometry.shape
+    inside = [
+        d for d in detections
+        if (b := _clipped(d.box_px, rows, columns))[0] < b[2] and b[1] < b[3]
+    ]
+    chains = [c for c in link_slices(inside, geometry) if max(d.score for d in c) >= operating_threshold]
+    findings = [to_finding(c, geometry, classes[c[0].label]) for c in chains]
+    return sorted(findings, key=lambda f: -f.score)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.support import require_ct
+
 PATIENT_NAME = "DOE^JANE"
 PATIENT_ID = "PID-4711-SECRET"
 
@@ -20,15 +20,7 @@ PATIENT_ID = "PID-4711-SECRET"
 @pytest.fixture(scope="session")
 def ct_data() -> Callable[[str], Path]:
     """Return a function giving a sub-folder of the real CT data, skipping the test when it is absent."""
-    root = Path(os.environ.get("CTNODE_TEST_DATA", REPO_ROOT.parent / "shared" / "ct"))
-
-    def folder(name: str) -> Path:
-        path = root / name
-        if not path.is_dir():
-            pytest.skip(f"real CT test data {path} is absent (set CTNODE_TEST_DATA to the shared/ct folder)")
-        return path
-
-    return folder
+    return require_ct
 
 
 SliceWriter = Callable[..., Path]

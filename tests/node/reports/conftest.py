@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -14,6 +13,7 @@ from pydicom.dataset import Dataset
 
 from detector.findings import Code, Finding, SliceBox
 from node.reports import AlgorithmIdentity
+from tests.support import require, require_ct
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 CHEST = "chest_lung_pet_ct_dx_A0001"
@@ -26,10 +26,7 @@ BRAIN = Code("12738006", "SCT", "Brain")
 
 def ct_data(*parts: str) -> Path:
     """A path in the real CT data (CTNODE_TEST_DATA, default ../shared/ct); skips the test when it is absent."""
-    path = Path(os.environ.get("CTNODE_TEST_DATA", REPO_ROOT.parent / "shared" / "ct")).joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real CT test data {path} is absent (set CTNODE_TEST_DATA to the shared/ct folder)")
-    return path
+    return require_ct(*parts)
 
 
 def patient_mm(ds: Dataset, column: float, row: float) -> np.ndarray:
@@ -110,12 +107,11 @@ def algorithm() -> AlgorithmIdentity:
 
 @pytest.fixture(scope="session")
 def validate_dicom() -> Path:
-    """The shared validator script; skips when it or the Debian validators it runs are not installed."""
+    """The shared validator script; skips (fails under CTNODE_REQUIRE_SERVICES=1) when it or its tools are missing."""
     script = REPO_ROOT.parent / "shared" / "tools" / "validate-dicom"
-    if not script.exists():
-        pytest.skip(f"validator script {script} is absent")
+    require(f"the validator script {script}", script.exists())
     missing = [t for t in ("dciodvfy", "dsrdump", "java") if shutil.which(t) is None]
-    if missing or not Path("/usr/share/java/pixelmed.jar").exists():
-        what = ", ".join(missing) or "pixelmed.jar"
-        pytest.skip(f"DICOM validators missing ({what}): apt-get install dicom3tools dcmtk pixelmed-apps")
+    if not Path("/usr/share/java/pixelmed.jar").exists():
+        missing.append("pixelmed.jar")
+    require(f"DICOM validators ({', '.join(missing)}; apt-get install dicom3tools dcmtk pixelmed-apps)", not missing)
     return script

@@ -89,11 +89,18 @@ def _clipped(box: tuple[float, float, float, float], rows: int, columns: int) ->
             float(np.clip(x2, 0, columns)), float(np.clip(y2, 0, rows)))
 
 
+def _pixel_span(low: float, high: float, size: int) -> tuple[int, int]:
+    """Pixels (start, end exclusive) at least half inside the edges [low, high]; at least one pixel."""
+    start = int(np.clip(np.ceil(low), 0, size - 1))
+    return start, int(np.clip(np.floor(high) + 1, start + 1, size))
+
+
 def to_finding(chain: Sequence[SliceDetection], geometry: StackGeometry, cls: ModelClass) -> Finding:
     """A finding from one chain: peak score, score-weighted centre (LPS mm), extents and per-slice boxes.
 
     ``size_mm`` is the extent along (row direction, column direction, slice normal): the widest
-    box on any slice, and the span of the slices plus one median slice gap.
+    box on any slice, and the span of the slices plus one median slice gap. ``voxel_box`` holds
+    every pixel at least half inside the union of the boxes.
     """
     _, rows, columns = geometry.shape
     boxes = np.array([d.box_px for d in chain], dtype=np.float64)
@@ -109,14 +116,9 @@ def to_finding(chain: Sequence[SliceDetection], geometry: StackGeometry, cls: Mo
         float((boxes[:, 3] - boxes[:, 1]).max() * dy),
         float(coords[int(z.max())] - coords[int(z.min())] + gap),
     )
-    voxel_box = (
-        int(z.min()),
-        int(np.clip(np.floor(boxes[:, 1].min() + 0.5), 0, rows - 1)),
-        int(np.clip(np.floor(boxes[:, 0].min() + 0.5), 0, columns - 1)),
-        int(z.max()) + 1,
-        int(np.clip(np.ceil(boxes[:, 3].max() - 0.5), 0, rows - 1)) + 1,
-        int(np.clip(np.ceil(boxes[:, 2].max() - 0.5), 0, columns - 1)) + 1,
-    )
+    y0, y1 = _pixel_span(boxes[:, 1].min(), boxes[:, 3].max(), rows)
+    x0, x1 = _pixel_span(boxes[:, 0].min(), boxes[:, 2].max(), columns)
+    voxel_box = (int(z.min()), y0, x0, int(z.max()) + 1, y1, x1)
     slices = tuple(
         SliceBox(geometry.sop_instance_uids[d.slice_index], _clipped(d.box_px, rows, columns), float(d.score))
         for d in chain

@@ -68,7 +68,7 @@ def slice_detections(
     depth = volume.geometry.shape[0]
     out: list[SliceDetection] = []
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-    with _threads(threads), torch.inference_mode(), autocast, Progress(disable=not progress, transient=True) as bar:
+    with _threads(threads), torch.no_grad(), autocast, Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("detecting", total=depth)
         for start in range(0, depth, batch_slices):
             batch = model_input(volume, range(start, min(start + batch_slices, depth)), card.input_spec)

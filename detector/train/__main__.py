@@ -121,11 +121,14 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=480.0, help="training wall-clock budget per target")
     parser.add_argument("--iterations", type=int, default=4000)
     parser.add_argument("--pool", type=int, default=1200, help="training samples rendered per target")
+    parser.add_argument("--crop", type=int, default=128, help="training crop side (model pixels)")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for name in args.targets:
-        run(TARGETS[name], TrainSettings(iterations=args.iterations, budget_s=args.budget_s), args.pool)
+        settings = TrainSettings(iterations=args.iterations, budget_s=args.budget_s, crop_px=args.crop, lr=args.lr)
+        run(TARGETS[name], settings, args.pool)
 
 
 if __name__ == "__main__":

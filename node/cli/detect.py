@@ -1,0 +1,82 @@
+"""`ctnode detect PATH`: run a shipped model on a folder of DICOM files, print the findings, write overlay PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from detector.findings import Finding
+from detector.infer import DetectionResult, detect_series, load_model
+from detector.io import SeriesInputError
+from detector.registry import ModelCardError
+from node.reports.options import DEFAULT_BANNER
+from node.reports.render import DrawnBox, render_slice, windowed_gray
+from node.reports.sc import finding_caption, key_slice
+
+console = Console()
+
+
+def findings_table(result: DetectionResult) -> Table:
+    """One row per finding: label, score, centre and size in patient mm, slices and key slice."""
+    card = result.model.card
+    table = Table(title=f"{len(result.findings)} finding(s), {card.name} {card.version}, "
+                        f"threshold {card.operating_threshold:.3f}")
+    for column in ("#", "label", "score", "centre LPS (mm)", "size (mm)", "slices", "key slice"):
+        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+    for n, f in enumerate(result.findings):
+        z0, z1 = f.voxel_box[0], f.voxel_box[3]
+        table.add_row(
+            str(n + 1), f.label, f"{f.score:.3f}",
+            ", ".join(f"{v:.1f}" for v in f.centre_mm), " x ".join(f"{v:.1f}" for v in f.size_mm),
+            f"{z0}-{z1 - 1} ({len(f.slices)})", key_slice(f).sop_instance_uid,
+        )
+    return table
+
+
+def write_overlays(result: DetectionResult, out: Path) -> list[Path]:
+    """One PNG per finding: its key slice in the model's first window, every finding's box on that slice drawn."""
+    out.mkdir(parents=True, exist_ok=True)
+    window = result.model.card.input_spec.windows[0]
+    uids = result.volume.geometry.sop_instance_uids
+    footer = f"ctnode {result.model.card.name} {result.model.card.version}"
+    written = []
+    for n, finding in enumerate(result.findings):
+        key = key_slice(finding).sop_instance_uid
+        boxes = [
+            DrawnBox(box.box_px, finding_caption(m, other))
+            for m, other in enumerate(result.findings) for box in other.slices if box.sop_instance_uid == key
+        ]
+        gray = windowed_gray(result.volume.hu[uids.index(key)], window.centre, window.width)
+        path = out / f"finding-{n + 1:03d}-{_safe(finding)}.png"
+        Image.fromarray(render_slice(gray, boxes, DEFAULT_BANNER, footer)).save(path)
+        written.append(path)
+    return written
+
+
+def _safe(finding: Finding) -> str:
+    return "".join(c if c.isalnum() else "_" for c in finding.label)
+
+
+def detect(
+    path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM instances of one study.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")] = "head",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for overlay PNGs.")] = None,
+) -> None:
+    """Find focal findings in the series a radiologist would read, print them, and draw them."""
+    try:
+        loaded = load_model(model)
+        result = detect_series(path, loaded, progress=True)
+    except (SeriesInputError, ModelCardError, LookupError) as exc:
+        console.print(f"[red]cannot detect:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    for line in result.selection.reasons:
+        console.print(line)
+    console.print(findings_table(result))
+    if out is not None:
+        for written in write_overlays(result, out):
+            console.print(f"wrote {written}")

@@ -109,6 +109,36 @@ DeformConv2dShape check_deform_conv2d(
   return s;
 }
 
+DeformConv2dShape check_deform_conv2d_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& offset,
+    const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    int64_t offset_groups) {
+  const DeformConv2dShape s = check_deform_conv2d(
+      input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
+  TORCH_CHECK(
+      grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
+      "deform_conv2d backward: grad_output must be [N, O, Ho, Wo], got ", grad_output.sizes());
+  return s;
+}
+
+at::Tensor output_with_bias(
+    const DeformConv2dShape& s, const std::optional<at::Tensor>& bias, const at::TensorOptions& options) {
+  if (!bias.has_value()) {
+    return at::zeros({s.batch, s.out_channels, s.out_h, s.out_w}, options);
+  }
+  return bias->view({1, s.out_channels, 1, 1})
+      .expand({s.batch, s.out_channels, s.out_h, s.out_w})
+      .contiguous();
+}
+
 at::Tensor deform_conv2d(
     const at::Tensor& input,
     const at::Tensor& weight,

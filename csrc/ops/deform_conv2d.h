@@ -36,6 +36,24 @@ DeformConv2dShape check_deform_conv2d(
     int64_t groups,
     int64_t offset_groups);
 
+// check_deform_conv2d, plus grad_output [N, O, Ho, Wo].
+DeformConv2dShape check_deform_conv2d_backward(
+    const at::Tensor& grad_output,
+    const at::Tensor& input,
+    const at::Tensor& weight,
+    const at::Tensor& offset,
+    const std::optional<at::Tensor>& mask,
+    const std::optional<at::Tensor>& bias,
+    at::IntArrayRef stride,
+    at::IntArrayRef padding,
+    at::IntArrayRef dilation,
+    int64_t groups,
+    int64_t offset_groups);
+
+// The output [N, O, Ho, Wo], contiguous, filled with the bias (or zeros).
+at::Tensor output_with_bias(
+    const DeformConv2dShape& s, const std::optional<at::Tensor>& bias, const at::TensorOptions& options);
+
 at::Tensor deform_conv2d(
     const at::Tensor& input,
     const at::Tensor& weight,

@@ -17,17 +17,22 @@
 
 #include "../bilinear.h"
 #include "../deform_conv2d.h"
+#include "vectorize.h"
 
 namespace ctnode {
 namespace ops {
 
 namespace {
 
-// Column elements of one chunk: a chunk's columns stay in the L2 cache.
-constexpr int64_t kColumnElementsPerChunk = 1 << 15;
+// Column elements of one chunk of output positions (1 MB in float): the
+// chunk's GEMM is efficient and its columns stay in cache.
+constexpr int64_t kChunkColumnElements = 1 << 18;
+// Column elements the backward holds at once (columns and their gradients),
+// which bounds its memory and the number of parallel regions it opens.
+constexpr int64_t kSpanColumnElements = 1 << 22;
 
-int64_t chunk_positions(const DeformConv2dShape& s, int64_t scale) {
-  return std::max<int64_t>(16, scale * kColumnElementsPerChunk / (s.in_channels * s.taps()));
+int64_t chunk_positions(const DeformConv2dShape& s) {
+  return std::min(s.positions(), std::max<int64_t>(16, kChunkColumnElements / (s.in_channels * s.taps())));
 }
 
 template <typename scalar_t>
@@ -88,7 +93,7 @@ void compute_taps(
 
 // columns[g, q, k, cg] = mask * bilinear(input[channel g * Cg + cg]) at tap k of position q.
 template <typename scalar_t>
-void gather_columns(
+CTNODE_CPU_CLONES void gather_columns(
     const DeformConv2dShape& s,
     const scalar_t* input,
     const Tap<scalar_t>* taps,
@@ -128,7 +133,7 @@ void gather_columns(
 // Offset and mask gradients of positions [q_begin, q_end) of a chunk, from
 // the column gradients: d out / d y = mask * sum_j dweight_dy_j * x_j, etc.
 template <typename scalar_t>
-void offset_mask_grad(
+CTNODE_CPU_CLONES void offset_mask_grad(
     const DeformConv2dShape& s,
     const scalar_t* input,
     const Tap<scalar_t>* taps,
@@ -184,7 +189,7 @@ void offset_mask_grad(
 // [c_begin, c_end): each channel is owned by one thread, and updated in the
 // fixed order of (position, tap, corner), so the result is deterministic.
 template <typename scalar_t>
-void scatter_input_grad(
+CTNODE_CPU_CLONES void scatter_input_grad(
     const DeformConv2dShape& s,
     const Tap<scalar_t>* taps,
     const scalar_t* grad_columns,
@@ -254,7 +259,7 @@ Prepared prepare(
 template <typename scalar_t>
 void forward_kernel(const DeformConv2dShape& s, const Prepared& p, at::Tensor& output) {
   const int64_t positions = s.positions();
-  const int64_t capacity = chunk_positions(s, 1);
+  const int64_t capacity = chunk_positions(s);
   const int64_t chunks_per_image = (positions + capacity - 1) / capacity;
   const int64_t hw = s.height * s.width;
   const int64_t og_stride = 2 * s.offset_groups * s.taps() * positions;
@@ -294,11 +299,7 @@ at::Tensor deform_conv2d_cpu(
     int64_t offset_groups) {
   const DeformConv2dShape s = check_deform_conv2d(
       input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
-  at::Tensor output = bias.has_value()
-      ? bias->view({1, s.out_channels, 1, 1})
-            .expand({s.batch, s.out_channels, s.out_h, s.out_w})
-            .contiguous()
-      : at::zeros({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
+  at::Tensor output = output_with_bias(s, bias, input.options());
   if (s.batch == 0) {
     return output;
   }
@@ -309,6 +310,11 @@ at::Tensor deform_conv2d_cpu(
   return output;
 }
 
+// The backward walks each image in spans of up to kSpanColumnElements
+// columns, with two parallel regions per span (few synchronisations, which
+// matters on a loaded server): per chunk of positions, taps, columns, column
+// gradients (single-threaded GEMM) and offset/mask gradients; then, per
+// channel block, the input gradient. Weight gradients take one GEMM per span.
 template <typename scalar_t>
 void backward_kernel(
     const DeformConv2dShape& s,
@@ -319,16 +325,17 @@ void backward_kernel(
     at::Tensor& grad_offset,
     at::Tensor& grad_mask) {
   const int64_t positions = s.positions();
-  const int64_t capacity = std::min(positions, chunk_positions(s, 4));
+  const int64_t chunk = chunk_positions(s);
+  const int64_t span = std::min(
+      positions, std::max<int64_t>(1, kSpanColumnElements / (s.in_channels * s.taps() * chunk)) * chunk);
   const int64_t hw = s.height * s.width;
   const int64_t offset_stride = 2 * s.offset_groups * s.taps() * positions;
   const int64_t mask_stride = s.offset_groups * s.taps() * positions;
   const at::Tensor go = grad_output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
-  std::vector<Tap<scalar_t>> taps(capacity * s.taps() * s.offset_groups);
+  std::vector<Tap<scalar_t>> taps(span * s.taps() * s.offset_groups);
   at::Tensor columns =
-      at::empty({s.groups, capacity, s.taps() * s.channels_per_group()}, p.input.options());
+      at::empty({s.groups, span, s.taps() * s.channels_per_group()}, p.input.options());
   at::Tensor grad_columns = at::empty_like(columns);
-  const int64_t grain = std::max<int64_t>(1, 2048 / (s.taps() * s.in_channels));
   for (int64_t n = 0; n < s.batch; ++n) {
     const scalar_t* input = p.input.data_ptr<scalar_t>() + n * hw * s.in_channels;
     const scalar_t* offset = p.offset.data_ptr<scalar_t>() + n * offset_stride;
@@ -336,28 +343,30 @@ void backward_kernel(
     scalar_t* g_input = grad_input.data_ptr<scalar_t>() + n * hw * s.in_channels;
     scalar_t* g_offset = grad_offset.data_ptr<scalar_t>() + n * offset_stride;
     scalar_t* g_mask = grad_mask.defined() ? grad_mask.data_ptr<scalar_t>() + n * mask_stride : nullptr;
-    for (int64_t p_begin = 0; p_begin < positions; p_begin += capacity) {
-      const int64_t count = std::min(capacity, positions - p_begin);
-      at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
-        compute_taps<scalar_t>(s, offset, mask, p_begin, begin, end, taps.data());
-        gather_columns<scalar_t>(
-            s, input, taps.data(), capacity, begin, end, columns.data_ptr<scalar_t>());
+    for (int64_t p_begin = 0; p_begin < positions; p_begin += span) {
+      const int64_t count = std::min(span, positions - p_begin);
+      at::parallel_for(0, (count + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t c = begin; c < end; ++c) {
+          const int64_t q_begin = c * chunk;
+          const int64_t q_end = std::min(count, q_begin + chunk);
+          compute_taps<scalar_t>(s, offset, mask, p_begin, q_begin, q_end, taps.data());
+          gather_columns<scalar_t>(
+              s, input, taps.data(), span, q_begin, q_end, columns.data_ptr<scalar_t>());
+          for (int64_t g = 0; g < s.groups; ++g) {
+            at::Tensor gc = grad_columns[g].narrow(0, q_begin, q_end - q_begin);
+            at::mm_out(gc, go[n][g].narrow(1, p_begin + q_begin, q_end - q_begin).t(), p.weight[g]);
+          }
+          offset_mask_grad<scalar_t>(
+              s, input, taps.data(), grad_columns.data_ptr<scalar_t>(), span, p_begin, q_begin,
+              q_end, g_offset, g_mask);
+        }
       });
       for (int64_t g = 0; g < s.groups; ++g) {
-        const at::Tensor go_g = go[n][g].narrow(1, p_begin, count);
-        grad_weight[g].addmm_(go_g, columns[g].narrow(0, 0, count));
-        at::Tensor gc = grad_columns[g].narrow(0, 0, count);
-        at::mm_out(gc, go_g.t(), p.weight[g]);
+        grad_weight[g].addmm_(go[n][g].narrow(1, p_begin, count), columns[g].narrow(0, 0, count));
       }
-      at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
-        offset_mask_grad<scalar_t>(
-            s, input, taps.data(), grad_columns.data_ptr<scalar_t>(), capacity, p_begin, begin,
-            end, g_offset, g_mask);
-      });
       at::parallel_for(0, s.in_channels, 16, [&](int64_t begin, int64_t end) {
         scatter_input_grad<scalar_t>(
-            s, taps.data(), grad_columns.data_ptr<scalar_t>(), capacity, count, begin, end,
-            g_input);
+            s, taps.data(), grad_columns.data_ptr<scalar_t>(), span, count, begin, end, g_input);
       });
     }
   }
@@ -376,11 +385,8 @@ deform_conv2d_backward_cpu(
     at::IntArrayRef dilation,
     int64_t groups,
     int64_t offset_groups) {
-  const DeformConv2dShape s = check_deform_conv2d(
-      input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
-  TORCH_CHECK(
-      grad_output.sizes() == at::IntArrayRef({s.batch, s.out_channels, s.out_h, s.out_w}),
-      "deform_conv2d backward: grad_output must be [N, O, Ho, Wo], got ", grad_output.sizes());
+  const DeformConv2dShape s = check_deform_conv2d_backward(
+      grad_output, input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
   const int64_t og = s.out_channels / s.groups;
   const int64_t kc = s.taps() * s.channels_per_group();
   at::Tensor grad_input = at::zeros({s.batch, s.height * s.width, s.in_channels}, input.options());
@@ -401,7 +407,8 @@ deform_conv2d_backward_cpu(
       grad_input.view({s.batch, s.height, s.width, s.in_channels}).permute({0, 3, 1, 2}).contiguous(),
       grad_weight.view({s.groups, og, s.taps(), s.channels_per_group()})
           .permute({0, 1, 3, 2})
-          .reshape(weight.sizes()),
+          .reshape(weight.sizes())
+          .contiguous(),
       grad_offset,
       grad_mask,
       grad_bias};

@@ -1,0 +1,38 @@
+// Schema of ctnode::nms (2D and 3D boxes), argument checks, dispatcher call.
+#include "nms.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/library.h>
+
+namespace ctnode {
+namespace ops {
+
+int64_t check_nms(const at::Tensor& boxes, const at::Tensor& scores) {
+  TORCH_CHECK(
+      boxes.dim() == 2 && (boxes.size(1) == 4 || boxes.size(1) == 6),
+      "nms: boxes must be [N, 4] (x1, y1, x2, y2) or [N, 6] (x1, y1, z1, x2, y2, z2), got ",
+      boxes.sizes());
+  TORCH_CHECK(
+      scores.dim() == 1 && scores.size(0) == boxes.size(0),
+      "nms: scores must be [N = ", boxes.size(0), "], got ", scores.sizes());
+  TORCH_CHECK(
+      boxes.is_floating_point() && scores.scalar_type() == boxes.scalar_type(),
+      "nms: boxes and scores must share one floating dtype, got ", boxes.scalar_type(), " and ",
+      scores.scalar_type());
+  TORCH_CHECK(boxes.device() == scores.device(), "nms: boxes and scores must be on one device");
+  return boxes.size(1) / 2;
+}
+
+at::Tensor nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("ctnode::nms", "")
+                       .typed<decltype(nms)>();
+  return op.call(boxes, scores, iou_threshold);
+}
+
+TORCH_LIBRARY_FRAGMENT(ctnode, m) {
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+}
+
+}  // namespace ops
+}  // namespace ctnode

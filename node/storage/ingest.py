@@ -8,15 +8,15 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from node.db import audit
 from node.db.schema import Instance, Series, Study, utcnow
+from node.dicom.header import WANTED, scan
 from node.dicom.status import StoreStatus
 from node.events import AuditKind
 from node.logging import get_logger, phi_registry
@@ -24,12 +24,8 @@ from node.storage.store import InstanceStore
 
 log = get_logger(__name__)
 
-HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber",
-    "SeriesDescription", "BodyPartExamined", "StudyDate", "StudyDescription", "InstanceNumber",
-    "PatientName", "PatientID", "PatientBirthDate", "AccessionNumber",
-]
 REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+Header = dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -65,38 +61,46 @@ class Refused(Exception):
         self.reason = reason
 
 
-def _text(ds: Dataset, keyword: str, limit: int = 64) -> str | None:
-    value = ds.get(keyword)
-    return str(value)[:limit] if value not in (None, "") else None
+def _text(header: Header, keyword: str, limit: int = 64) -> str | None:
+    return header.get(keyword, "")[:limit] or None
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _int(header: Header, keyword: str) -> int | None:
     try:
-        value = ds.get(keyword)
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        return int(header.get(keyword, ""))
+    except ValueError:
         return None
 
 
-def read_header(item: Received) -> Dataset:
+def _header_with_pydicom(item: Received) -> Header:
+    ds = dcmread(item.path, stop_before_pixels=True, specific_tags=list(WANTED.values()))
+    return {kw: str(ds.get(kw)).strip() for kw in WANTED.values() if ds.get(kw) not in (None, "")}
+
+
+def read_header(item: Received) -> Header:
     """Decode the identifying attributes and check the UIDs; raises Refused with the precise status."""
     try:
-        ds = dcmread(item.path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        header = scan(item.path, item.transfer_syntax_uid) or _header_with_pydicom(item)
     except Exception as exc:  # any parser failure on untrusted bytes means "cannot understand"
         raise Refused(StoreStatus.CANNOT_PARSE, f"data set cannot be decoded: {type(exc).__name__}") from exc
-    phi_registry.remember(ds.get("PatientName"), ds.get("PatientID"), ds.get("AccessionNumber"),
-                          ds.get("PatientBirthDate"))
+    phi_registry.remember(*(header.get(k) for k in ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate")))
     for keyword in REQUIRED_UIDS:
-        value = str(ds.get(keyword, "") or "").strip()
+        value = header.get(keyword, "")
         if not value:
             raise Refused(StoreStatus.MISSING_UID, f"{keyword} is missing")
         if not UID(value).is_valid:
             raise Refused(StoreStatus.INVALID_UID, f"{keyword} is not a valid UID")
-    if str(ds.SOPClassUID) != item.sop_class_uid:
+    if header["SOPClassUID"] != item.sop_class_uid:
         raise Refused(StoreStatus.SOP_CLASS_MISMATCH, "SOPClassUID differs from the C-STORE command")
-    if str(ds.SOPInstanceUID) != item.sop_instance_uid:
+    if header["SOPInstanceUID"] != item.sop_instance_uid:
         raise Refused(StoreStatus.SOP_INSTANCE_MISMATCH, "SOPInstanceUID differs from the C-STORE command")
-    return ds
+    return header
+
+
+# Statements built once: the hot path only binds parameters.
+_VERSIONS = select(Instance.id, Instance.sha256).where(Instance.sop_instance_uid == bindparam("sop"))
+_INSERT_INSTANCE = insert(Instance).returning(Instance.id)
+_SUPERSEDE = update(Instance).where(Instance.sop_instance_uid == bindparam("sop")).values(is_current=False)
 
 
 class Ingestor:
@@ -131,51 +135,47 @@ class Ingestor:
             self.store.discard(item.path)
             return self._refuse(item, f"write failed: {exc.strerror}", header)
 
-    def _index(self, item: Received, header: Dataset) -> Outcome:
+    def _index(self, item: Received, header: Header) -> Outcome:
         sop = item.sop_instance_uid
         new_series: tuple[str, int] | None = None
         with self.engine.begin() as conn:
-            versions = conn.execute(
-                select(Instance.id, Instance.sha256).where(Instance.sop_instance_uid == sop)
-            ).all()
+            versions = conn.execute(_VERSIONS, {"sop": sop}).all()
             same = next((v for v in versions if v.sha256 == item.sha256), None)
             if same is not None:
                 self.store.discard(item.path)
                 return Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id)
-            series_uid = str(header.SeriesInstanceUID)
+            series_uid = header["SeriesInstanceUID"]
             series_id = self._series_ids.get(series_uid)
             if series_id is None:
                 series_id = self._ensure_series(conn, header)
                 new_series = (series_uid, series_id)
-            relative = self.store.relative_path(str(header.StudyInstanceUID), series_uid, sop, item.sha256)
+            relative = self.store.relative_path(header["StudyInstanceUID"], series_uid, sop, item.sha256)
             self.store.commit_file(item.path, relative)
             if versions:
-                conn.execute(update(Instance).where(Instance.sop_instance_uid == sop).values(is_current=False))
+                conn.execute(_SUPERSEDE, {"sop": sop})
                 audit.record(conn, AuditKind.INSTANCE_CONFLICT, association_id=item.association_id,
-                             study_instance_uid=str(header.StudyInstanceUID), sop_instance_uid=sop, path=relative,
+                             study_instance_uid=header["StudyInstanceUID"], sop_instance_uid=sop, path=relative,
                              detail={"sha256": item.sha256, "earlier_sha256": [v.sha256 for v in versions]})
-            instance_id = conn.execute(
-                insert(Instance).values(
-                    series_id=series_id, association_id=item.association_id, sop_instance_uid=sop,
-                    sop_class_uid=item.sop_class_uid, transfer_syntax_uid=item.transfer_syntax_uid,
-                    instance_number=_int(header, "InstanceNumber"), sha256=item.sha256, size_bytes=item.size,
-                    path=relative, received_at=utcnow(), is_current=True,
-                ).returning(Instance.id)
-            ).scalar_one()
+            instance_id = conn.execute(_INSERT_INSTANCE, {
+                "series_id": series_id, "association_id": item.association_id, "sop_instance_uid": sop,
+                "sop_class_uid": item.sop_class_uid, "transfer_syntax_uid": item.transfer_syntax_uid,
+                "instance_number": _int(header, "InstanceNumber"), "sha256": item.sha256, "size_bytes": item.size,
+                "path": relative, "received_at": utcnow(), "is_current": True,
+            }).scalar_one()
         if new_series is not None:
             with self._lock:
                 self._series_ids[new_series[0]] = new_series[1]
         kind = "conflict" if versions else "stored"
         return Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative})
 
-    def _ensure_series(self, conn: Connection, header: Dataset) -> int:
-        study_uid = str(header.StudyInstanceUID)
+    def _ensure_series(self, conn: Connection, header: Header) -> int:
+        study_uid = header["StudyInstanceUID"]
         _insert_ignore(conn, Study, "study_instance_uid", {
             "study_instance_uid": study_uid, "study_date": _text(header, "StudyDate", 8),
             "study_description": _text(header, "StudyDescription"), "first_received_at": utcnow(),
         })
         study_id = conn.execute(select(Study.id).where(Study.study_instance_uid == study_uid)).scalar_one()
-        series_uid = str(header.SeriesInstanceUID)
+        series_uid = header["SeriesInstanceUID"]
         _insert_ignore(conn, Series, "series_instance_uid", {
             "study_id": study_id, "series_instance_uid": series_uid, "modality": _text(header, "Modality", 16),
             "series_number": _int(header, "SeriesNumber"), "series_description": _text(header, "SeriesDescription"),
@@ -198,11 +198,11 @@ class Ingestor:
                     sop_instance_uid=item.sop_instance_uid, path=str(kept))
         return Outcome(refused.status, "quarantined", refused.reason, detail={"path": str(kept)})
 
-    def _refuse(self, item: Received, reason: str, header: Dataset) -> Outcome:
+    def _refuse(self, item: Received, reason: str, header: Header) -> Outcome:
         try:
             with self.engine.begin() as conn:
                 audit.record(conn, AuditKind.STORE_REFUSED, association_id=item.association_id,
-                             study_instance_uid=str(header.StudyInstanceUID), sop_instance_uid=item.sop_instance_uid,
+                             study_instance_uid=header["StudyInstanceUID"], sop_instance_uid=item.sop_instance_uid,
                              status=int(StoreStatus.OUT_OF_RESOURCES), detail={"reason": reason})
         except SQLAlchemyError as exc:
             log.error("audit write failed", kind=str(AuditKind.STORE_REFUSED), error=type(exc).__name__)

@@ -108,6 +108,76 @@ class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+class ClientTLSConfig(_Section):
+    """Optional TLS when we connect to a destination: verify its certificate, optionally present ours."""
+
+    enabled: bool = False
+    ca_file: Path | None = None  # trust anchors for the destination's certificate; None = the system's
+    cert_file: Path | None = None  # our client certificate, for destinations that demand one
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together")
+        return self
+
+
+class Destination(_Section):
+    """A DICOM node (usually the PACS) that receives our results by C-STORE."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    calling_ae_title: str | None = None  # our AE title towards this destination; None = dicom.ae_title
+    tls: ClientTLSConfig = Field(default_factory=ClientTLSConfig)
+
+    _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+    _check_calling = field_validator("calling_ae_title")(
+        classmethod(lambda cls, v: None if v is None else check_ae_title(v))
+    )
+
+
+class DeliveryConfig(_Section):
+    """Where results go and how hard we try: destinations, routing, retry policy."""
+
+    destinations: list[Destination] = Field(default_factory=list)
+    reply_to: dict[str, str] = Field(default_factory=dict)  # calling AE of the sender -> destination name
+    default_destinations: list[str] = Field(default_factory=list)  # always sent to, whoever sent the study
+    max_attempts: int = Field(8, ge=1)
+    backoff_initial_s: float = Field(10.0, gt=0)
+    backoff_max_s: float = Field(900.0, gt=0)
+    backoff_jitter: float = Field(0.2, ge=0, le=1)  # each delay is scaled by a random factor in 1 +/- jitter
+    batch_size: int = Field(64, ge=1, le=1000)
+    poll_interval_s: float = Field(2.0, gt=0)
+    lease_s: float = Field(300.0, gt=0)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(120.0, gt=0)
+    network_timeout_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> DeliveryConfig:
+        names = [d.name for d in self.destinations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"destination names must be unique, got {names}")
+        for where, name in [*(("reply_to", n) for n in self.reply_to.values()),
+                            *(("default_destinations", n) for n in self.default_destinations)]:
+            if name not in names:
+                raise ValueError(f"{where} names destination {name!r}, which is not in destinations {names}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be at least backoff_initial_s")
+        return self
+
+    def destination(self, name: str) -> Destination:
+        """The destination called ``name``; KeyError when there is none."""
+        for destination in self.destinations:
+            if destination.name == name:
+                return destination
+        raise KeyError(name)
+
+
 _yaml_file: ContextVar[Path | None] = ContextVar("ctnode_yaml_file", default=None)
 
 
@@ -120,6 +190,7 @@ class Settings(BaseSettings):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
 
     @property
     def database_url(self) -> str:

@@ -128,3 +128,46 @@ class AuditEvent(Base):
     status: Mapped[int | None] = mapped_column(Integer)  # the DICOM status we answered, when there was one
     path: Mapped[str | None] = mapped_column(Text)
     detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+
+
+class Delivery(Base):
+    """The outbox: one object we produced, to be sent to one destination, and where that stands."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("sop_instance_uid", "destination"),
+        Index("ix_delivery_destination_state_due", "destination", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)  # absolute path of the Part 10 file
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # since it was (re)queued
+    last_status: Mapped[int | None] = mapped_column(Integer)  # the last C-STORE response status, when one came
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    attempt_log: Mapped[list[DeliveryAttempt]] = relationship(order_by="DeliveryAttempt.id")
+
+
+class DeliveryAttempt(Base):
+    """One try at sending a delivery's object: when, what the destination answered, what went wrong."""
+
+    __tablename__ = "delivery_attempt"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("delivery.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(16))
+    status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

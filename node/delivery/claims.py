@@ -1,0 +1,120 @@
+"""Claiming due outbox rows for one destination under a lease, and recording what each attempt came to."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine, insert, or_, select, update
+
+from node.config import DeliveryConfig
+from node.db import audit
+from node.db.schema import Delivery, DeliveryAttempt, utcnow
+from node.delivery.backoff import retry_delay_s
+from node.events import AttemptOutcome, AuditKind, DeliveryState
+from node.logging import get_logger
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An outbox row this sender holds until its lease ends."""
+
+    id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    path: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What one C-STORE attempt came to; ``status`` is the response status when there was a response."""
+
+    outcome: AttemptOutcome
+    status: int | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The rows one sender took for one batch, and the token that proves it still holds them."""
+
+    token: str
+    items: tuple[Claimed, ...]
+
+
+def claim(engine: Engine, destination: str, limit: int, lease_s: float) -> Claim:
+    """Take up to ``limit`` due, unclaimed pending rows of ``destination``, oldest first.
+
+    PostgreSQL skips rows another sender has locked; on SQLite the single guarded UPDATE is atomic. A row
+    whose lease ran out (its sender died) is due again.
+    """
+    now = utcnow()
+    token = uuid.uuid4().hex
+    free = or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now)
+    due = (select(Delivery.id)
+           .where(Delivery.destination == destination, Delivery.state == str(DeliveryState.PENDING),
+                  Delivery.next_attempt_at <= now, free)
+           .order_by(Delivery.id).limit(limit).with_for_update(skip_locked=True))
+    with engine.begin() as conn:
+        ids = list(conn.execute(due).scalars())
+        if not ids:
+            return Claim(token, ())
+        conn.execute(update(Delivery).where(Delivery.id.in_(ids), free)
+                     .values(claimed_until=now + timedelta(seconds=lease_s), claim_token=token))
+        rows = conn.execute(select(Delivery).where(Delivery.claim_token == token).order_by(Delivery.id)).all()
+    return Claim(token, tuple(Claimed(r.id, r.sop_class_uid, r.sop_instance_uid, r.study_instance_uid,
+                                      r.transfer_syntax_uid, r.path, r.attempts) for r in rows))
+
+
+def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed, result: AttemptResult,
+                   config: DeliveryConfig, rng: random.Random | None = None) -> DeliveryState:
+    """Log the attempt and move the row on: delivered, pending with a backoff, or dead after max attempts."""
+    now = utcnow()
+    attempts = item.attempts + 1
+    delivered = result.outcome in (AttemptOutcome.SUCCESS, AttemptOutcome.WARNING)
+    values: dict[str, object] = {"attempts": attempts, "last_status": result.status, "last_error": result.error,
+                                 "claimed_until": None, "claim_token": None}
+    if delivered:
+        state = DeliveryState.DELIVERED
+        values["acknowledged_at"] = now
+    elif attempts >= config.max_attempts:
+        state = DeliveryState.DEAD
+    else:
+        state = DeliveryState.PENDING
+        values["next_attempt_at"] = now + timedelta(seconds=retry_delay_s(config, attempts, rng))
+    values["state"] = str(state)
+    with engine.begin() as conn:
+        conn.execute(insert(DeliveryAttempt).values(delivery_id=item.id, at=now, outcome=str(result.outcome),
+                                                    status=result.status, error=result.error))
+        held = conn.execute(update(Delivery).where(Delivery.id == item.id, Delivery.claim_token == claim.token)
+                            .values(**values)).rowcount
+        event = {AttemptOutcome.WARNING: AuditKind.DELIVERY_WARNING}.get(result.outcome)
+        if state is DeliveryState.DEAD:
+            event = AuditKind.DELIVERY_DEAD_LETTER
+        if held and event is not None:
+            audit.record(conn, event, sop_instance_uid=item.sop_instance_uid,
+                         study_instance_uid=item.study_instance_uid, status=result.status,
+                         detail={"delivery_id": item.id, "destination": destination, "attempts": attempts,
+                                 "error": result.error})
+    if not held:
+        log.warning("claim lost before the attempt was recorded", delivery_id=item.id, destination=destination)
+    log.info("delivery attempt", delivery_id=item.id, destination=destination, sop_instance_uid=item.sop_instance_uid,
+             outcome=str(result.outcome), status=result.status, attempts=attempts, state=str(state), error=result.error)
+    return state
+
+
+def release(engine: Engine, claim: Claim, items: Sequence[Claimed], next_attempt_at: datetime | None = None) -> None:
+    """Give back claimed rows that were not attempted, due again at ``next_attempt_at`` (default now)."""
+    if not items:
+        return
+    with engine.begin() as conn:
+        conn.execute(update(Delivery).where(Delivery.id.in_([i.id for i in items]), Delivery.claim_token == claim.token)
+                     .values(claimed_until=None, claim_token=None, next_attempt_at=next_attempt_at or utcnow()))

@@ -158,7 +158,7 @@ class StorageSCP:
         state = self._state(event.assoc)
         try:
             path = Path(event.dataset_path)
-            sha256, size = spool_for(path).finish()
+            sha256, size = spool_for(path).complete()
             request = event.request
             outcome = self.ingestor.ingest(Received(
                 path=path, sha256=sha256, size=size, sop_class_uid=str(request.AffectedSOPClassUID),

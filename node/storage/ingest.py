@@ -30,7 +30,7 @@ Header = dict[str, str]
 
 @dataclass(frozen=True)
 class Received:
-    """A complete, fsynced spool file and what the C-STORE command said about it."""
+    """A complete spool file (not yet fsynced: the store does that) and what the C-STORE command said of it."""
 
     path: Path
     sha256: str

@@ -11,7 +11,10 @@ from node.storage.durable import start_writeback
 
 
 class SpoolFile:
-    """Receives a data set in fragments; ``finish()`` makes it durable and returns (sha256, size).
+    """Receives a data set in fragments; ``complete()`` closes it and returns (sha256, size).
+
+    Durability is the store's job: it renames the file into place first and fsyncs after, so one
+    journal commit covers both the new file and its name (see InstanceStore.commit_file).
 
     It quacks like the NamedTemporaryFile pynetdicom spools C-STORE data sets into
     (``name``, ``write``, ``file.flush``, ``close``), so it can take that file's place.
@@ -46,12 +49,9 @@ class SpoolFile:
             start_writeback(self._fd, self._synced_to, self._size - self._synced_to)
             self._synced_to = self._size
 
-    def finish(self) -> tuple[str, int]:
-        """fdatasync the file and close it; return its sha256 (hex) and size in bytes."""
-        if self._fd is not None:
-            os.fdatasync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+    def complete(self) -> tuple[str, int]:
+        """Close the file (its pages are already on their way to disk); return its sha256 (hex) and size."""
+        self.close()
         return self._hash.hexdigest(), self._size
 
     def close(self) -> None:

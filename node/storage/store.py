@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from node.config import StorageConfig
-from node.storage.durable import fsync_dir, make_dirs_durable
+from node.storage.durable import fsync_dir, fsync_file, make_dirs_durable
 
 
 class InstanceStore:
@@ -37,11 +37,17 @@ class InstanceStore:
         return self.free_bytes() >= self.config.min_free_bytes
 
     def commit_file(self, spooled: Path, relative: str) -> Path:
-        """Rename an fsynced spool file to its place in the store and make the rename durable."""
+        """Move a complete spool file to its place in the store and make its bytes and its name durable.
+
+        The rename comes before the fdatasync, so on a journalling filesystem one journal commit carries
+        the file's blocks, its creation and its new name; the directory fsync then has nothing left to
+        wait for. A crash before the fsync leaves at worst an unindexed file, never an indexed hole.
+        """
         target = self.root / relative
         with self._lock:
             make_dirs_durable(target.parent, self._known_dirs)
         os.replace(spooled, target)
+        fsync_file(target)
         fsync_dir(target.parent)
         return target
 
@@ -53,6 +59,7 @@ class InstanceStore:
             make_dirs_durable(day, self._known_dirs)
         target = day / f"{now.strftime('%H%M%S%f')}-{reason}-{spooled.stem}.dcm"
         os.replace(spooled, target)
+        fsync_file(target)
         note = target.with_suffix(".json")
         note.write_text(json.dumps({"reason": reason, "at": now.isoformat(), **detail}, default=str))
         fsync_dir(day)

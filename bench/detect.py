@@ -1,0 +1,101 @@
+"""Whole-series detection speed and memory on the real head and chest CT, DCN model against its plain-conv twin.
+
+Each measurement runs in its own process (so peak RSS is that run's own); the DCN and plain runs
+alternate, and the best of ``--repeats`` is kept. Prints a table, then for the head series on CPU:
+``s_per_slice=S peak_rss_gb=G dcn_vs_plain=R``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from detector.infer import LoadedModel, detect_volume, load_model
+from detector.io import read_ct_volume
+from detector.models import RetinaNet
+
+REPO = Path(__file__).resolve().parents[1]
+SERIES = {"head": "head_phantom_philips_study", "chest": "chest_lung_pet_ct_dx_A0001"}
+
+
+def _data_root() -> Path:
+    return Path(os.environ.get("CTNODE_TEST_DATA", REPO.parent / "shared" / "ct"))
+
+
+def _child(target: str, variant: str, device: str) -> None:
+    """One measurement: load the series and model, time detect_volume, print JSON with peak RSS."""
+    volume, _ = read_ct_volume(_data_root() / SERIES[target])
+    model = load_model(target)
+    if variant == "plain":
+        network = RetinaNet(replace(model.network.config, dcn_stages=()))
+        state = {k: v for k, v in model.network.state_dict().items() if "offset_predictor" not in k}
+        network.load_state_dict(state, strict=True)
+        model = LoadedModel(model.card, network.eval())
+    options = {"device": torch.device(device)}
+    detect_volume(volume, model, **options)  # warm-up: first-call allocations and kernel selection
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    findings = detect_volume(volume, model, **options)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"slices": volume.geometry.shape[0], "seconds": seconds, "peak_rss_gb": peak_kb / 2**20,
+                      "findings": len(findings), "threads": torch.get_num_threads()}))
+
+
+def _measure(target: str, variant: str, device: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--child", target, variant, device],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--child", nargs=3, metavar=("TARGET", "VARIANT", "DEVICE"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    jobs = [(t, d, v) for t in SERIES for d in devices for _ in range(args.repeats) for v in ("dcn", "plain")]
+    best: dict[tuple[str, str, str], dict[str, float]] = {}
+    for target, device, variant in track(jobs, description="benchmark runs"):
+        result = _measure(target, variant, device)
+        key = (target, device, variant)
+        if key not in best or result["seconds"] < best[key]["seconds"]:
+            best[key] = result
+    table = Table(title="whole-series detection (io excluded; preprocess + network + postprocess)")
+    for column in ("series", "device", "slices", "s/slice DCN", "s/slice plain", "DCN / plain", "peak RSS GB"):
+        table.add_column(column)
+    for target in SERIES:
+        for device in devices:
+            dcn, plain = best[(target, device, "dcn")], best[(target, device, "plain")]
+            table.add_row(
+                SERIES[target], f"{device} ({int(dcn['threads'])} threads)" if device == "cpu" else device,
+                str(int(dcn["slices"])), f"{dcn['seconds'] / dcn['slices']:.4f}",
+                f"{plain['seconds'] / plain['slices']:.4f}", f"{dcn['seconds'] / plain['seconds']:.2f}",
+                f"{dcn['peak_rss_gb']:.2f}",
+            )
+    Console().print(table)
+    dcn, plain = best[("head", "cpu", "dcn")], best[("head", "cpu", "plain")]
+    print(f"s_per_slice={dcn['seconds'] / dcn['slices']:.4f} peak_rss_gb={dcn['peak_rss_gb']:.2f} "
+          f"dcn_vs_plain={dcn['seconds'] / plain['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

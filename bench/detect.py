@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from detector.infer import LoadedModel, detect_volume, load_model
+from detector.infer import InferenceOptions, LoadedModel, detect_volume, load_model
 from detector.io import read_ct_volume
 from detector.models import RetinaNet
 
@@ -43,12 +43,12 @@ def _child(target: str, variant: str, device: str) -> None:
         state = {k: v for k, v in model.network.state_dict().items() if "offset_predictor" not in k}
         network.load_state_dict(state, strict=True)
         model = LoadedModel(model.card, network.eval())
-    options = {"device": torch.device(device)}
-    detect_volume(volume, model, **options)  # warm-up: first-call allocations and kernel selection
+    options = InferenceOptions(device=torch.device(device))
+    detect_volume(volume, model, options)  # warm-up: first-call allocations and kernel selection
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    findings = detect_volume(volume, model, **options)
+    findings = detect_volume(volume, model, options)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started

@@ -1,10 +1,18 @@
 """Inference: shipped models by name, and a CT series (files or volume) to 3D findings in bounded batches."""
 
-from detector.infer.engine import DetectionResult, default_device, detect_series, detect_volume, slice_detections
+from detector.infer.engine import (
+    DetectionResult,
+    InferenceOptions,
+    default_device,
+    detect_series,
+    detect_volume,
+    slice_detections,
+)
 from detector.infer.models import LoadedModel, card_path, load_model, shipped_cards
 
 __all__ = [
     "DetectionResult",
+    "InferenceOptions",
     "LoadedModel",
     "card_path",
     "default_device",

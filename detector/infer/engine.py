@@ -16,9 +16,25 @@ from detector.io import SelectionPolicy, SeriesSelection, Volume, read_ct_volume
 from detector.postprocess import SliceDetection, decode_slice, merge_findings
 from detector.preprocess import model_input
 
-BATCH_SLICES = 8
 CANDIDATE_FRACTION = 0.5
 """Per-slice boxes down to this fraction of the operating threshold may extend a finding whose peak passes it."""
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run: slices per batch (bounds memory), device (default CUDA when present), CPU threads, progress bar.
+
+    ``threads`` None keeps torch's setting (one per core); a number applies during the run only.
+    """
+
+    batch_slices: int = 8
+    device: torch.device | None = None
+    threads: int | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_slices < 1:
+            raise ValueError(f"batch_slices must be >= 1, got {self.batch_slices}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,28 +63,22 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def slice_detections(
-    volume: Volume,
-    model: LoadedModel,
-    *,
-    batch_slices: int = BATCH_SLICES,
-    device: torch.device | None = None,
-    threads: int | None = None,
-    progress: bool = False,
-) -> list[SliceDetection]:
+def slice_detections(volume: Volume, model: LoadedModel, options: InferenceOptions | None = None) -> list[SliceDetection]:
     """Every slice's NMS-ed detections (source pixels) down to the candidate score.
 
     Only ``batch_slices`` inputs are built and on the device at a time; on CUDA the network
-    runs under float16 autocast.
+    runs under float16 autocast. The model's network is moved to the device.
     """
-    device = device or default_device()
+    options = options or InferenceOptions()
+    device = options.device or default_device()
+    batch_slices = options.batch_slices
     card = model.card
     network = model.network.to(device)
     threshold = card.operating_threshold * CANDIDATE_FRACTION
     depth = volume.geometry.shape[0]
     out: list[SliceDetection] = []
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-    with _threads(threads), torch.no_grad(), autocast, Progress(disable=not progress, transient=True) as bar:
+    with _threads(options.threads), torch.no_grad(), autocast, Progress(disable=not options.progress, transient=True) as bar:
         task = bar.add_task("detecting", total=depth)
         for start in range(0, depth, batch_slices):
             batch = model_input(volume, range(start, min(start + batch_slices, depth)), card.input_spec)
@@ -86,9 +96,9 @@ def slice_detections(
     return out
 
 
-def detect_volume(volume: Volume, model: LoadedModel, **options: object) -> list[Finding]:
-    """3D findings in ``volume`` at the card's operating threshold, best first (options: see slice_detections)."""
-    detections = slice_detections(volume, model, **options)  # type: ignore[arg-type]
+def detect_volume(volume: Volume, model: LoadedModel, options: InferenceOptions | None = None) -> list[Finding]:
+    """3D findings in ``volume`` at the card's operating threshold, best first."""
+    detections = slice_detections(volume, model, options)
     return merge_findings(detections, volume.geometry, model.card.classes, model.card.operating_threshold)
 
 
@@ -96,8 +106,8 @@ def detect_series(
     source: Path | Iterable[Path],
     model: LoadedModel,
     policy: SelectionPolicy | None = None,
-    **options: object,
+    options: InferenceOptions | None = None,
 ) -> DetectionResult:
     """The whole detect stage: select and load the series to read from ``source``, find its findings."""
     volume, selection = read_ct_volume(source, policy)
-    return DetectionResult(detect_volume(volume, model, **options), volume, selection, model)
+    return DetectionResult(detect_volume(volume, model, options), volume, selection, model)

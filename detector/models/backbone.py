@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from detector.models.config import DetectorConfig
 from detector.ops import ModulatedDeformConv2dPack
 
 
+class DeformConv3x3(ModulatedDeformConv2dPack):
+    """DCNv2 that runs in float32 under autocast (the deformable op has no half-precision autocast rule)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        device = input.device.type
+        if torch.is_autocast_enabled(device):
+            with torch.autocast(device, enabled=False):
+                return super().forward(input.float())
+        return super().forward(input)
+
+
 def conv3x3(in_channels: int, out_channels: int, stride: int, deformable: bool) -> nn.Module:
     """A bias-free 3x3 conv (padding 1); DCNv2 when ``deformable`` (equal to the plain conv when fresh)."""
     if deformable:
-        return ModulatedDeformConv2dPack(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        return DeformConv3x3(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
 
 

@@ -35,7 +35,7 @@ class TrainLog:
     cls: list[float] = field(default_factory=list)
     box: list[float] = field(default_factory=list)
 
-    def mean(self, which: str, start: int, stop: int) -> float:
+    def mean(self, which: str, start: int, stop: int | None) -> float:
         values = getattr(self, which)[start:stop]
         return float(np.mean(values)) if values else float("nan")
 

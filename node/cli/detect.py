@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from detector.findings import Finding
-from detector.infer import DetectionResult, detect_series, load_model
+from detector.infer import DetectionResult, InferenceOptions, detect_series, load_model
 from detector.io import SeriesInputError
 from detector.registry import ModelCardError
 from node.reports.options import DEFAULT_BANNER
@@ -70,7 +70,7 @@ def detect(
     """Find focal findings in the series a radiologist would read, print them, and draw them."""
     try:
         loaded = load_model(model)
-        result = detect_series(path, loaded, progress=True)
+        result = detect_series(path, loaded, options=InferenceOptions(progress=True))
     except (SeriesInputError, ModelCardError, LookupError) as exc:
         console.print(f"[red]cannot detect:[/red] {exc}")
         raise typer.Exit(1) from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -135,8 +136,17 @@ def test_no_boxes_means_every_anchor_is_background() -> None:
     assert (targets.labels == BACKGROUND).all()
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Tiny networks train fastest on one thread, above all on a shared CI machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("loss", ["focal", "bce"])
-def test_a_few_steps_on_one_batch_reduce_the_loss(loss: str) -> None:
+def test_a_few_steps_on_one_batch_reduce_the_loss(loss: str, one_thread: None) -> None:
     torch.manual_seed(0)
     config = DetectorConfig(in_channels=1, num_classes=1, loss=loss, dcn_stages=(), **SMALL)  # type: ignore[arg-type]
     model = RetinaNet(config)
@@ -172,3 +182,12 @@ def test_config_rejects_inconsistent_parts() -> None:
         DetectorConfig(in_channels=3, num_classes=1, loss="hinge")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown"):
         DetectorConfig.from_json('{"in_channels": 3, "num_classes": 1, "depth": 50}')
+
+
+def test_dcn_layer_runs_in_float32_under_autocast() -> None:
+    layer = conv3x3(4, 4, stride=1, deformable=True)
+    x = torch.randn(1, 4, 9, 9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float32
+    assert torch.allclose(y, layer(x))

@@ -1,0 +1,81 @@
+"""detector.infer end to end: a lesion inserted into real head CT is found where it was put, whatever the file order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from detector.infer import InferenceOptions, card_path, detect_series, load_model, shipped_cards
+from detector.io import Volume, read_ct_volume
+from detector.synth import Lesion, insert_lesions, random_lesion, slab
+
+SLAB = (56, 80)
+
+
+@pytest.fixture(scope="module")
+def head_with_lesion(ct_data: Callable[[str], Path]) -> tuple[Volume, Lesion, dict[str, Path]]:
+    """24 slices of the 1 mm Philips head series with one 10 mm, 80 HU ellipsoid inserted at a known position."""
+    volume, selection = read_ct_volume(ct_data("head_phantom_philips_study"))
+    part = slab(volume, *SLAB)
+    placed = random_lesion("head", part, np.random.default_rng(11), z_range=(10, 14))
+    assert placed is not None
+    lesion = replace(placed, radii_mm=(5.0, 5.0, 5.0), hu=80.0, shape="ellipsoid")
+    with_lesion, _ = insert_lesions(part, [lesion])
+    files = {h.sop_instance_uid: h.path for h in selection.chosen.instances}
+    return with_lesion, lesion, files
+
+
+def _write_series(volume: Volume, files: dict[str, Path], folder: Path, seed: int) -> None:
+    """Write the volume's slices as DICOM with shuffled InstanceNumbers and meaningless file names."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    numbers = rng.permutation(volume.geometry.shape[0]) + 1
+    for k, uid in enumerate(volume.geometry.sop_instance_uids):
+        ds = pydicom.dcmread(files[uid])
+        slope, intercept = float(ds.get("RescaleSlope", 1)), float(ds.get("RescaleIntercept", 0))
+        stored = np.rint((volume.hu[k].astype(np.float64) - intercept) / slope)
+        ds.PixelData = stored.astype(ds.pixel_array.dtype).tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.InstanceNumber = int(numbers[k])
+        ds.save_as(folder / f"{rng.integers(1 << 40):x}.dcm", enforce_file_format=True)
+
+
+def test_shipped_models_load_by_short_and_full_name() -> None:
+    assert {"ctnode-head", "ctnode-chest"} <= set(shipped_cards())
+    assert card_path("head") == card_path("ctnode-head") == shipped_cards()["ctnode-head"]
+    for name in ("head", "chest"):
+        model = load_model(name)
+        assert model.network.config.in_channels == model.card.input_spec.channels
+        assert not model.network.training
+    with pytest.raises(LookupError, match="shipped models"):
+        card_path("knee")
+
+
+def test_inserted_lesion_is_found_at_its_position_whatever_the_file_order(
+    head_with_lesion: tuple[Volume, Lesion, dict[str, Path]], tmp_path: Path
+) -> None:
+    volume, lesion, files = head_with_lesion
+    _write_series(volume, files, tmp_path / "a", seed=1)
+    _write_series(volume, files, tmp_path / "b", seed=2)
+    model = load_model("head")
+    first = detect_series(tmp_path / "a", model, options=InferenceOptions(batch_slices=5))
+    second = detect_series(tmp_path / "b", model, options=InferenceOptions(batch_slices=7))
+    assert first.findings == second.findings, "findings depend on InstanceNumber order, file names or batching"
+    assert first.findings, "the inserted lesion was not found"
+    g = first.volume.geometry
+    truth = np.asarray(lesion.centre_mm)
+    best = min(first.findings, key=lambda f: float(np.linalg.norm(np.asarray(f.centre_mm) - truth)))
+    error = np.asarray(best.centre_mm) - truth
+    model_pixel_mm = model.card.input_spec.pixel_spacing_mm
+    # one voxel of the grid the model reads: its pixel in-plane, one slice gap along the normal
+    assert abs(float(error @ g.row_direction)) <= model_pixel_mm
+    assert abs(float(error @ g.column_direction)) <= model_pixel_mm
+    assert abs(float(error @ g.normal)) <= float(np.median(g.slice_gaps_mm))
+    assert best.score >= model.card.operating_threshold
+    assert all(s.sop_instance_uid in g.sop_instance_uids for s in best.slices)

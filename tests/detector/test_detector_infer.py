@@ -11,8 +11,19 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from detector.infer import InferenceOptions, card_path, detect_series, load_model, shipped_cards
-from detector.io import Volume, read_ct_volume
+from detector.infer import (
+    InferenceOptions,
+    LoadedModel,
+    card_path,
+    detect_series,
+    detect_volume,
+    engine,
+    load_model,
+    shipped_cards,
+)
+from detector.io import StackGeometry, Volume, read_ct_volume
+from detector.models import DetectorConfig, RetinaNet
+from detector.preprocess import model_input
 from detector.synth import Lesion, insert_lesions, random_lesion, slab
 
 SLAB = (56, 80)
@@ -79,3 +90,36 @@ def test_inserted_lesion_is_found_at_its_position_whatever_the_file_order(
     assert abs(float(error @ g.normal)) <= float(np.median(g.slice_gaps_mm))
     assert best.score >= model.card.operating_threshold
     assert all(s.sop_instance_uid in g.sop_instance_uids for s in best.slices)
+
+
+def test_slices_go_through_the_network_in_bounded_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    card = load_model("head").card
+    config = DetectorConfig(in_channels=card.input_spec.channels, num_classes=1, stem_channels=8,
+                            stage_channels=(8, 8, 16, 16), fpn_channels=16, head_convs=1)
+    model = LoadedModel(card, RetinaNet(config).eval())
+    volume = _tiny_volume()
+    batches: list[tuple[int, ...]] = []
+
+    def recording(v: Volume, indices: object, spec: object) -> object:
+        batches.append(tuple(indices))  # type: ignore[arg-type]
+        return model_input(v, indices, spec)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(engine, "model_input", recording)
+    findings = detect_volume(volume, model, InferenceOptions(batch_slices=4, threads=1))
+    assert [len(b) for b in batches] == [4, 4, 3]
+    assert sorted(i for b in batches for i in b) == list(range(11))
+    assert findings == [], "a fresh network scores every anchor at its 0.01 prior, below the threshold"
+
+
+def _tiny_volume() -> Volume:
+    """11 slices of 48 x 40 pixels at 30 HU, 1 mm pixels, 2 mm apart."""
+    geometry = StackGeometry(
+        row_direction=np.array([1.0, 0.0, 0.0]),
+        column_direction=np.array([0.0, 1.0, 0.0]),
+        pixel_spacing_mm=(1.0, 1.0),
+        positions_mm=np.array([[0.0, 0.0, 2.0 * k] for k in range(11)]),
+        sop_instance_uids=tuple(f"1.2.3.{k}" for k in range(11)),
+        shape=(11, 48, 40),
+    )
+    hu = np.full(geometry.shape, 30, np.int16)
+    return Volume(hu, geometry, "1.2.3", 1, "1.2", None, "1.2.840.10008.5.1.4.1.1.2", 2.0)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine, insert, or_, select, update
 
@@ -14,6 +15,7 @@ from node.config import DeliveryConfig
 from node.db import audit
 from node.db.schema import Delivery, DeliveryAttempt, utcnow
 from node.delivery.backoff import retry_delay_s
+from node.delivery.outbox import OutputObject
 from node.events import AttemptOutcome, AuditKind, DeliveryState
 from node.logging import get_logger
 
@@ -22,14 +24,10 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Claimed:
-    """An outbox row this sender holds until its lease ends."""
+    """An outbox row this sender holds until its lease ends: its id, its object, its attempts so far."""
 
     id: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    transfer_syntax_uid: str
-    path: str
+    object: OutputObject
     attempts: int
 
 
@@ -70,8 +68,9 @@ def claim(engine: Engine, destination: str, limit: int, lease_s: float) -> Claim
         conn.execute(update(Delivery).where(Delivery.id.in_(ids), free)
                      .values(claimed_until=now + timedelta(seconds=lease_s), claim_token=token))
         rows = conn.execute(select(Delivery).where(Delivery.claim_token == token).order_by(Delivery.id)).all()
-    return Claim(token, tuple(Claimed(r.id, r.sop_class_uid, r.sop_instance_uid, r.study_instance_uid,
-                                      r.transfer_syntax_uid, r.path, r.attempts) for r in rows))
+    return Claim(token, tuple(Claimed(r.id, OutputObject(Path(r.path), r.sop_class_uid, r.sop_instance_uid,
+                                                         r.study_instance_uid, r.transfer_syntax_uid), r.attempts)
+                              for r in rows))
 
 
 def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed, result: AttemptResult,
@@ -100,13 +99,13 @@ def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed
         if state is DeliveryState.DEAD:
             event = AuditKind.DELIVERY_DEAD_LETTER
         if held and event is not None:
-            audit.record(conn, event, sop_instance_uid=item.sop_instance_uid,
-                         study_instance_uid=item.study_instance_uid, status=result.status,
+            audit.record(conn, event, sop_instance_uid=item.object.sop_instance_uid,
+                         study_instance_uid=item.object.study_instance_uid, status=result.status,
                          detail={"delivery_id": item.id, "destination": destination, "attempts": attempts,
                                  "error": result.error})
     if not held:
         log.warning("claim lost before the attempt was recorded", delivery_id=item.id, destination=destination)
-    log.info("delivery attempt", delivery_id=item.id, destination=destination, sop_instance_uid=item.sop_instance_uid,
+    log.info("delivery attempt", delivery_id=item.id, destination=destination, sop_instance_uid=item.object.sop_instance_uid,
              outcome=str(result.outcome), status=result.status, attempts=attempts, state=str(state), error=result.error)
     return state
 

@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from pynetdicom.association import Association
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import DeliveryConfig, Destination
 from node.db.schema import utcnow
@@ -38,8 +37,8 @@ class DestinationWorker:
         while not self.stop.is_set():
             try:
                 sent = self.run_once()
-            except SQLAlchemyError as exc:
-                log.error("delivery database error", destination=self.destination.name, error=type(exc).__name__)
+            except Exception as exc:  # a lost database or an unforeseen error: logged, and the loop goes on
+                log.exception("delivery round failed", destination=self.destination.name, error=type(exc).__name__)
                 sent = 0
             if not sent:
                 self.stop.wait(self.config.poll_interval_s)

@@ -28,8 +28,6 @@ from typer.testing import CliRunner
 from detector.findings import Finding
 from node.cli.deliveries import app as deliveries_app
 from node.config import Settings
-from node.db.engine import make_engine
-from node.db.migrate import upgrade
 from node.db.schema import AuditEvent, Delivery, DeliveryAttempt
 from node.delivery import enqueue, get_delivery, run_delivery
 from node.events import AttemptOutcome, AuditKind, DeliveryState
@@ -39,6 +37,7 @@ from node.reports.sc import key_slice
 from tests.integration.orthanc import Orthanc
 from tests.node.reports.conftest import algorithm, chest_series, chest_tumour  # noqa: F401  (fixtures)
 from tests.node.reports.conftest import CHEST
+from tests.node.test_node_delivery import engine  # noqa: F401  (fixture)
 from tests.support import REPO, free_port, require_ct
 
 pytestmark = pytest.mark.integration
@@ -61,14 +60,6 @@ def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     server.config["DicomCheckCalledAet"] = True  # a wrong called AE title is refused, as a strict PACS does
     yield server.start()
     server.stop()
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 def delivery_settings(db_url: str, data_dir: Path, destinations: list[dict[str, Any]], **policy: Any) -> Settings:

@@ -60,10 +60,13 @@ def _threads(count: int | None) -> Iterator[None]:
 
 
 def default_device() -> torch.device:
+    """CUDA when a device is present, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def slice_detections(volume: Volume, model: LoadedModel, options: InferenceOptions | None = None) -> list[SliceDetection]:
+def slice_detections(
+    volume: Volume, model: LoadedModel, options: InferenceOptions | None = None
+) -> list[SliceDetection]:
     """Every slice's NMS-ed detections (source pixels) down to the candidate score.
 
     Only ``batch_slices`` inputs are built and on the device at a time; on CUDA the network
@@ -78,7 +81,8 @@ def slice_detections(volume: Volume, model: LoadedModel, options: InferenceOptio
     depth = volume.geometry.shape[0]
     out: list[SliceDetection] = []
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
-    with _threads(options.threads), torch.no_grad(), autocast, Progress(disable=not options.progress, transient=True) as bar:
+    bar = Progress(disable=not options.progress, transient=True)
+    with _threads(options.threads), torch.no_grad(), autocast, bar:
         task = bar.add_task("detecting", total=depth)
         for start in range(0, depth, batch_slices):
             batch = model_input(volume, range(start, min(start + batch_slices, depth)), card.input_spec)

@@ -25,7 +25,9 @@ def level_anchors(height: int, width: int, stride: int, sizes: tuple[float, ...]
     return torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)
 
 
-def anchors_for(shapes: list[tuple[int, int]], strides: tuple[int, ...], sizes: tuple[tuple[float, ...], ...]) -> Tensor:
+def anchors_for(
+    shapes: list[tuple[int, int]], strides: tuple[int, ...], sizes: tuple[tuple[float, ...], ...]
+) -> Tensor:
     """All levels' anchors concatenated, in the order the head's outputs are flattened."""
     return torch.cat([level_anchors(h, w, s, a) for (h, w), s, a in zip(shapes, strides, sizes, strict=True)])
 

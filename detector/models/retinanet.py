@@ -48,7 +48,8 @@ class RetinaNet(nn.Module):
         """[N, 4] anchors for an input of ``height`` x ``width``, matching the rows of ``forward``'s outputs."""
         if (height, width) not in self._anchor_cache:
             shapes = [(-(-height // s), -(-width // s)) for s in self.config.strides]
-            self._anchor_cache[(height, width)] = anchors_for(shapes, self.config.strides, self.config.level_anchor_sizes)
+            sizes = self.config.level_anchor_sizes
+            self._anchor_cache[(height, width)] = anchors_for(shapes, self.config.strides, sizes)
         return self._anchor_cache[(height, width)]
 
     def export_state(self) -> dict[str, Tensor]:

@@ -105,7 +105,9 @@ def run(spec: TargetSpec, settings: TrainSettings, pool_size: int) -> None:
     save_card(card, MODELS / f"{spec.name}.json")
 
 
-def _report(spec: TargetSpec, log: TrainLog, threshold: float, sensitivity: float, fp_rate: float, lesions: int) -> None:
+def _report(
+    spec: TargetSpec, log: TrainLog, threshold: float, sensitivity: float, fp_rate: float, lesions: int
+) -> None:
     n = len(log.cls)
     console.print(
         f"{spec.name}: {n} iterations; loss (cls+box) first 100 "

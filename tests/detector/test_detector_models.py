@@ -1,4 +1,4 @@
-"""detector.models: focal loss against its formula, DCN layers equal to plain convs when fresh, anchors, config switches."""
+"""detector.models: focal loss against its formula, fresh DCN equal to plain conv, anchors, config switches."""
 
 from __future__ import annotations
 

@@ -23,7 +23,8 @@ def _water_volume(depth: int = 20) -> Volume:
         sop_instance_uids=tuple(f"1.2.3.{k}" for k in range(depth)),
         shape=(depth, 64, 64),
     )
-    return Volume(np.zeros(geometry.shape, np.int16), geometry, "1.2.3", 1, "1.2", None, "1.2.840.10008.5.1.4.1.1.2", 2.0)
+    ct_image = "1.2.840.10008.5.1.4.1.1.2"
+    return Volume(np.zeros(geometry.shape, np.int16), geometry, "1.2.3", 1, "1.2", None, ct_image, 2.0)
 
 
 def test_an_ellipsoid_lands_at_its_patient_centre_with_its_density_and_extent() -> None:

@@ -2,8 +2,7 @@
 
 pynetdicom (with STORE_RECV_CHUNKED_DATASET) writes each arriving P-DATA fragment to a
 NamedTemporaryFile. Giving it a SpoolFile instead puts the bytes on the store's filesystem
-(so the final rename is atomic), hashes them and starts disk writeback while the rest of the
-data set is still on the wire, which is what keeps durable storage close to a bare receiver.
+(so the final rename is atomic) and hashes them while the rest of the data set is still on the wire.
 """
 
 from __future__ import annotations

@@ -35,7 +35,14 @@ def _want_cuda() -> bool:
     if os.environ.get("CTNODE_CPU_ONLY") == "1" or torch.version.cuda is None:
         return False
     home = cpp_extension.CUDA_HOME
-    return home is not None and os.path.exists(os.path.join(home, "bin", "nvcc"))
+    if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        print(
+            f"ctnode: torch has CUDA {torch.version.cuda} but nvcc was not found (CUDA_HOME={home}); "
+            "building the CPU kernels only",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _extension() -> cpp_extension.CppExtension:

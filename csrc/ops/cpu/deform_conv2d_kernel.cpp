@@ -130,6 +130,43 @@ CTNODE_CPU_CLONES void gather_columns(
   }
 }
 
+// dot[j] += sum_i grad[i] * input[index[j] * channels + i] for the four
+// corners j, in kLanes independent partial sums per corner: the compiler
+// vectorises it without reassociating, and the order is fixed (deterministic).
+template <typename scalar_t>
+inline void corner_dots(
+    const scalar_t* grad,
+    const scalar_t* input,
+    const int64_t* index,
+    int64_t channels,
+    int64_t count,
+    scalar_t* dot) {
+  constexpr int kLanes = 32 / sizeof(scalar_t);
+  const scalar_t* src[4];
+  for (int j = 0; j < 4; ++j) {
+    src[j] = input + index[j] * channels;
+  }
+  scalar_t lanes[4][kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= count; i += kLanes) {
+    for (int j = 0; j < 4; ++j) {
+      for (int l = 0; l < kLanes; ++l) {
+        lanes[j][l] += grad[i + l] * src[j][i + l];
+      }
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    scalar_t sum = 0;
+    for (int64_t r = i; r < count; ++r) {
+      sum += grad[r] * src[j][r];
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      sum += lanes[j][l];
+    }
+    dot[j] += sum;
+  }
+}
+
 // Offset and mask gradients of positions [q_begin, q_end) of a chunk, from
 // the column gradients: d out / d y = mask * sum_j dweight_dy_j * x_j, etc.
 template <typename scalar_t>
@@ -159,14 +196,7 @@ CTNODE_CPU_CLONES void offset_mask_grad(
         for_each_group_run(og * cog_count, (og + 1) * cog_count, cg_count,
             [&](int64_t g, int64_t cg, int64_t c, int64_t count) {
               const scalar_t* gc = grad_columns + ((g * capacity + q) * k_count + k) * cg_count + cg;
-              for (int j = 0; j < 4; ++j) {
-                const scalar_t* src = input + t.corners.index[j] * channels + c;
-                scalar_t acc = 0;
-                for (int64_t i = 0; i < count; ++i) {
-                  acc += gc[i] * src[i];
-                }
-                dot[j] += acc;
-              }
+              corner_dots(gc, input + c, t.corners.index, channels, count, dot);
             });
         scalar_t gy = 0, gx = 0, gm = 0;
         for (int j = 0; j < 4; ++j) {
@@ -311,10 +341,12 @@ at::Tensor deform_conv2d_cpu(
 }
 
 // The backward walks each image in spans of up to kSpanColumnElements
-// columns, with two parallel regions per span (few synchronisations, which
-// matters on a loaded server): per chunk of positions, taps, columns, column
-// gradients (single-threaded GEMM) and offset/mask gradients; then, per
-// channel block, the input gradient. Weight gradients take one GEMM per span.
+// columns, with three parallel regions per span (few synchronisations, which
+// matters on a loaded server). 1: per chunk of positions, taps, columns (in
+// a buffer of the task), column gradients and the chunk's weight gradient
+// (single-threaded GEMMs on cache-hot data) and offset/mask gradients.
+// 2: the chunks' weight gradients summed in chunk order, per weight element.
+// 3: input gradients per channel block.
 template <typename scalar_t>
 void backward_kernel(
     const DeformConv2dShape& s,
@@ -326,16 +358,19 @@ void backward_kernel(
     at::Tensor& grad_mask) {
   const int64_t positions = s.positions();
   const int64_t chunk = chunk_positions(s);
-  const int64_t span = std::min(
-      positions, std::max<int64_t>(1, kSpanColumnElements / (s.in_channels * s.taps() * chunk)) * chunk);
+  const int64_t chunks_per_span =
+      std::max<int64_t>(1, kSpanColumnElements / (s.in_channels * s.taps() * chunk));
+  const int64_t span = std::min(positions, chunks_per_span * chunk);
   const int64_t hw = s.height * s.width;
+  const int64_t kc = s.taps() * s.channels_per_group();
+  const int64_t weight_numel = grad_weight.numel();
   const int64_t offset_stride = 2 * s.offset_groups * s.taps() * positions;
   const int64_t mask_stride = s.offset_groups * s.taps() * positions;
   const at::Tensor go = grad_output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
   std::vector<Tap<scalar_t>> taps(span * s.taps() * s.offset_groups);
-  at::Tensor columns =
-      at::empty({s.groups, span, s.taps() * s.channels_per_group()}, p.input.options());
-  at::Tensor grad_columns = at::empty_like(columns);
+  at::Tensor grad_columns = at::empty({s.groups, span, kc}, p.input.options());
+  at::Tensor chunk_grad_weight =
+      at::empty({chunks_per_span, s.groups, s.out_channels / s.groups, kc}, p.input.options());
   for (int64_t n = 0; n < s.batch; ++n) {
     const scalar_t* input = p.input.data_ptr<scalar_t>() + n * hw * s.in_channels;
     const scalar_t* offset = p.offset.data_ptr<scalar_t>() + n * offset_stride;
@@ -345,25 +380,36 @@ void backward_kernel(
     scalar_t* g_mask = grad_mask.defined() ? grad_mask.data_ptr<scalar_t>() + n * mask_stride : nullptr;
     for (int64_t p_begin = 0; p_begin < positions; p_begin += span) {
       const int64_t count = std::min(span, positions - p_begin);
-      at::parallel_for(0, (count + chunk - 1) / chunk, 1, [&](int64_t begin, int64_t end) {
+      const int64_t chunks = (count + chunk - 1) / chunk;
+      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        at::Tensor columns = at::empty({s.groups, chunk, kc}, p.input.options());
         for (int64_t c = begin; c < end; ++c) {
           const int64_t q_begin = c * chunk;
-          const int64_t q_end = std::min(count, q_begin + chunk);
-          compute_taps<scalar_t>(s, offset, mask, p_begin, q_begin, q_end, taps.data());
-          gather_columns<scalar_t>(
-              s, input, taps.data(), span, q_begin, q_end, columns.data_ptr<scalar_t>());
+          const int64_t width = std::min(count, q_begin + chunk) - q_begin;
+          Tap<scalar_t>* chunk_taps = taps.data() + q_begin * s.taps() * s.offset_groups;
+          compute_taps<scalar_t>(s, offset, mask, p_begin + q_begin, 0, width, chunk_taps);
+          gather_columns<scalar_t>(s, input, chunk_taps, chunk, 0, width, columns.data_ptr<scalar_t>());
           for (int64_t g = 0; g < s.groups; ++g) {
-            at::Tensor gc = grad_columns[g].narrow(0, q_begin, q_end - q_begin);
-            at::mm_out(gc, go[n][g].narrow(1, p_begin + q_begin, q_end - q_begin).t(), p.weight[g]);
+            const at::Tensor go_g = go[n][g].narrow(1, p_begin + q_begin, width);
+            at::Tensor gw = chunk_grad_weight[c][g];
+            at::mm_out(gw, go_g, columns[g].narrow(0, 0, width));
+            at::Tensor gc = grad_columns[g].narrow(0, q_begin, width);
+            at::mm_out(gc, go_g.t(), p.weight[g]);
           }
           offset_mask_grad<scalar_t>(
               s, input, taps.data(), grad_columns.data_ptr<scalar_t>(), span, p_begin, q_begin,
-              q_end, g_offset, g_mask);
+              q_begin + width, g_offset, g_mask);
         }
       });
-      for (int64_t g = 0; g < s.groups; ++g) {
-        grad_weight[g].addmm_(go[n][g].narrow(1, p_begin, count), columns[g].narrow(0, 0, count));
-      }
+      const scalar_t* partial = chunk_grad_weight.data_ptr<scalar_t>();
+      scalar_t* g_weight = grad_weight.data_ptr<scalar_t>();
+      at::parallel_for(0, weight_numel, 1024, [&](int64_t begin, int64_t end) {
+        for (int64_t c = 0; c < chunks; ++c) {
+          for (int64_t e = begin; e < end; ++e) {
+            g_weight[e] += partial[c * weight_numel + e];
+          }
+        }
+      });
       at::parallel_for(0, s.in_channels, 16, [&](int64_t begin, int64_t end) {
         scatter_input_grad<scalar_t>(
             s, taps.data(), grad_columns.data_ptr<scalar_t>(), span, count, begin, end, g_input);

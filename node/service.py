@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from node.config import Settings
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
+from node.delivery import run_delivery
 from node.dicom.scp import StorageSCP
 from node.logging import get_logger
 from node.storage.store import InstanceStore
@@ -38,14 +39,18 @@ class Node:
 
 
 def run_forever(node: Node) -> None:
-    """Serve until a termination signal; in-flight C-STOREs finish before the listener closes."""
+    """Receive and deliver until a termination signal; in-flight C-STOREs finish before the listener closes."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = node.scp.start()
+    delivery = threading.Thread(target=run_delivery, args=(node.settings, stop), name="delivery", daemon=True)
+    delivery.start()
     try:
         stop.wait()
     finally:
         log.info("shutting down")
         server.shutdown()
+        # a sender stuck on a hung destination is abandoned: its leased rows are picked up again later
+        delivery.join(timeout=node.settings.delivery.acse_timeout_s + 5)
         node.engine.dispose()

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from sqlalchemy import Engine
 
+from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, settings_from
 from node.config import Settings
 from node.db.engine import make_engine
 from node.db.schema import Delivery
@@ -20,16 +19,11 @@ from node.delivery import get_delivery, list_deliveries, requeue, run_delivery
 from node.events import DeliveryState
 
 app = typer.Typer(help="Results sent (or to be sent) to the PACS and other destinations.", no_args_is_help=True)
-console = Console()
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
 def _load(config: Path | None) -> Settings:
-    from node.cli.main import _settings  # late: node.cli.main registers this sub-app
-
-    return _settings(config)
+    return settings_from(config)
 
 
 def _engine(config: Path | None) -> Engine:
@@ -62,7 +56,7 @@ def deliveries_list(
     """Outbox rows: destination, state, attempts, last status, acknowledgement."""
     rows = list_deliveries(_engine(config), state=state, destination=destination, limit=limit)
     if as_json:
-        typer.echo(json.dumps([_row(d) for d in rows], indent=2, default=str))
+        dump_json([_row(d) for d in rows])
         return
     table = Table("id", "run", "destination", "state", "attempts", "last status", "SOP Instance UID", "acknowledged",
                   "next attempt", "last error")
@@ -86,7 +80,7 @@ def deliveries_show(
         raise typer.Exit(1)
     attempts = [{"at": a.at, "outcome": a.outcome, "status": a.status, "error": a.error} for a in d.attempt_log]
     if as_json:
-        typer.echo(json.dumps({**_row(d), "attempt_log": attempts}, indent=2, default=str))
+        dump_json({**_row(d), "attempt_log": attempts})
         return
     console.print(f"[bold]delivery {d.id}[/bold] to {d.destination}: {d.state} after {d.attempts} attempt(s)")
     console.print(f"object {d.sop_instance_uid} ({d.sop_class_uid}) of study {d.study_instance_uid}, run {d.run_id}")

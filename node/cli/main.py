@@ -1,21 +1,20 @@
-"""`ctnode`: init, serve, db, studies."""
+"""`ctnode`: init, serve, detect, db, studies, deliveries."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.table import Table
 
-from node.config import AllowedPeer, Settings, load_settings
+from node.cli.deliveries import app as deliveries_app
+from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, settings_from
+from node.config import AllowedPeer
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
 from node.db.studies import list_studies
-from node.logging import configure_logging
 
 app = typer.Typer(help="ctnode: a DICOM node that finds urgent CT findings and reports them to the PACS.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -23,19 +22,7 @@ db_app = typer.Typer(help="The audit database.", no_args_is_help=True)
 studies_app = typer.Typer(help="What the node has received.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
-console = Console()
-
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
-
-
-def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    try:
-        settings = load_settings(config, overrides)
-    except (FileNotFoundError, ValidationError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
-        raise typer.Exit(2) from exc
-    configure_logging(settings.logging.format, settings.logging.level)
-    return settings
+app.add_typer(deliveries_app, name="deliveries")
 
 
 @app.command()
@@ -56,7 +43,7 @@ def init(
         template = (Path(__file__).resolve().parents[1] / "ctnode.example.yaml").read_text()
         config_file.write_text(template.replace("data_dir: var/ctnode", f"data_dir: {directory}"))
         console.print(f"wrote {config_file}")
-    settings = _settings(config_file)
+    settings = settings_from(config_file)
     for sub in (settings.storage.store_dir, settings.storage.incoming_dir, settings.storage.quarantine_dir):
         sub.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
@@ -71,7 +58,7 @@ def serve(
     ae_title: Annotated[Optional[str], typer.Option(help="Override dicom.ae_title.")] = None,
     allow: Annotated[Optional[list[str]], typer.Option(help="Allow a calling AE[@HOST] (repeatable; replaces dicom.allowed).")] = None,
 ) -> None:
-    """Run the DICOM receiver until SIGTERM/SIGINT."""
+    """Run the DICOM receiver and the delivery loop until SIGTERM/SIGINT."""
     from node.service import Node, run_forever
 
     overrides: dict[str, Any] = {}
@@ -82,7 +69,7 @@ def serve(
         dicom["ae_title"] = ae_title
     if allow:
         try:
-            dicom["allowed"] = [AllowedPeer.parse(spec).model_dump() for spec in allow]
+            dicom["allowed"] = [AllowedPeer.parse(spec).modeldump_json() for spec in allow]
         except ValidationError as exc:
             console.print(f"[red]--allow:[/red] {exc}")
             raise typer.Exit(2) from exc
@@ -90,33 +77,41 @@ def serve(
         overrides["dicom"] = dicom
     if data_dir is not None:
         overrides["storage"] = {"data_dir": data_dir.resolve()}
-    settings = _settings(config, overrides)
+    settings = settings_from(config, overrides)
     run_forever(Node.build(settings))
+
+
+@app.command()
+def detect(
+    path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM instances of one study.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")] = "head",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for overlay PNGs.")] = None,
+) -> None:
+    """Find focal findings in the series a radiologist would read, print them, and draw them."""
+    from node.cli.detect import detect as run_detect  # imports torch: only for this command
+
+    run_detect(path, model, out)
 
 
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None) -> None:
     """Create the database or migrate it to the newest schema."""
-    settings = _settings(config)
+    settings = settings_from(config)
     upgrade(settings.database_url)
     console.print("database is at the newest schema")
-
-
-def _dump(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
 
 
 @studies_app.command("list")
 def studies_list(
     config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option(help="At most this many studies, newest first.")] = 200,
 ) -> None:
     """Studies received: series, instances, bytes, sources, first and last arrival."""
-    settings = _settings(config)
+    settings = settings_from(config)
     studies = list_studies(make_engine(settings.database_url), limit=limit)
     if as_json:
-        _dump([s.as_json() for s in studies])
+        dump_json([s.as_json() for s in studies])
         return
     table = Table("Study Instance UID", "date", "description", "series", "instances", "MB", "sources", "last received")
     for s in studies:
@@ -130,17 +125,17 @@ def studies_list(
 def studies_show(
     study_uid: Annotated[str, typer.Argument(help="Study Instance UID.")],
     config: ConfigOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """One study and its series."""
-    settings = _settings(config)
+    settings = settings_from(config)
     found = list_studies(make_engine(settings.database_url), study_uid=study_uid)
     if not found:
         console.print(f"[red]no study {study_uid}[/red]")
         raise typer.Exit(1)
     study = found[0]
     if as_json:
-        _dump(study.as_json())
+        dump_json(study.as_json())
         return
     console.print(f"[bold]{study.study_instance_uid}[/bold]  {study.study_date or ''} {study.study_description or ''}")
     console.print(f"{study.instances} instances, {study.bytes / 1e6:.1f} MB from {', '.join(study.sources) or '-'}")

@@ -1,0 +1,34 @@
+"""What every `ctnode` command shares: the --config option, loading settings with readable errors, JSON output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from node.config import Settings, load_settings
+from node.logging import configure_logging
+
+console = Console()
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Load settings and configure logging; a bad file or value exits with status 2 and the reason."""
+    try:
+        settings = load_settings(config, overrides)
+    except (FileNotFoundError, ValidationError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    configure_logging(settings.logging.format, settings.logging.level)
+    return settings
+
+
+def dump_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))

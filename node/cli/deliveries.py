@@ -11,9 +11,8 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, settings_from
+from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.config import Settings
-from node.db.engine import make_engine
 from node.db.schema import Delivery
 from node.delivery import get_delivery, list_deliveries, requeue, run_delivery
 from node.events import DeliveryState
@@ -27,7 +26,7 @@ def _load(config: Path | None) -> Settings:
 
 
 def _engine(config: Path | None) -> Engine:
-    return make_engine(_load(config).database_url)
+    return open_database(_load(config))
 
 
 def _row(d: Delivery) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from node.cli.deliveries import app as deliveries_app
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, settings_from
+from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.config import AllowedPeer
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
@@ -109,7 +109,7 @@ def studies_list(
 ) -> None:
     """Studies received: series, instances, bytes, sources, first and last arrival."""
     settings = settings_from(config)
-    studies = list_studies(make_engine(settings.database_url), limit=limit)
+    studies = list_studies(open_database(settings), limit=limit)
     if as_json:
         dump_json([s.as_json() for s in studies])
         return
@@ -129,7 +129,7 @@ def studies_show(
 ) -> None:
     """One study and its series."""
     settings = settings_from(config)
-    found = list_studies(make_engine(settings.database_url), study_uid=study_uid)
+    found = list_studies(open_database(settings), study_uid=study_uid)
     if not found:
         console.print(f"[red]no study {study_uid}[/red]")
         raise typer.Exit(1)

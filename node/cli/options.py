@@ -9,8 +9,12 @@ from typing import Annotated, Any, Optional
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings, load_settings
+from node.db.engine import make_engine
+from node.db.migrate import is_current
 from node.logging import configure_logging
 
 console = Console()
@@ -28,6 +32,20 @@ def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) 
         raise typer.Exit(2) from exc
     configure_logging(settings.logging.format, settings.logging.level)
     return settings
+
+
+def open_database(settings: Settings) -> Engine:
+    """The audit database, refusing (exit 2) one that is missing or behind the newest migration."""
+    engine = make_engine(settings.database_url)
+    try:
+        current = is_current(engine)
+    except SQLAlchemyError as exc:
+        console.print(f"[red]database unreachable:[/red] {type(exc).__name__}: {exc.args[0] if exc.args else ''}")
+        raise typer.Exit(2) from exc
+    if not current:
+        console.print("[red]the database is missing or at an older schema:[/red] run `ctnode db upgrade -c FILE`")
+        raise typer.Exit(2)
+    return engine
 
 
 def dump_json(data: Any) -> None:

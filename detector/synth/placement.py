@@ -41,9 +41,13 @@ def _enclosed(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
 
 
 def candidate_mask(target: Target, hu_slice: NDArray) -> NDArray[np.bool_]:
-    """Pixels of one slice where a lesion centre may lie: intracranial non-bone, or lung parenchyma."""
+    """Pixels of one slice where a lesion centre may lie: anywhere inside the skull but bone, or in the lungs.
+
+    Head lesions may lie anywhere intracranial (in a phantom that includes its air-filled cavity),
+    so that a model cannot learn where lesions are rather than what they look like.
+    """
     if target == "head":
-        return _enclosed(hu_slice > BONE_HU) & (hu_slice < 100) & (hu_slice > -200)
+        return _enclosed(hu_slice > BONE_HU) & (hu_slice < 100)
     return _enclosed(hu_slice > BODY_HU) & (hu_slice < LUNG_HU)
 
 

@@ -52,7 +52,7 @@ def _extension() -> cpp_extension.CppExtension:
     sources += sorted(glob.glob(os.path.join(CSRC, "ops", "*.cpp")))
     sources += sorted(glob.glob(os.path.join(CSRC, "ops", "cpu", "*.cpp")))
     sources += sorted(glob.glob(os.path.join(CSRC, "ops", "autograd", "*.cpp")))
-    cxx = ["-O3", "-fopenmp", "-std=c++20"]
+    cxx = ["-O3", "-g0", "-fopenmp", "-std=c++20"]
     if not _want_cuda():
         return cpp_extension.CppExtension(
             "detector.ops._C",

@@ -129,16 +129,6 @@ DeformConv2dShape check_deform_conv2d_backward(
   return s;
 }
 
-at::Tensor output_with_bias(
-    const DeformConv2dShape& s, const std::optional<at::Tensor>& bias, const at::TensorOptions& options) {
-  if (!bias.has_value()) {
-    return at::zeros({s.batch, s.out_channels, s.out_h, s.out_w}, options);
-  }
-  return bias->view({1, s.out_channels, 1, 1})
-      .expand({s.batch, s.out_channels, s.out_h, s.out_w})
-      .contiguous();
-}
-
 at::Tensor deform_conv2d(
     const at::Tensor& input,
     const at::Tensor& weight,

@@ -50,10 +50,6 @@ DeformConv2dShape check_deform_conv2d_backward(
     int64_t groups,
     int64_t offset_groups);
 
-// The output [N, O, Ho, Wo], contiguous, filled with the bias (or zeros).
-at::Tensor output_with_bias(
-    const DeformConv2dShape& s, const std::optional<at::Tensor>& bias, const at::TensorOptions& options);
-
 at::Tensor deform_conv2d(
     const at::Tensor& input,
     const at::Tensor& weight,

@@ -286,8 +286,14 @@ Prepared prepare(
   return p;
 }
 
+// output[n, :, chunk] = weight @ columns (+ bias), written once, while the
+// chunk's columns and output are in cache.
 template <typename scalar_t>
-void forward_kernel(const DeformConv2dShape& s, const Prepared& p, at::Tensor& output) {
+void forward_kernel(
+    const DeformConv2dShape& s,
+    const Prepared& p,
+    const std::optional<at::Tensor>& bias,
+    at::Tensor& output) {
   const int64_t positions = s.positions();
   const int64_t capacity = chunk_positions(s);
   const int64_t chunks_per_image = (positions + capacity - 1) / capacity;
@@ -295,6 +301,8 @@ void forward_kernel(const DeformConv2dShape& s, const Prepared& p, at::Tensor& o
   const int64_t og_stride = 2 * s.offset_groups * s.taps() * positions;
   const int64_t mask_stride = s.offset_groups * s.taps() * positions;
   const at::Tensor out = output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
+  const at::Tensor bias_by_group =
+      bias.has_value() ? bias->view({s.groups, s.out_channels / s.groups, 1}) : at::Tensor();
   at::parallel_for(0, s.batch * chunks_per_image, 1, [&](int64_t begin, int64_t end) {
     std::vector<Tap<scalar_t>> taps(capacity * s.taps() * s.offset_groups);
     at::Tensor columns = at::empty(
@@ -310,7 +318,11 @@ void forward_kernel(const DeformConv2dShape& s, const Prepared& p, at::Tensor& o
           s, p.input.data_ptr<scalar_t>() + n * hw * s.in_channels, taps.data(), capacity, 0,
           count, columns.data_ptr<scalar_t>());
       for (int64_t g = 0; g < s.groups; ++g) {
-        out[n][g].narrow(1, p_begin, count).addmm_(p.weight[g], columns[g].narrow(0, 0, count).t());
+        at::Tensor out_g = out[n][g].narrow(1, p_begin, count);
+        at::mm_out(out_g, p.weight[g], columns[g].narrow(0, 0, count).t());
+        if (bias.has_value()) {
+          out_g.add_(bias_by_group[g]);
+        }
       }
     }
   });
@@ -329,13 +341,13 @@ at::Tensor deform_conv2d_cpu(
     int64_t offset_groups) {
   const DeformConv2dShape s = check_deform_conv2d(
       input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
-  at::Tensor output = output_with_bias(s, bias, input.options());
+  at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
   if (s.batch == 0) {
     return output;
   }
   const Prepared p = prepare(s, input, weight, offset, mask);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cpu", [&] {
-    forward_kernel<scalar_t>(s, p, output);
+    forward_kernel<scalar_t>(s, p, bias, output);
   });
   return output;
 }

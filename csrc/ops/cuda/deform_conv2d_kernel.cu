@@ -161,7 +161,7 @@ at::Tensor deform_conv2d_cuda(
   const DeformConv2dShape s = check_deform_conv2d(
       input, weight, offset, mask, bias, stride, padding, dilation, groups, offset_groups);
   const c10::cuda::CUDAGuard guard(input.device());
-  at::Tensor output = output_with_bias(s, bias, input.options());
+  at::Tensor output = at::empty({s.batch, s.out_channels, s.out_h, s.out_w}, input.options());
   if (s.batch == 0) {
     return output;
   }
@@ -171,9 +171,13 @@ at::Tensor deform_conv2d_cuda(
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "deform_conv2d_cuda", [&] {
     for (int64_t n = 0; n < s.batch; ++n) {
       im2col<scalar_t>(s, o, n, columns);
-      out[n].baddbmm_(o.weight, columns);
+      at::Tensor out_n = out[n];
+      at::bmm_out(out_n, o.weight, columns);
     }
   });
+  if (bias.has_value()) {
+    output.add_(bias->view({1, s.out_channels, 1, 1}));
+  }
   return output;
 }
 

@@ -27,7 +27,7 @@ namespace {
 // Column elements of one chunk of output positions (1 MB in float): the
 // chunk's GEMM is efficient and its columns stay in cache.
 constexpr int64_t kChunkColumnElements = 1 << 18;
-// Column elements the backward holds at once (columns and their gradients),
+// Column-gradient elements the backward holds at once (a span of positions),
 // which bounds its memory and the number of parallel regions it opens.
 constexpr int64_t kSpanColumnElements = 1 << 22;
 

@@ -24,20 +24,20 @@ from detector.infer import (
 from detector.io import StackGeometry, Volume, read_ct_volume
 from detector.models import DetectorConfig, RetinaNet
 from detector.preprocess import model_input
-from detector.synth import Lesion, insert_lesions, random_lesion, slab
-
-SLAB = (56, 80)
-
+from detector.synth import Lesion, insert_lesions, random_lesion
 
 @pytest.fixture(scope="module")
-def head_with_lesion(ct_data: Callable[[str], Path]) -> tuple[Volume, Lesion, dict[str, Path]]:
-    """24 slices of the 1 mm Philips head series with one 10 mm, 80 HU ellipsoid inserted at a known position."""
-    volume, selection = read_ct_volume(ct_data("head_phantom_philips_study"))
-    part = slab(volume, *SLAB)
-    placed = random_lesion("head", part, np.random.default_rng(11), z_range=(10, 14))
+def chest_with_nodule(ct_data: Callable[[str], Path]) -> tuple[Volume, Lesion, dict[str, Path]]:
+    """The real 5 mm chest series with one 14 mm, 20 HU nodule inserted at a known position in the lung.
+
+    The first shipped models are weak (their quality is the training issue's work); this nodule is
+    one the shipped chest model reports, so the test checks the geometry of the whole path.
+    """
+    volume, selection = read_ct_volume(ct_data("chest_lung_pet_ct_dx_A0001"))
+    placed = random_lesion("chest", volume, np.random.default_rng(1), z_range=(25, 40))
     assert placed is not None
-    lesion = replace(placed, radii_mm=(5.0, 5.0, 5.0), hu=80.0, shape="ellipsoid")
-    with_lesion, _ = insert_lesions(part, [lesion])
+    lesion = replace(placed, radii_mm=(7.0, 7.0, 7.0), hu=20.0, shape="ellipsoid")
+    with_lesion, _ = insert_lesions(volume, [lesion])
     files = {h.sop_instance_uid: h.path for h in selection.chosen.instances}
     return with_lesion, lesion, files
 
@@ -69,14 +69,14 @@ def test_shipped_models_load_by_short_and_full_name() -> None:
 
 
 def test_inserted_lesion_is_found_at_its_position_whatever_the_file_order(
-    head_with_lesion: tuple[Volume, Lesion, dict[str, Path]], tmp_path: Path
+    chest_with_nodule: tuple[Volume, Lesion, dict[str, Path]], tmp_path: Path
 ) -> None:
-    volume, lesion, files = head_with_lesion
+    volume, lesion, files = chest_with_nodule
     _write_series(volume, files, tmp_path / "a", seed=1)
     _write_series(volume, files, tmp_path / "b", seed=2)
-    model = load_model("head")
-    first = detect_series(tmp_path / "a", model, options=InferenceOptions(batch_slices=5))
-    second = detect_series(tmp_path / "b", model, options=InferenceOptions(batch_slices=7))
+    model = load_model("chest")
+    first = detect_series(tmp_path / "a", model, options=InferenceOptions(batch_slices=5, threads=1))
+    second = detect_series(tmp_path / "b", model, options=InferenceOptions(batch_slices=7, threads=1))
     assert first.findings == second.findings, "findings depend on InstanceNumber order, file names or batching"
     assert first.findings, "the inserted lesion was not found"
     g = first.volume.geometry

@@ -14,7 +14,7 @@ test: install
 install: $(VENV)/.installed
 
 # torch is pinned to the CPU build on local disk; the C++ operators compile against it, so no build isolation.
-$(VENV)/.installed: pyproject.toml $(wildcard setup.py) $(wildcard csrc/*/*.cpp csrc/*.cpp csrc/*/*/*.cpp)
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*/*.cpp csrc/*/*.h csrc/*/*/*.h csrc/*/*/*.cuh csrc/*/*/*.cu)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	$(PY) -m pip install -q torch==2.13.0 ninja

@@ -207,3 +207,16 @@ def test_fresh_layer_equals_plain_conv_and_learns_offsets(layer: type[DeformConv
     out.square().sum().backward()
     assert module.offset_predictor.weight.grad.abs().sum() > 0
     assert module.offset_predictor.weight.shape[0] == (3 if module.modulated else 2) * 3 * 9
+
+
+def test_inference_mode_matches_no_grad_on_a_multi_chunk_batch():
+    """Parallel workers inherit the caller's inference mode (they run ATen ops on inference tensors)."""
+    torch.manual_seed(0)
+    layer = ModulatedDeformConv2dPack(8, 8, 3, padding=1)
+    torch.nn.init.normal_(layer.offset_predictor.weight, std=0.1)
+    x = torch.randn(4, 8, 24, 24)
+    with torch.no_grad():
+        expected = layer(x)
+    with torch.inference_mode():
+        got = layer(x)
+    torch.testing.assert_close(got, expected)

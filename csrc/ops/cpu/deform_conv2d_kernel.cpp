@@ -10,6 +10,7 @@
 // owned by their output position, and input gradients by their channel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -303,7 +304,10 @@ void forward_kernel(
   const at::Tensor out = output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
   const at::Tensor bias_by_group =
       bias.has_value() ? bias->view({s.groups, s.out_channels / s.groups, 1}) : at::Tensor();
+  // Workers call ATen (mm_out, add_): give them the caller's thread-local state, e.g. inference mode.
+  const at::ThreadLocalState caller_tls;
   at::parallel_for(0, s.batch * chunks_per_image, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard tls_guard(caller_tls);
     std::vector<Tap<scalar_t>> taps(capacity * s.taps() * s.offset_groups);
     at::Tensor columns = at::empty(
         {s.groups, capacity, s.taps() * s.channels_per_group()}, p.input.options());
@@ -393,7 +397,10 @@ void backward_kernel(
     for (int64_t p_begin = 0; p_begin < positions; p_begin += span) {
       const int64_t count = std::min(span, positions - p_begin);
       const int64_t chunks = (count + chunk - 1) / chunk;
+      // Workers call ATen (mm_out, add_): give them the caller's thread-local state, e.g. inference mode.
+      const at::ThreadLocalState caller_tls;
       at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+        const at::ThreadLocalStateGuard tls_guard(caller_tls);
         at::Tensor columns = at::empty({s.groups, chunk, kc}, p.input.options());
         for (int64_t c = begin; c < end; ++c) {
           const int64_t q_begin = c * chunk;

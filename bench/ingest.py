@@ -2,7 +2,8 @@
 
 Sends N real 512x512 CT instances (copies of ../shared/ct/head_ge_patient with fresh UIDs) with DCMTK
 storescu over one association and over 4 concurrent associations, to:
-  ctnode  - fsync + rename + committed SQLite (WAL, synchronous=FULL) row before each Success;
+  ctnode  - fsync + rename + committed SQLite (WAL, synchronous=FULL) row before each Success,
+            with --processes receiver processes sharing the port (default 1, as the node's default);
   bare    - pynetdicom SCP writing event.encoded_dataset() to a file, no fsync, no database;
   orthanc - Debian's Orthanc with default storage.
 Prints instances/s (median of --repeats) and ends with:
@@ -102,9 +103,13 @@ class Receiver:
         return len(files) / seconds
 
 
-def start_ctnode(work: Path) -> tuple[int, Callable[[], None]]:
-    node = NodeProcess(work, f"sqlite:///{work / 'ctnode.sqlite'}", max_pdu_bytes=MAX_PDU).start()
-    return node.port, node.stop
+def ctnode_starter(processes: int) -> Callable[[Path], tuple[int, Callable[[], None]]]:
+    def start(work: Path) -> tuple[int, Callable[[], None]]:
+        node = NodeProcess(work, f"sqlite:///{work / 'ctnode.sqlite'}", max_pdu_bytes=MAX_PDU,
+                           processes=processes).start()
+        return node.port, node.stop
+
+    return start
 
 
 def start_bare(work: Path) -> tuple[int, Callable[[], None]]:
@@ -125,6 +130,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "ct" / "head_ge_patient")
     parser.add_argument("--skip-orthanc", action="store_true")
+    parser.add_argument("--processes", type=int, default=1, help="ctnode receiver processes (dicom.processes)")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_scp:
@@ -135,7 +141,8 @@ def main() -> None:
     from rich.table import Table
 
     console = Console(stderr=True)
-    receivers = [Receiver("ctnode", start_ctnode, "CTNODE"), Receiver("bare pynetdicom", start_bare, "CTNODE")]
+    receivers = [Receiver("ctnode", ctnode_starter(args.processes), "CTNODE"),
+                 Receiver("bare pynetdicom", start_bare, "CTNODE")]
     if not args.skip_orthanc:
         receivers.append(Receiver("orthanc", start_orthanc, "ORTHANC"))
     with tempfile.TemporaryDirectory(prefix="ctnode-bench-", dir=REPO / "var" if (REPO / "var").exists() else None) as tmp:
@@ -151,7 +158,8 @@ def main() -> None:
                         rate = receiver.measure(files, associations, root / "work")
                         rates.setdefault((receiver.name, associations), []).append(rate)
     median = {key: statistics.median(values) for key, values in rates.items()}
-    table = Table("receiver", "associations", "instances/s (median)", "runs", title=f"{args.instances} x 512x512 CT")
+    table = Table("receiver", "associations", "instances/s (median)", "runs",
+                  title=f"{args.instances} x 512x512 CT, ctnode with {args.processes} receiver process(es)")
     for (name, associations), values in sorted(rates.items()):
         table.add_row(name, str(associations), f"{median[(name, associations)]:.1f}",
                       " ".join(f"{v:.0f}" for v in values))

@@ -64,7 +64,8 @@ class DicomConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
     max_pdu_bytes: int = Field(65536, ge=0)  # 0 = unlimited
-    max_associations: int = Field(16, ge=1)
+    max_associations: int = Field(16, ge=1)  # per receiver process
+    processes: int = Field(1, ge=1, le=64)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(120.0, gt=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import threading
 import time
@@ -41,6 +42,14 @@ class _AssociationState:
     failed: int = 0
     bytes: int = 0
     closed: bool = False
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, bound with SO_REUSEPORT so sibling receiver processes share the port."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def tls_context(config: TLSConfig) -> ssl.SSLContext | None:
@@ -87,13 +96,17 @@ class StorageSCP:
         ]
 
     def start(self, host: str | None = None, port: int | None = None) -> ThreadedAssociationServer:
-        """Listen in the background; returns the server (``.shutdown()`` stops it)."""
+        """Listen in the background; returns the server (``.shutdown()`` stops it).
+
+        The socket is bound with SO_REUSEPORT, so several receiver processes can share the port.
+        """
         self.recover_stale_spools()
         address = (host or self.config.host, self.config.port if port is None else port)
-        server = self.ae.start_server(address, block=False, evt_handlers=self.handlers,  # type: ignore[arg-type]
-                                      ssl_context=tls_context(self.config.tls))
+        server = self.ae.make_server(address, evt_handlers=self.handlers,  # type: ignore[arg-type]
+                                     ssl_context=tls_context(self.config.tls), server_class=_SharedPortServer)
+        threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
         log.info("listening", ae_title=self.config.ae_title, host=address[0], port=server.server_address[1],
-                 tls=self.config.tls.enabled)
+                 tls=self.config.tls.enabled, pid=os.getpid())
         return server
 
     def recover_stale_spools(self, older_than_s: float | None = None) -> int:

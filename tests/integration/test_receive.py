@@ -266,3 +266,23 @@ def test_logs_never_contain_patient_identifiers(make_node, db_url):
                         if len(str(header.get(k) or "")) >= 3}
     leaked = [value for value in identifiers if value in log]
     assert leaked == []
+
+
+def test_receiver_processes_share_the_port_and_store_everything(make_node, db_url):
+    files = dicom_files(require_ct("head_ge_patient"))
+    node = make_node(processes=2)
+    groups = [files[i::4] for i in range(4)]
+    clients = [subprocess.Popen([require_tool("storescu"), "-aec", "CTNODE", "127.0.0.1", str(node.port),
+                                 *map(str, group)], stderr=subprocess.PIPE) for group in groups for _ in range(2)]
+    for client in clients:
+        assert client.wait(timeout=300) == 0, client.stderr.read() if client.stderr else ""
+    node.stop()
+    rows = db_rows(db_url, Instance)
+    assert sorted(r.sop_instance_uid for r in rows) == sorted(
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
+    listening = {json.loads(line)["pid"] for line in node.log().splitlines()
+                 if line.startswith("{") and json.loads(line).get("event") == "listening"}
+    assert len(listening) == 2  # two processes bound the same port
+    associations = db_rows(db_url, Association)
+    assert len(associations) == 8 and {a.outcome for a in associations} == {"released"}
+    assert sum(a.instances_stored + a.instances_duplicate for a in associations) == 2 * len(files)

@@ -16,7 +16,11 @@ class Code:
 
 @dataclass(frozen=True)
 class SliceBox:
-    """A finding's 2D box on one source image, in pixel coordinates (column x, row y), x1 < x2, y1 < y2."""
+    """A finding's 2D box on one source image, in pixel index coordinates (column x, row y), x1 < x2, y1 < y2.
+
+    Index coordinates put the centre of the first pixel at (0, 0), as detector.io and detector.preprocess do;
+    DICOM image coordinates (SCOORD, GSPS) put it at (0.5, 0.5).
+    """
 
     sop_instance_uid: str
     box_px: tuple[float, float, float, float]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import highdicom as hd
-import numpy as np
 
+from node.reports.coordinates import box_polyline
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.sc import finding_caption
 from node.reports.sources import SourceSeries, copy_anatomy, no_identifier_warnings
@@ -29,10 +29,10 @@ def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcop
     for n, finding in enumerate(run.findings):
         tracking_uid = uids.instance(ObjectKind.FINDING, n)
         for box in finding.slices:
-            x1, y1, x2, y2 = box.box_px
+            polyline = box_polyline(box.box_px)
             outline = hd.pr.GraphicObject(
                 graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-                graphic_data=np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=float),
+                graphic_data=polyline,
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
                 tracking_id=finding.tracking_id or f"finding {n + 1}",
                 tracking_uid=tracking_uid,
@@ -40,7 +40,7 @@ def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcop
             caption = hd.pr.TextObject(
                 text_value=f"{finding_caption(n, finding)} - {options.banner_text}",
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
-                anchor_point=(float(x1), float(y1)),
+                anchor_point=(float(polyline[0, 0]), float(polyline[0, 1])),
                 anchor_point_visible=False,
             )
             annotations.append(

@@ -13,6 +13,7 @@ from pydicom.sr.coding import Code
 
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
+from node.reports.coordinates import box_polyline, from_image
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.sources import SourceSeries, no_identifier_warnings
 from node.reports.uids import ObjectKind, RunUids, derive_uid, object_identity
@@ -32,12 +33,6 @@ def algorithm_identification(run: ReportRun) -> hd.sr.AlgorithmIdentification:
         parameters=list(run.algorithm.all_parameters),
         family=codes.cid7162.ArtificialIntelligence,
     )
-
-
-def _box_polyline(box_px: tuple[float, float, float, float]) -> np.ndarray:
-    """A closed POLYLINE (5 points, column/row) tracing the box."""
-    x1, y1, x2, y2 = box_px
-    return np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2], [x1, y1]], dtype=float)
 
 
 def _as_code(code: FindingCode) -> Code:
@@ -71,7 +66,7 @@ def _finding_groups(
     regions = [
         hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=_box_polyline(box.box_px),
+            graphic_data=box_polyline(box.box_px),
             source_image=hd.sr.SourceImageForRegion.from_source_image(series.image(box.sop_instance_uid)),
         )
         for box in finding.slices
@@ -157,7 +152,10 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
 
 @dataclass(frozen=True)
 class ReportedFinding:
-    """A finding as read back from an SR: tracking, codes, certainty (0..1), per-image boxes, 3D centre."""
+    """A finding as read back from an SR: tracking, codes, certainty (0..1), per-image boxes, 3D centre.
+
+    ``boxes`` are in index coordinates, like detector.findings.SliceBox (converted back from SCOORD).
+    """
 
     tracking_id: str
     tracking_uid: str
@@ -198,8 +196,8 @@ def read_findings(sr: Dataset) -> list[ReportedFinding]:
             points = region.value
             x1, y1 = points.min(axis=0)
             x2, y2 = points.max(axis=0)
-            boxes[str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)] = (
-                float(x1), float(y1), float(x2), float(y2)
+            boxes[str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)] = from_image(
+                (float(x1), float(y1), float(x2), float(y2))
             )
         sites = group.finding_sites
         found.append(

@@ -120,7 +120,8 @@ class NodeProcess:
         wait_for_port(self.port, process=self.process)
         return self
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGTERM and wait; returns the exit status (0 for a clean shutdown)."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -128,6 +129,7 @@ class NodeProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        return self.process.returncode if self.process is not None else None
 
     def kill(self) -> None:
         if self.process is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -50,6 +51,11 @@ class _SharedPortServer(ThreadedAssociationServer):
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket (made with make_server, so not in the AE's own server list)."""
+        socketserver.TCPServer.shutdown(self)
+        self.server_close()
 
 
 def tls_context(config: TLSConfig) -> ssl.SSLContext | None:

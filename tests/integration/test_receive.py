@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from copy import deepcopy
 import subprocess
 from pathlib import Path
@@ -271,6 +272,15 @@ def test_logs_never_contain_patient_identifiers(make_node, db_url):
 def test_receiver_processes_share_the_port_and_store_everything(make_node, db_url):
     files = dicom_files(require_ct("head_ge_patient"))
     node = make_node(processes=2)
+
+    def listening() -> set[int]:
+        return {json.loads(line)["pid"] for line in node.log().splitlines()
+                if line.startswith("{") and json.loads(line).get("event") == "listening"}
+
+    deadline = time.monotonic() + 120
+    while len(listening()) < 2 and time.monotonic() < deadline:  # the sibling is spawned, then binds
+        time.sleep(0.2)
+    assert len(listening()) == 2  # two processes bound the same port
     groups = [files[i::4] for i in range(4)]
     clients = [subprocess.Popen([require_tool("storescu"), "-aec", "CTNODE", "127.0.0.1", str(node.port),
                                  *map(str, group)], stderr=subprocess.PIPE) for group in groups for _ in range(2)]
@@ -280,9 +290,6 @@ def test_receiver_processes_share_the_port_and_store_everything(make_node, db_ur
     rows = db_rows(db_url, Instance)
     assert sorted(r.sop_instance_uid for r in rows) == sorted(
         str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files)
-    listening = {json.loads(line)["pid"] for line in node.log().splitlines()
-                 if line.startswith("{") and json.loads(line).get("event") == "listening"}
-    assert len(listening) == 2  # two processes bound the same port
     associations = db_rows(db_url, Association)
     assert len(associations) == 8 and {a.outcome for a in associations} == {"released"}
     assert sum(a.instances_stored + a.instances_duplicate for a in associations) == 2 * len(files)

@@ -10,6 +10,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+# A UUID-derived root (2.25.<uuid as integer>) owned by ctnode; sites with their own root configure it.
+DEFAULT_UID_ROOT = "2.25.275020071003996822760402709912833401401"
+DEFAULT_BANNER = "AI result - not for diagnosis"
+_UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 1-16 chars, no backslash or control chars
 
 
@@ -179,6 +184,109 @@ class DeliveryConfig(_Section):
         raise KeyError(name)
 
 
+class ReportOptions(_Section):
+    """What a site configures about the objects sent back to its PACS (the ``reports`` section)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    uid_root: str = Field(default=DEFAULT_UID_ROOT, description="root under which every emitted UID is derived")
+    banner_text: str = Field(default=DEFAULT_BANNER, min_length=1, max_length=64)
+    window_centre_hu: float | None = Field(default=None, description="display window centre (HU); None: the model's")
+    window_width_hu: float | None = Field(default=None, gt=0, description="display window width (HU); None: the model's")
+    manufacturer: str = Field(default="ctnode", min_length=1, max_length=64)
+    institution_name: str | None = Field(default=None, max_length=64)
+    institutional_department_name: str | None = Field(default=None, max_length=64)
+    series_number_base: int = Field(
+        default=9000, ge=1, le=2**31 - 10, description="SR is base+1, SC +2, GSPS +3, KOS +4"
+    )
+    gsps_layer_name: str = Field(default="CTNODE_AI", description="DICOM CS: upper case, digits, _ and space, max 16")
+    enable_gsps: bool = False
+    enable_kos: bool = False
+
+    def display_window(self) -> tuple[float, float]:
+        """(centre, width) in HU of the overlays: the configured window, else the soft-tissue window 40/400."""
+        return (40.0 if self.window_centre_hu is None else self.window_centre_hu,
+                400.0 if self.window_width_hu is None else self.window_width_hu)
+
+    @field_validator("uid_root")
+    @classmethod
+    def _check_root(cls, root: str) -> str:
+        if not _UID_ROOT.match(root):
+            raise ValueError(f"UID root {root!r} must be dot-separated numbers without leading zeros, e.g. 2.25.1234")
+        if len(root) > 44:
+            raise ValueError(f"UID root {root!r} is {len(root)} characters; at most 44 leave room for unique suffixes")
+        return root
+
+    @field_validator("gsps_layer_name")
+    @classmethod
+    def _check_layer(cls, name: str) -> str:
+        if not _CS.match(name):
+            raise ValueError(f"GSPS layer name {name!r} must be 1-16 upper-case letters, digits, '_' or spaces")
+        return name
+
+
+class Route(_Section):
+    """Which model reads which series. Every criterion given must hold; empty lists do not restrict.
+
+    ``body_parts`` (Body Part Examined, any case) and ``description_patterns`` (regular expressions
+    searched, ignoring case, in the series and study descriptions) are alternatives: when both are
+    given, either may match. ``calling_aes`` restricts the route to studies sent by those AEs.
+    """
+
+    model: str = Field(min_length=1)  # a shipped model ("head", "chest") or a model card JSON path
+    body_parts: list[str] = Field(default_factory=list)
+    description_patterns: list[str] = Field(default_factory=list)
+    calling_aes: list[str] = Field(default_factory=list)
+
+    @field_validator("description_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"description pattern {pattern!r} is not a regular expression: {exc}") from None
+        return patterns
+
+
+def _default_routes() -> list[Route]:
+    return [
+        Route(model="head", body_parts=["HEAD", "BRAIN", "SKULL"], description_patterns=[r"head|brain|skull|cran"]),
+        Route(model="chest", body_parts=["CHEST", "LUNG", "THORAX"], description_patterns=[r"chest|thora|lung"]),
+    ]
+
+
+class PipelineConfig(_Section):
+    """When a study is ready, which model reads it, and how workers claim and run the queue."""
+
+    quiet_s: float = Field(60.0, ge=0)  # no new instance of the study for this long: ready
+    fast_path: bool = True  # ready at once when every association is released and the slices are complete
+    max_gap_factor: float = Field(1.5, gt=1)  # a slice gap beyond this x the median spacing is incomplete
+    poll_interval_s: float = Field(1.0, gt=0)
+    lease_s: float = Field(120.0, gt=0)  # a claimed run whose worker stops heartbeating is free again after this
+    heartbeat_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    retry_delay_s: float = Field(30.0, ge=0)
+    workers: int = Field(1, ge=0, le=64)  # worker processes `ctnode serve` starts (role all or worker)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # CPU threads per worker; None = one per core
+    batch_slices: int = Field(8, ge=1)
+    routes: list[Route] = Field(default_factory=_default_routes)
+
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> PipelineConfig:
+        if self.heartbeat_s * 2 > self.lease_s:
+            raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s ({self.lease_s})")
+        return self
+
+
+class MetricsConfig(_Section):
+    """Prometheus metrics and health endpoints over HTTP; port 0 turns them off."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9110, ge=0, le=65535)
+
+
 _yaml_file: ContextVar[Path | None] = ContextVar("ctnode_yaml_file", default=None)
 
 
@@ -192,6 +300,9 @@ class Settings(BaseSettings):
     database: DatabaseConfig = Field(default_factory=DatabaseConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)
+    reports: ReportOptions = Field(default_factory=ReportOptions)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @property
     def database_url(self) -> str:

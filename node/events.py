@@ -18,6 +18,14 @@ class AuditKind(StrEnum):
     DELIVERY_WARNING = "delivery.warning"
     DELIVERY_DEAD_LETTER = "delivery.dead_letter"
     DELIVERY_REQUEUED = "delivery.requeued"
+    RUN_QUEUED = "run.queued"
+    RUN_SKIPPED = "run.skipped"
+    RUN_UNCHANGED = "run.unchanged"  # a study settled again with exactly the inputs of its last run: no new run
+    RUN_RECLAIMED = "run.reclaimed"  # a run whose worker stopped heartbeating was claimed again
+    RUN_RETRY = "run.retry"
+    RUN_FAILED = "run.failed"
+    RUN_DONE = "run.done"
+    RUN_REQUEUED = "run.requeued"
 
 
 class AssociationOutcome(StrEnum):
@@ -43,3 +51,13 @@ class AttemptOutcome(StrEnum):
     SUCCESS = "success"
     WARNING = "warning"  # stored by the destination, with a Warning status: delivered, and audited
     FAILURE = "failure"  # a Failure status, no association, or no response: retried
+
+
+class RunStatus(StrEnum):
+    """Where one detection run stands."""
+
+    QUEUED = "queued"  # ready, waiting for a worker (first try or retry)
+    RUNNING = "running"  # claimed by a worker under a lease
+    DONE = "done"  # findings recorded, reports built and queued for delivery
+    FAILED = "failed"  # gave up: bad input, or max attempts; the error says which
+    SKIPPED = "skipped"  # no model applies to the study; the trigger says why

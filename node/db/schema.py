@@ -69,6 +69,9 @@ class Study(Base):
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # bumped by every newly stored instance; the pipeline settles a study by copying the value it acted on
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    settled_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
 
@@ -171,3 +174,77 @@ class DeliveryAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class Run(Base):
+    """One detection run: a version of a study read by one model, its queue state and its whole audit trail."""
+
+    __tablename__ = "run"
+    __table_args__ = (
+        UniqueConstraint("study_id", "model", "version"),
+        Index("ix_run_status_not_before", "status", "not_before"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    model: Mapped[str] = mapped_column(String(256))  # as routed: a shipped model name or a card path
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per study and model
+    predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("run.id"))
+    status: Mapped[str] = mapped_column(String(16))
+    trigger: Mapped[str] = mapped_column(Text)  # why the study was ready (or why it was skipped)
+    routing: Mapped[list[str]] = mapped_column(JSON, default=list)  # which series the route matched, and why
+    # the queue: attempts so far, not retried before not_before, held by claim_token until lease_until
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    worker: Mapped[str | None] = mapped_column(String(128))  # host:pid of the last claimer
+    error: Mapped[str | None] = mapped_column(Text)
+    # what it read and what it used
+    input_digest: Mapped[str] = mapped_column(SHA256)  # sha256 over the sorted (SOP Instance UID, sha256) inputs
+    instance_count: Mapped[int] = mapped_column(Integer)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)  # the series the detector chose
+    selection: Mapped[list[str]] = mapped_column(JSON, default=list)  # the detector's selection reasons
+    model_name: Mapped[str | None] = mapped_column(String(64))
+    model_version: Mapped[str | None] = mapped_column(String(32))
+    weights_sha256: Mapped[str | None] = mapped_column(SHA256)
+    findings: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    # per-stage timestamps
+    first_instance_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_instance_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ready_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    inference_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    inference_ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    reports_built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    inputs: Mapped[list[RunInput]] = relationship(order_by="RunInput.instance_id")
+    outputs: Mapped[list[RunOutput]] = relationship(order_by="RunOutput.id")
+
+
+class RunInput(Base):
+    """An instance a run read (its digest is the instance row's sha256)."""
+
+    __tablename__ = "run_input"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id"), primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id"), primary_key=True, index=True)
+
+    instance: Mapped[Instance] = relationship()
+
+
+class RunOutput(Base):
+    """A DICOM object a run produced (SR, SC, GSPS, KOS) and where its file is."""
+
+    __tablename__ = "run_output"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)  # absolute path of the Part 10 file
+    sha256: Mapped[str] = mapped_column(SHA256)

@@ -65,7 +65,7 @@ def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcop
         institutional_department_name=options.institutional_department_name,
         voi_lut_transformations=[
             hd.pr.SoftcopyVOILUTTransformation(
-                window_center=options.window_centre_hu, window_width=options.window_width_hu
+                window_center=options.display_window()[0], window_width=options.display_window()[1]
             )
         ],
         series_description=GSPS_SERIES_DESCRIPTION,

@@ -98,17 +98,17 @@ def build_secondary_captures(run: ReportRun, options: ReportOptions) -> list[hd.
     uids = RunUids(options.uid_root, run.run_id)
     captures = []
     crops = []
+    centre, width = options.display_window()
     for n, finding in enumerate(run.findings):
         key = series.image(key_slice(finding).sop_instance_uid)
         hu = series.hounsfield(str(key.SOPInstanceUID))
-        gray = windowed_gray(hu, options.window_centre_hu, options.window_width_hu)
+        gray = windowed_gray(hu, centre, width)
         pixels = render_slice(gray, _boxes_on(str(key.SOPInstanceUID), run.findings), options.banner_text, _footer(run))
         spacing = tuple(float(v) for v in key.PixelSpacing)
         captures.append(
             _secondary_capture(
                 pixels, [key], series, uids, n, options,
-                f"AI finding {n + 1} boxes burned into the CT slice, window C{options.window_centre_hu:g} "
-                f"W{options.window_width_hu:g}",
+                f"AI finding {n + 1} boxes burned into the CT slice, window C{centre:g} W{width:g}",
                 (spacing[0], spacing[1]),
             )
         )

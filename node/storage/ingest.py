@@ -100,6 +100,7 @@ def read_header(item: Received) -> Header:
 # Statements built once: the hot path only binds parameters.
 _VERSIONS = select(Instance.id, Instance.sha256).where(Instance.sop_instance_uid == bindparam("sop"))
 _INSERT_INSTANCE = insert(Instance).returning(Instance.id)
+_BUMP_STUDY = update(Study).where(Study.id == bindparam("study_id")).values(generation=Study.generation + 1)
 _SUPERSEDE = update(Instance).where(Instance.sop_instance_uid == bindparam("sop")).values(is_current=False)
 
 
@@ -109,7 +110,7 @@ class Ingestor:
     def __init__(self, store: InstanceStore, engine: Engine) -> None:
         self.store = store
         self.engine = engine
-        self._series_ids: dict[str, int] = {}
+        self._series_ids: dict[str, tuple[int, int]] = {}  # series UID -> (series id, study id)
         self._lock = threading.Lock()
 
     def ingest(self, item: Received) -> Outcome:
@@ -137,7 +138,7 @@ class Ingestor:
 
     def _index(self, item: Received, header: Header) -> Outcome:
         sop = item.sop_instance_uid
-        new_series: tuple[str, int] | None = None
+        new_series: tuple[str, tuple[int, int]] | None = None
         with self.engine.begin() as conn:
             versions = conn.execute(_VERSIONS, {"sop": sop}).all()
             same = next((v for v in versions if v.sha256 == item.sha256), None)
@@ -145,10 +146,11 @@ class Ingestor:
                 self.store.discard(item.path)
                 return Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id)
             series_uid = header["SeriesInstanceUID"]
-            series_id = self._series_ids.get(series_uid)
-            if series_id is None:
-                series_id = self._ensure_series(conn, header)
-                new_series = (series_uid, series_id)
+            ids = self._series_ids.get(series_uid)
+            if ids is None:
+                ids = self._ensure_series(conn, header)
+                new_series = (series_uid, ids)
+            series_id, study_id = ids
             relative = self.store.relative_path(header["StudyInstanceUID"], series_uid, sop, item.sha256)
             self.store.commit_file(item.path, relative)
             if versions:
@@ -162,13 +164,14 @@ class Ingestor:
                 "instance_number": _int(header, "InstanceNumber"), "sha256": item.sha256, "size_bytes": item.size,
                 "path": relative, "received_at": utcnow(), "is_current": True,
             }).scalar_one()
+            conn.execute(_BUMP_STUDY, {"study_id": study_id})  # last: the study row is locked until commit
         if new_series is not None:
             with self._lock:
                 self._series_ids[new_series[0]] = new_series[1]
         kind = "conflict" if versions else "stored"
         return Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative})
 
-    def _ensure_series(self, conn: Connection, header: Header) -> int:
+    def _ensure_series(self, conn: Connection, header: Header) -> tuple[int, int]:
         study_uid = header["StudyInstanceUID"]
         _insert_ignore(conn, Study, "study_instance_uid", {
             "study_instance_uid": study_uid, "study_date": _text(header, "StudyDate", 8),
@@ -181,7 +184,8 @@ class Ingestor:
             "series_number": _int(header, "SeriesNumber"), "series_description": _text(header, "SeriesDescription"),
             "body_part": _text(header, "BodyPartExamined", 16), "first_received_at": utcnow(),
         })
-        return conn.execute(select(Series.id).where(Series.series_instance_uid == series_uid)).scalar_one()
+        row = conn.execute(select(Series.id, Series.study_id).where(Series.series_instance_uid == series_uid)).one()
+        return row.id, row.study_id
 
     def _quarantine(self, item: Received, refused: Refused) -> Outcome:
         detail = {"reason": refused.reason, "status": int(refused.status), "sha256": item.sha256,

@@ -1,14 +1,19 @@
-"""Builds the node's parts from settings and runs them until SIGTERM/SIGINT."""
+"""Builds the node's parts from settings and runs the chosen roles until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
 from node.db.engine import make_engine
@@ -16,7 +21,10 @@ from node.db.migrate import upgrade
 from node.delivery import run_delivery
 from node.dicom.scp import StorageSCP
 from node.logging import configure_logging, get_logger
+from node.pipeline.stabilize import Stabilizer
+from node.pipeline.worker import Worker
 from node.storage.store import InstanceStore
+from node.web.server import start_http
 
 log = get_logger(__name__)
 
@@ -48,6 +56,19 @@ def _stop_event() -> threading.Event:
     return stop
 
 
+class Role(StrEnum):
+    """What one `ctnode serve` process runs; ALL is the embedded default."""
+
+    ALL = "all"
+    RECEIVER = "receiver"  # the DICOM SCP (and its dicom.processes - 1 siblings)
+    WORKER = "worker"  # study completion plus pipeline.workers detection processes
+    DELIVERY = "delivery"  # the outbox senders
+
+
+def _orphaned(parent_pid: int) -> bool:
+    return os.getppid() != parent_pid
+
+
 def _receiver_process(settings: Settings, parent_pid: int) -> None:
     """A sibling receiver: the same port (SO_REUSEPORT), store and database; no delivery loop.
 
@@ -57,35 +78,115 @@ def _receiver_process(settings: Settings, parent_pid: int) -> None:
     node = Node.build(settings, migrate=False)
     stop = _stop_event()
     server = node.scp.start()
-    while not stop.wait(1.0) and os.getppid() == parent_pid:
+    while not stop.wait(1.0) and not _orphaned(parent_pid):
         pass
     server.shutdown()
     node.engine.dispose()
 
 
-def run_forever(node: Node) -> None:
-    """Receive and deliver until a termination signal; in-flight C-STOREs finish before the listener closes.
-
-    With ``dicom.processes`` > 1, that many receiver processes share the DICOM port (this one included).
-    """
+def _worker_process(settings: Settings, parent_pid: int) -> None:
+    """A detection worker: claims runs until SIGTERM, or until its parent is gone."""
+    configure_logging(settings.logging.format, settings.logging.level)
+    engine = make_engine(settings.database_url, settings.database.sqlite_synchronous)
     stop = _stop_event()
-    spawn = multiprocessing.get_context("spawn")
-    siblings = [spawn.Process(target=_receiver_process, args=(node.settings, os.getpid()), name=f"receiver-{i}")
-                for i in range(1, node.settings.dicom.processes)]
-    for sibling in siblings:
-        sibling.start()
-    server = node.scp.start()
-    delivery = threading.Thread(target=run_delivery, args=(node.settings, stop), name="delivery", daemon=True)
-    delivery.start()
+    threading.Thread(target=lambda: _wait_orphaned(stop, parent_pid), name="parent-watch", daemon=True).start()
     try:
-        stop.wait()
+        Worker(engine, settings, stop).run_forever()
+    finally:
+        engine.dispose()
+
+
+def _wait_orphaned(stop: threading.Event, parent_pid: int) -> None:
+    while not stop.wait(1.0):
+        if _orphaned(parent_pid):
+            stop.set()
+
+
+def _stabilize(engine: Engine, settings: Settings, stop: threading.Event) -> None:
+    """Settle ready studies every poll interval; a database outage is logged and waited out."""
+    stabilizer = Stabilizer(engine, settings)
+    while not stop.wait(settings.pipeline.poll_interval_s):
+        try:
+            stabilizer.poll()
+        except SQLAlchemyError as exc:
+            log.error("study completion check failed", error=type(exc).__name__)
+
+
+class _Children:
+    """Child processes of one kind, restarted (after a pause) when one dies, stopped together."""
+
+    RESTART_PAUSE_S = 2.0
+
+    def __init__(self, name: str, target: Callable[[Settings, int], None], settings: Settings, count: int) -> None:
+        self._name, self._target, self._settings = name, target, settings
+        self._spawn = multiprocessing.get_context("spawn")
+        self.processes = [self._start(i) for i in range(count)]
+        self._died_at: dict[int, float] = {}
+
+    def _start(self, index: int) -> multiprocessing.process.BaseProcess:
+        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid()),
+                                      name=f"{self._name}-{index}")
+        process.start()
+        return process
+
+    def supervise(self) -> None:
+        """Restart children that died, each at most once per RESTART_PAUSE_S."""
+        now = time.monotonic()
+        for index, process in enumerate(self.processes):
+            if process.is_alive():
+                continue
+            died = self._died_at.setdefault(index, now)
+            if now - died >= self.RESTART_PAUSE_S:
+                log.warning("child process died, restarting", process=process.name, exitcode=process.exitcode)
+                self.processes[index] = self._start(index)
+                del self._died_at[index]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.join(timeout=30)
+
+
+def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
+    """Run ``roles`` until a termination signal; in-flight C-STOREs finish before the listener closes.
+
+    Receivers: this process plus ``dicom.processes - 1`` siblings sharing the port. Workers: the study
+    completion loop in this process plus ``pipeline.workers`` detection processes, restarted if they die.
+    Delivery: one sender thread per destination. Metrics and health on ``metrics.port`` (0 = off).
+    """
+    settings = node.settings
+    wanted = set(Role) - {Role.ALL} if Role.ALL in roles else set(roles)
+    stop = _stop_event()
+    children: list[_Children] = []
+    threads: list[threading.Thread] = []
+    server = None
+    if Role.RECEIVER in wanted:
+        children.append(_Children("receiver", _receiver_process, settings, settings.dicom.processes - 1))
+        server = node.scp.start()
+    if Role.WORKER in wanted:
+        threads.append(threading.Thread(target=_stabilize, args=(node.engine, settings, stop), name="stabilize"))
+        children.append(_Children("worker", _worker_process, settings, settings.pipeline.workers))
+    if Role.DELIVERY in wanted:
+        threads.append(threading.Thread(target=run_delivery, args=(settings, stop), name="delivery"))
+    for thread in threads:
+        thread.daemon = True
+        thread.start()
+    http = start_http(settings, node.engine, "+".join(sorted(wanted)))
+    log.info("node running", roles=sorted(wanted))
+    try:
+        while not stop.wait(1.0):
+            for group in children:
+                group.supervise()
     finally:
         log.info("shutting down")
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
         # a sender stuck on a hung destination is abandoned: its leased rows are picked up again later
-        delivery.join(timeout=node.settings.delivery.acse_timeout_s + 5)
-        for sibling in siblings:
-            sibling.terminate()
-        for sibling in siblings:
-            sibling.join(timeout=30)
+        for thread in threads:
+            thread.join(timeout=settings.delivery.acse_timeout_s + 5)
+        for group in children:
+            group.stop()
+        if http is not None:
+            http.shutdown()
         node.engine.dispose()

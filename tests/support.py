@@ -95,7 +95,10 @@ class NodeProcess:
     """`python -m node serve` in a subprocess with its own data directory, config and log file."""
 
     def __init__(self, data_dir: Path, db_url: str, allowed: list[dict[str, str]] | None = None,
-                 accept_any: bool = False, **dicom: Any) -> None:
+                 accept_any: bool = False, sections: dict[str, Any] | None = None, roles: tuple[str, ...] = (),
+                 **dicom: Any) -> None:
+        """``sections`` adds or replaces config sections (by default no detection worker and no metrics port);
+        ``roles`` are passed as ``--role`` (default: all)."""
         self.data_dir = data_dir
         self.port = dicom.pop("port", None) or free_port()
         self.ae_title = dicom.get("ae_title", "CTNODE")
@@ -106,7 +109,11 @@ class NodeProcess:
             "storage": storage,
             "database": {"url": db_url},
             "logging": {"format": "json", "level": "INFO"},
+            "pipeline": {"workers": 0},
+            "metrics": {"port": 0},
+            **(sections or {}),
         }
+        self.roles = roles
         self.config_file = data_dir / "ctnode.yaml"
         self.log_file = data_dir / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -115,9 +122,11 @@ class NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(yaml.safe_dump(self.config))
         log = self.log_file.open("ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(self.config_file)],
+        roles = [arg for role in self.roles for arg in ("--role", role)]
+        self.process = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(self.config_file), *roles],
                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-        wait_for_port(self.port, process=self.process)
+        if not self.roles or "receiver" in self.roles:
+            wait_for_port(self.port, process=self.process)
         return self
 
     def stop(self) -> int | None:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
+from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
 from node.config import Settings
 from node.db.schema import Delivery
 from node.delivery import get_delivery, list_deliveries, requeue, run_delivery
@@ -40,10 +40,6 @@ def _status(value: int | None) -> str:
     return "" if value is None else f"0x{value:04X}"
 
 
-def _time(value: Any) -> str:
-    return f"{value:%Y-%m-%d %H:%M:%S}" if value else ""
-
-
 @app.command("list")
 def deliveries_list(
     config: ConfigOpt = None,
@@ -61,8 +57,8 @@ def deliveries_list(
                   "next attempt", "last error")
     for d in rows:
         table.add_row(str(d.id), str(d.run_id or ""), d.destination, d.state, str(d.attempts), _status(d.last_status),
-                      d.sop_instance_uid, _time(d.acknowledged_at),
-                      _time(d.next_attempt_at) if d.state == DeliveryState.PENDING else "", d.last_error or "")
+                      d.sop_instance_uid, fmt_time(d.acknowledged_at),
+                      fmt_time(d.next_attempt_at) if d.state == DeliveryState.PENDING else "", d.last_error or "")
     console.print(table)
 
 
@@ -86,7 +82,7 @@ def deliveries_show(
     console.print(f"file {d.path}")
     table = Table("at", "outcome", "status", "error")
     for a in attempts:
-        table.add_row(_time(a["at"]), a["outcome"], _status(a["status"]), a["error"] or "")
+        table.add_row(fmt_time(a["at"]), a["outcome"], _status(a["status"]), a["error"] or "")
     console.print(table)
 
 

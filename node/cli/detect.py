@@ -1,7 +1,8 @@
-"""`ctnode detect PATH`: run a shipped model on a folder of DICOM files, print the findings, write overlay PNGs."""
+"""`ctnode detect PATH`: run a model on a folder of DICOM files, print the findings, write overlays and DICOM objects."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +15,10 @@ from detector.findings import Finding
 from detector.infer import DetectionResult, InferenceOptions, detect_series, load_model
 from detector.io import SeriesInputError
 from detector.registry import ModelCardError
+from node.cli.options import ConfigOpt, settings_from
+from node.config import ReportOptions
+from node.reports import build_report_objects, write_report_objects
+from node.reports.from_detection import options_for, report_run
 from node.reports.options import DEFAULT_BANNER
 from node.reports.render import DrawnBox, render_slice, windowed_gray
 from node.reports.sc import finding_caption, key_slice
@@ -62,12 +67,32 @@ def _safe(finding: Finding) -> str:
     return "".join(c if c.isalnum() else "_" for c in finding.label)
 
 
+def detection_run_id(result: DetectionResult) -> str:
+    """A run id for a command-line detection: the same series and model weights always give the same UIDs."""
+    card = result.model.card
+    key = "\n".join([result.volume.series_instance_uid, card.weights_sha256, *result.volume.geometry.sop_instance_uids])
+    return "detect-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def write_dicom(result: DetectionResult, options: ReportOptions, out: Path) -> list[Path]:
+    """Every object the node would send to the PACS for this detection (SR, SCs, optional GSPS/KOS) under ``out``."""
+    objects = build_report_objects(report_run(result, detection_run_id(result)), options_for(result.model.card, options))
+    return write_report_objects(objects, out)
+
+
 def detect(
     path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM instances of one study.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")] = "head",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for overlay PNGs.")] = None,
+    dicom: Annotated[bool, typer.Option("--dicom", help="Also write, under OUT/dicom, every DICOM object the node "
+                                                        "would send to the PACS (SR, SC, optional GSPS/KOS).")] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Find focal findings in the series a radiologist would read, print them, and draw them."""
+    if dicom and out is None:
+        console.print("[red]--dicom needs --out DIR[/red]")
+        raise typer.Exit(2)
+    report_options = settings_from(config).reports
     try:
         loaded = load_model(model)
         result = detect_series(path, loaded, options=InferenceOptions(progress=True))
@@ -79,4 +104,7 @@ def detect(
     console.print(findings_table(result))
     if out is not None:
         for written in write_overlays(result, out):
+            console.print(f"wrote {written}")
+    if dicom and out is not None:
+        for written in write_dicom(result, report_options, out / "dicom"):
             console.print(f"wrote {written}")

@@ -1,4 +1,4 @@
-"""`ctnode`: init, serve, detect, db, studies, deliveries."""
+"""`ctnode`: init, serve, detect, db, studies, runs, deliveries."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from node.cli.deliveries import app as deliveries_app
+from node.cli.runs import app as runs_app
 from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.config import AllowedPeer
 from node.db.engine import make_engine
@@ -23,6 +24,7 @@ studies_app = typer.Typer(help="What the node has received.", no_args_is_help=Tr
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(runs_app, name="runs")
 
 
 @app.command()
@@ -57,9 +59,17 @@ def serve(
     port: Annotated[Optional[int], typer.Option(help="Override dicom.port.")] = None,
     ae_title: Annotated[Optional[str], typer.Option(help="Override dicom.ae_title.")] = None,
     allow: Annotated[Optional[list[str]], typer.Option(help="Allow a calling AE[@HOST] (repeatable; replaces dicom.allowed).")] = None,
+    role: Annotated[Optional[list[str]], typer.Option(
+        help="Run only these roles: receiver, worker, delivery (repeatable); default all of them.")] = None,
 ) -> None:
-    """Run the DICOM receiver and the delivery loop until SIGTERM/SIGINT."""
-    from node.service import Node, run_forever
+    """Run the node (receiver, study completion and detection workers, delivery) until SIGTERM/SIGINT."""
+    from node.service import Node, Role, run_forever
+
+    try:
+        roles = [Role(r) for r in role or ["all"]]
+    except ValueError as exc:
+        console.print(f"[red]--role:[/red] {exc}; choose from {', '.join(r.value for r in Role)}")
+        raise typer.Exit(2) from exc
 
     overrides: dict[str, Any] = {}
     dicom: dict[str, Any] = {}
@@ -69,7 +79,7 @@ def serve(
         dicom["ae_title"] = ae_title
     if allow:
         try:
-            dicom["allowed"] = [AllowedPeer.parse(spec).modeldump_json() for spec in allow]
+            dicom["allowed"] = [AllowedPeer.parse(spec).model_dump() for spec in allow]
         except ValidationError as exc:
             console.print(f"[red]--allow:[/red] {exc}")
             raise typer.Exit(2) from exc
@@ -78,7 +88,7 @@ def serve(
     if data_dir is not None:
         overrides["storage"] = {"data_dir": data_dir.resolve()}
     settings = settings_from(config, overrides)
-    run_forever(Node.build(settings))
+    run_forever(Node.build(settings), roles)
 
 
 @app.command()
@@ -86,11 +96,14 @@ def detect(
     path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM instances of one study.")],
     model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")] = "head",
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for overlay PNGs.")] = None,
+    dicom: Annotated[bool, typer.Option("--dicom", help="Also write, under OUT/dicom, every DICOM object the node "
+                                                        "would send to the PACS (SR, SC, optional GSPS/KOS).")] = False,
+    config: ConfigOpt = None,
 ) -> None:
     """Find focal findings in the series a radiologist would read, print them, and draw them."""
     from node.cli.detect import detect as run_detect  # imports torch: only for this command
 
-    run_detect(path, model, out)
+    run_detect(path, model, out, dicom, config)
 
 
 @db_app.command("upgrade")

@@ -50,3 +50,10 @@ def open_database(settings: Settings) -> Engine:
 
 def dump_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def fmt_time(value: Any, precise: bool = False) -> str:
+    """A timestamp for a table cell (milliseconds when ``precise``); empty when there is none."""
+    if not value:
+        return ""
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if precise else f"{value:%Y-%m-%d %H:%M:%S}"

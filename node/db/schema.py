@@ -15,9 +15,21 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp; SQLite, which stores none, reads back as UTC like PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None and value.tzinfo is None else value
+
 
 UID = String(64)
 AE = String(16)
@@ -49,8 +61,8 @@ class Association(Base):
     called_ae: Mapped[str] = mapped_column(AE)
     peer_host: Mapped[str] = mapped_column(String(64))
     peer_port: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     outcome: Mapped[str] = mapped_column(String(16))
     reject_reason: Mapped[str | None] = mapped_column(Text)
     instances_stored: Mapped[int] = mapped_column(Integer, default=0)
@@ -68,7 +80,7 @@ class Study(Base):
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     study_date: Mapped[str | None] = mapped_column(String(8))
     study_description: Mapped[str | None] = mapped_column(String(64))
-    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # bumped by every newly stored instance; the pipeline settles a study by copying the value it acted on
     generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     settled_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -88,7 +100,7 @@ class Series(Base):
     series_number: Mapped[int | None] = mapped_column(Integer)
     series_description: Mapped[str | None] = mapped_column(String(64))
     body_part: Mapped[str | None] = mapped_column(String(16))
-    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    first_received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -110,7 +122,7 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(SHA256)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     path: Mapped[str] = mapped_column(Text)  # relative to the store directory
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     is_current: Mapped[bool] = mapped_column(Boolean, default=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
@@ -123,7 +135,7 @@ class AuditEvent(Base):
     __table_args__ = (Index("ix_audit_event_kind_at", "kind", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     kind: Mapped[str] = mapped_column(String(32))
     association_id: Mapped[int | None] = mapped_column(ForeignKey("association.id"), index=True)
     study_instance_uid: Mapped[str | None] = mapped_column(UID)
@@ -154,11 +166,11 @@ class Delivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # since it was (re)queued
     last_status: Mapped[int | None] = mapped_column(Integer)  # the last C-STORE response status, when one came
     last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claim_token: Mapped[str | None] = mapped_column(String(32))
-    acknowledged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     attempt_log: Mapped[list[DeliveryAttempt]] = relationship(order_by="DeliveryAttempt.id")
 
@@ -170,7 +182,7 @@ class DeliveryAttempt(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     delivery_id: Mapped[int] = mapped_column(ForeignKey("delivery.id"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     outcome: Mapped[str] = mapped_column(String(16))
     status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
@@ -196,8 +208,8 @@ class Run(Base):
     routing: Mapped[list[str]] = mapped_column(JSON, default=list)  # which series the route matched, and why
     # the queue: attempts so far, not retried before not_before, held by claim_token until lease_until
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     claim_token: Mapped[str | None] = mapped_column(String(32))
     worker: Mapped[str | None] = mapped_column(String(128))  # host:pid of the last claimer
     error: Mapped[str | None] = mapped_column(Text)
@@ -211,14 +223,14 @@ class Run(Base):
     weights_sha256: Mapped[str | None] = mapped_column(SHA256)
     findings: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     # per-stage timestamps
-    first_instance_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_instance_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ready_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    inference_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    inference_ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    reports_built_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    first_instance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_instance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ready_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    inference_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    inference_ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    reports_built_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     inputs: Mapped[list[RunInput]] = relationship(order_by="RunInput.instance_id")
     outputs: Mapped[list[RunOutput]] = relationship(order_by="RunOutput.id")

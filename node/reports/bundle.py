@@ -9,6 +9,7 @@ from pathlib import Path
 import structlog
 from pydicom.dataset import Dataset
 
+from node.storage.durable import fsync_dir, fsync_file
 from node.reports.gsps import build_gsps
 from node.reports.kos import build_kos
 from node.reports.options import ReportOptions, ReportRun
@@ -57,14 +58,16 @@ def build_report_objects(run: ReportRun, options: ReportOptions) -> ReportObject
 
 
 def write_report_objects(objects: ReportObjects, folder: Path) -> list[Path]:
-    """Write each object as a DICOM Part 10 file under ``folder`` (created), atomically; return the paths."""
+    """Write each object as a DICOM Part 10 file under ``folder`` (created), atomically and durably; the paths."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, dataset in objects.named():
         path = folder / name
         partial = folder / f".{name}.partial"
         dataset.save_as(partial, enforce_file_format=True)
+        fsync_file(partial)
         os.replace(partial, path)
         paths.append(path)
+    fsync_dir(folder)
     log.info("report objects written", folder=str(folder), files=len(paths))
     return paths

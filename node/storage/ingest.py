@@ -10,11 +10,10 @@ from typing import Any
 from pydicom import dcmread
 from pydicom.uid import UID
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from node.db import audit
+from node.db.upsert import insert_ignore
 from node.db.schema import Instance, Series, Study, utcnow
 from node.dicom.header import WANTED, scan
 from node.dicom.status import StoreStatus
@@ -173,13 +172,13 @@ class Ingestor:
 
     def _ensure_series(self, conn: Connection, header: Header) -> tuple[int, int]:
         study_uid = header["StudyInstanceUID"]
-        _insert_ignore(conn, Study, "study_instance_uid", {
+        insert_ignore(conn, Study, "study_instance_uid", {
             "study_instance_uid": study_uid, "study_date": _text(header, "StudyDate", 8),
             "study_description": _text(header, "StudyDescription"), "first_received_at": utcnow(),
         })
         study_id = conn.execute(select(Study.id).where(Study.study_instance_uid == study_uid)).scalar_one()
         series_uid = header["SeriesInstanceUID"]
-        _insert_ignore(conn, Series, "series_instance_uid", {
+        insert_ignore(conn, Series, "series_instance_uid", {
             "study_id": study_id, "series_instance_uid": series_uid, "modality": _text(header, "Modality", 16),
             "series_number": _int(header, "SeriesNumber"), "series_description": _text(header, "SeriesDescription"),
             "body_part": _text(header, "BodyPartExamined", 16), "first_received_at": utcnow(),
@@ -223,9 +222,3 @@ class Ingestor:
 
 def _valid_or_none(uid: str) -> str | None:
     return uid if uid and UID(uid).is_valid else None
-
-
-def _insert_ignore(conn: Connection, model: type[Study] | type[Series], key: str, values: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT (key) DO NOTHING on SQLite and PostgreSQL."""
-    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))

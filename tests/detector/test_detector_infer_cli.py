@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import typer
 from PIL import Image
 from typer.testing import CliRunner
@@ -62,3 +63,24 @@ def test_cli_runs_on_a_real_series_and_refuses_an_empty_folder(ct_data: Callable
     assert "cannot detect" in refused.output
     unknown = runner.invoke(app, [str(empty), "--model", "knee"])
     assert unknown.exit_code == 1 and "shipped models" in unknown.output
+
+
+def test_dicom_flag_writes_what_the_pacs_would_receive_with_stable_uids(
+    ct_data: Callable[[str], Path], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    source = ct_data("chest_lung_pet_ct_dx_A0001")
+    first = runner.invoke(app, [str(source), "--model", "chest", "--out", str(tmp_path / "a"), "--dicom"])
+    assert first.exit_code == 0, first.output
+    written = sorted(p.name for p in (tmp_path / "a" / "dicom").iterdir())
+    assert written[-1] == "sr.dcm" and all(name.startswith("sc-") for name in written[:-1]) and len(written) >= 2
+    sr = pydicom.dcmread(tmp_path / "a" / "dicom" / "sr.dcm")
+    source_study = pydicom.dcmread(next(source.rglob("*.dcm")), stop_before_pixels=True).StudyInstanceUID
+    assert sr.StudyInstanceUID == source_study and sr.Modality == "SR"
+    again = runner.invoke(app, [str(source), "--model", "chest", "--out", str(tmp_path / "b"), "--dicom"])
+    assert again.exit_code == 0, again.output
+    for name in written:
+        assert (pydicom.dcmread(tmp_path / "a" / "dicom" / name).SOPInstanceUID
+                == pydicom.dcmread(tmp_path / "b" / "dicom" / name).SOPInstanceUID)
+    refused = runner.invoke(app, [str(source), "--model", "chest", "--dicom"])
+    assert refused.exit_code == 2 and "--dicom needs --out" in refused.output

@@ -1,0 +1,180 @@
+"""A detection worker: claim a run, read its series, detect, build the reports, queue their delivery.
+
+Stages, in order, each timestamped on the run: claimed, inference started, inference ended (findings,
+selection and model identity recorded), reports built (outputs recorded), done (deliveries queued).
+A heartbeat thread renews the lease while the stages run; a worker that loses its claim stops
+writing. UIDs derive from the run id, so a reclaimed run rebuilds byte-identical objects and the
+outbox (unique per object and destination) never sends one twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydicom.dataset import Dataset
+from sqlalchemy import Engine, select
+
+from node.config import Settings
+from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
+from node.db.upsert import insert_ignore
+from node.delivery import enqueue
+from node.delivery.routing import destinations_for_study
+from node.events import RunStatus
+from node.logging import get_logger
+from node.pipeline.queue import ClaimedRun, claim_run, fail_run, finish_run, heartbeat, update_run, worker_name
+from node.reports import EarlierReport, build_report_objects, write_report_objects
+from node.reports.from_detection import options_for, report_run
+
+if TYPE_CHECKING:
+    from detector.infer import LoadedModel
+
+log = get_logger(__name__)
+
+OUTPUT_KINDS = {"sr": "SR", "sc": "SC", "gsps": "GSPS", "kos": "KOS"}
+
+
+class ClaimLost(Exception):
+    """Another worker holds the run now (this one's lease expired); stop without writing."""
+
+
+class Heartbeat:
+    """Renews a claimed run's lease every ``heartbeat_s`` until stopped; remembers a lost claim."""
+
+    def __init__(self, engine: Engine, run: ClaimedRun, settings: Settings) -> None:
+        self._engine, self._run, self._config = engine, run, settings.pipeline
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run.id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._config.heartbeat_s):
+            if not heartbeat(self._engine, self._run, self._config.lease_s):
+                self.lost = True
+                log.warning("run claim lost", run_id=self._run.id)
+                return
+
+
+class Worker:
+    """Runs queued runs one at a time until ``stop`` is set; models are loaded once and kept."""
+
+    def __init__(self, engine: Engine, settings: Settings, stop: threading.Event) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.stop = stop
+        self.name = worker_name()
+        self._models: dict[str, LoadedModel] = {}
+
+    def run_forever(self) -> None:
+        log.info("worker running", worker=self.name)
+        while not self.stop.is_set():
+            if not self.run_once():
+                self.stop.wait(self.settings.pipeline.poll_interval_s)
+
+    def run_once(self) -> bool:
+        """Claim and process one run; False when none was due."""
+        run = claim_run(self.engine, self.settings.pipeline, self.name)
+        if run is None:
+            return False
+        self.process(run)
+        return True
+
+    def process(self, run: ClaimedRun) -> RunStatus | None:
+        """All stages of one claimed run; returns where it ended (None when the claim was lost)."""
+        from detector.io import SeriesInputError
+        from detector.registry import ModelCardError
+
+        try:
+            with Heartbeat(self.engine, run, self.settings) as beat:
+                self._stages(run, beat)
+        except ClaimLost:
+            log.warning("run abandoned: another worker holds it", run_id=run.id)
+            return None
+        except (SeriesInputError, ModelCardError, LookupError) as exc:
+            return fail_run(self.engine, run, f"{type(exc).__name__}: {exc}", False, self.settings.pipeline)
+        except Exception as exc:  # anything else may be passing (memory, a file system hiccup): retried
+            log.exception("run attempt crashed", run_id=run.id)
+            return fail_run(self.engine, run, f"{type(exc).__name__}: {exc}", True, self.settings.pipeline)
+        return RunStatus.DONE
+
+    def _model(self, name: str) -> LoadedModel:
+        from detector.infer import load_model
+
+        if name not in self._models:
+            self._models[name] = load_model(name)
+        return self._models[name]
+
+    def _stage(self, run: ClaimedRun, beat: Heartbeat, **values: object) -> None:
+        if beat.lost or not update_run(self.engine, run, **values):
+            raise ClaimLost(run.id)
+
+    def _stages(self, run: ClaimedRun, beat: Heartbeat) -> None:
+        from detector.infer import InferenceOptions, detect_series
+        from detector.infer.engine import default_device
+
+        import torch
+
+        config = self.settings.pipeline
+        model = self._model(run.model)
+        card = model.card
+        self._stage(run, beat, model_name=card.name, model_version=card.version, weights_sha256=card.weights_sha256,
+                    inference_started_at=utcnow())
+        device = default_device() if config.device == "auto" else torch.device(config.device)
+        options = InferenceOptions(batch_slices=config.batch_slices, device=device, threads=config.threads)
+        result = detect_series(self._input_paths(run), model, options=options)
+        self._stage(run, beat, inference_ended_at=utcnow(), series_instance_uid=result.volume.series_instance_uid,
+                    selection=list(result.selection.reasons), findings=[asdict(f) for f in result.findings])
+        objects = build_report_objects(report_run(result, f"run-{run.id}", self._earlier_reports(run)),
+                                       options_for(card, self.settings.reports))
+        folder = self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
+        written = write_report_objects(objects, folder)
+        self._record_outputs(run, objects.named(), written)
+        self._stage(run, beat, reports_built_at=utcnow())
+        destinations = destinations_for_study(self.engine, self.settings.delivery, run.study_instance_uid)
+        for path in written:
+            enqueue(self.engine, path, destinations, run.id)
+        if beat.lost or not finish_run(self.engine, run):
+            raise ClaimLost(run.id)
+        log.info("run done", run_id=run.id, findings=len(result.findings), outputs=len(written),
+                 destinations=destinations)
+
+    def _input_paths(self, run: ClaimedRun) -> list[Path]:
+        with self.engine.connect() as conn:
+            paths = conn.execute(select(Instance.path).join(RunInput, RunInput.instance_id == Instance.id)
+                                 .where(RunInput.run_id == run.id).order_by(Instance.id)).scalars()
+            return [self.settings.storage.store_dir / p for p in paths]
+
+    def _earlier_reports(self, run: ClaimedRun) -> list[EarlierReport]:
+        """The SR of the newest finished earlier version of this study and model (its predecessor document)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(RunOutput.series_instance_uid, RunOutput.sop_instance_uid, RunOutput.sop_class_uid)
+                .join(Run, RunOutput.run_id == Run.id)
+                .where(Run.study_id == run.study_id, Run.model == run.model, Run.version < run.version,
+                       Run.status == str(RunStatus.DONE), RunOutput.kind == "SR")
+                .order_by(Run.version.desc()).limit(1)).one_or_none()
+        if row is None:
+            return []
+        return [EarlierReport(run.study_instance_uid, row.series_instance_uid, row.sop_instance_uid,
+                              row.sop_class_uid)]
+
+    def _record_outputs(self, run: ClaimedRun, named: list[tuple[str, Dataset]], written: list[Path]) -> None:
+        with self.engine.begin() as conn:
+            for (name, dataset), path in zip(named, written, strict=True):
+                insert_ignore(conn, RunOutput, "sop_instance_uid", {
+                    "run_id": run.id, "kind": OUTPUT_KINDS[name.split("-")[0].split(".")[0]],
+                    "sop_class_uid": str(dataset.SOPClassUID), "sop_instance_uid": str(dataset.SOPInstanceUID),
+                    "series_instance_uid": str(dataset.SeriesInstanceUID), "path": str(path.resolve()),
+                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                })

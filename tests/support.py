@@ -114,6 +114,7 @@ class NodeProcess:
             **(sections or {}),
         }
         self.roles = roles
+        self.killed = False
         self.config_file = data_dir / "ctnode.yaml"
         self.log_file = data_dir / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -141,9 +142,11 @@ class NodeProcess:
         return self.process.returncode if self.process is not None else None
 
     def kill(self) -> None:
+        """kill -9 the node (its exit is not a clean shutdown, and the teardown knows it)."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
+            self.killed = True
 
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""

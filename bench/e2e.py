@@ -1,0 +1,100 @@
+"""End-to-end turnaround: Orthanc sends a CT series to ctnode, ctnode sends the SR back; how long it takes.
+
+For the 141-slice 1 mm head series (head_phantom_philips_study) and the 64-slice chest series, each
+repeat writes the series with fresh UIDs (a new study), uploads it to Orthanc and has Orthanc send
+it to a running `ctnode serve` (SQLite, one worker process, fast path on) over one association. The
+run's audit record gives the stages:
+
+  quiet      last instance acknowledged -> study ready (what study completion waited; reported alone)
+  queue      ready -> claimed by the worker
+  inference  detection on the whole series
+  report     SR and Secondary Captures built and written
+  delivery   reports built -> the SR acknowledged by Orthanc
+
+``total`` is ready -> SR acknowledged (turnaround without the quiet time). Prints the per-stage medians
+over --repeats, and ends with, for the head series: ``median_s=S quiet_s=Q``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.loop import (  # noqa: E402
+    CHEST,
+    node_sections,
+    orthanc_study,
+    orthanc_with_node,
+    send_to_node,
+    upload,
+    wait_for_srs,
+    write_study,
+)
+from tests.support import NodeProcess, free_port  # noqa: E402
+
+SERIES = {"head": "head_phantom_philips_study", "chest": CHEST}
+STAGES = ("quiet", "queue", "inference", "report", "delivery", "total")
+
+
+def _stages(record: dict) -> dict[str, float]:  # type: ignore[type-arg]
+    durations = record["durations_s"]
+    total = durations["turnaround"] - durations["stabilize"]
+    return {"quiet": durations["stabilize"], "queue": durations["queue"], "inference": durations["inference"],
+            "report": durations["report"], "delivery": durations["delivery"], "total": total}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--targets", nargs="+", default=["head", "chest"], choices=sorted(SERIES))
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.progress import track
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    measured: dict[str, list[dict[str, float]]] = {target: [] for target in args.targets}
+    with tempfile.TemporaryDirectory(prefix="ctnode-e2e-") as tmp:
+        root = Path(tmp)
+        node_port = free_port()
+        orthanc = orthanc_with_node(root / "orthanc", node_port)
+        node = NodeProcess(root / "node", "", port=node_port,  # "": the embedded SQLite default
+                           allowed=[{"ae_title": orthanc.ae_title, "host": "127.0.0.1"}],
+                           sections={**node_sections(orthanc), "logging": {"format": "json", "level": "WARNING"}})
+        node.start()
+        try:
+            rounds = [(r, t) for r in range(args.repeats + 1) for t in args.targets]  # round 0 warms up
+            for repeat, target in track(rounds, description="e2e runs", console=console):
+                study = write_study(SERIES[target], root / f"{target}-{repeat}", f"bench-{target}-{repeat}")
+                upload(orthanc, study.files)
+                send_to_node(orthanc, [orthanc_study(orthanc, study.study_instance_uid)])
+                wait_for_srs(orthanc, study.study_instance_uid, 1, 600, node.log)
+                runs = json.loads(node.cli("runs", "list", "--study", study.study_instance_uid, "--json").stdout)
+                record = json.loads(node.cli("runs", "show", str(runs[0]["id"]), "--json").stdout)
+                if repeat > 0:
+                    measured[target].append(_stages(record))
+        finally:
+            node.stop()
+            orthanc.stop()
+
+    table = Table("series", "slices", *STAGES, title=f"ctnode end to end, median of {args.repeats} (seconds)")
+    medians = {t: {s: statistics.median(m[s] for m in runs) for s in STAGES} for t, runs in measured.items()}
+    slices = {"head": 141, "chest": 64}
+    for target, stage in medians.items():
+        table.add_row(target, str(slices[target]), *(f"{stage[s]:.2f}" for s in STAGES))
+    console.print(table)
+    head = medians.get("head")
+    if head is not None:
+        print(f"median_s={head['total']:.2f} quiet_s={head['quiet']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import yaml
 from sqlalchemy import Engine, select
 
 from node.db.engine import make_engine
@@ -34,7 +37,7 @@ from tests.integration.loop import (
     write_study,
 )
 from tests.integration.orthanc import Orthanc
-from tests.support import NodeProcess, free_port
+from tests.support import REPO, NodeProcess, free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +205,37 @@ def test_a_worker_killed_mid_inference_is_reclaimed_and_the_run_completes_once(
     time.sleep(2)  # nothing more arrives: exactly one SR and one set of overlays in the study
     found = results_in_orthanc(orthanc, study.study_instance_uid)
     assert {k: len(v) for k, v in found.items()} == {"CT": 64, "SR": 1, "OT": len(record["outputs"]) - 1}
+
+
+def test_the_shipped_defaults_take_a_newcomer_from_orthanc_to_a_result_in_orthanc(tmp_path: Path) -> None:
+    """`ctnode init` + deploy/orthanc.json, as the README's walkthrough uses them (only the ports moved)."""
+    data = tmp_path / "ctnode"
+    init = subprocess.run([sys.executable, "-m", "node", "init", str(data)], capture_output=True, text=True,
+                          cwd=REPO, timeout=120)
+    assert init.returncode == 0, init.stdout + init.stderr
+    config = yaml.safe_load((data / "ctnode.yaml").read_text())
+    node_port, orthanc_dicom, metrics_port = free_port(), free_port(), free_port()
+    config["dicom"]["port"] = node_port
+    config["delivery"]["destinations"][0]["port"] = orthanc_dicom
+    config["metrics"]["port"] = metrics_port
+    (data / "ctnode.yaml").write_text(yaml.safe_dump(config))
+    shipped = json.loads((REPO / "deploy" / "orthanc.json").read_text())
+    assert shipped["DicomModalities"]["ctnode"] == [config["dicom"]["ae_title"], "127.0.0.1", 11112]
+    orthanc = Orthanc(tmp_path / "orthanc", ae_title=shipped["DicomAet"],
+                      modalities={"ctnode": [config["dicom"]["ae_title"], "127.0.0.1", node_port]})
+    orthanc.dicom_port = orthanc.config["DicomPort"] = orthanc_dicom
+    orthanc.start()
+    node = subprocess.Popen([sys.executable, "-m", "node", "serve", "-c", str(data / "ctnode.yaml")],
+                            stdout=(tmp_path / "node.log").open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_for_port(node_port, process=node)
+        study = write_study(CHEST, tmp_path / "chest", "newcomer", slices=slice(24, 40))
+        upload(orthanc, study.files)
+        send_to_node(orthanc, [orthanc_study(orthanc, study.study_instance_uid)])
+        found = wait_for_srs(orthanc, study.study_instance_uid, 1, 240,
+                             lambda: (tmp_path / "node.log").read_text(errors="replace"))
+        assert len(found["CT"]) == 16 and len(found["SR"]) == 1
+    finally:
+        node.send_signal(signal.SIGTERM)
+        assert node.wait(timeout=60) == 0
+        orthanc.stop()

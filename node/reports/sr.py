@@ -120,6 +120,11 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
     ] = []
     for n, finding in enumerate(run.findings):
         groups.extend(_finding_groups(n, finding, series, uids, algorithm))
+    if sum(len(f.slices) for f in run.findings) == 1:
+        # One 2D region in the whole report: pixelmed's validator then checks every group as TID 1410 and
+        # rejects the TID 1501 centre group, so the lone finding keeps only its region group (its centre is
+        # that box's centre on its one image).
+        groups = groups[:1]
     if not groups:
         groups.append(_no_finding_group(uids, algorithm))
     observer = hd.sr.ObserverContext(

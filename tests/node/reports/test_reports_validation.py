@@ -11,6 +11,7 @@ from pydicom.dataset import Dataset
 
 from detector.findings import Finding
 from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_report_objects, write_report_objects
+from tests.node.reports.conftest import LUNG, NEOPLASM, finding_on
 
 
 @pytest.mark.slow
@@ -23,6 +24,9 @@ def test_all_object_kinds_validate_without_errors(
         "chest": ReportRun("chest-1", chest_series, [chest_tumour], algorithm),
         "chest-negative": ReportRun("chest-2", chest_series, [], algorithm),
         "head": ReportRun("head-1", head_series, [head_bleed], algorithm),
+        # one finding on one slice: the report's only 2D region (a case pixelmed's template dispatch is picky about)
+        "chest-one-slice": ReportRun("chest-3", chest_series, [finding_on(
+            [chest_series[30]], [(200.0, 290.0, 230.0, 320.0)], 0.8, "nodule", NEOPLASM, LUNG)], algorithm),
     }
     written = {
         name: write_report_objects(build_report_objects(run, options), tmp_path / name) for name, run in runs.items()
@@ -32,9 +36,9 @@ def test_all_object_kinds_validate_without_errors(
     result = subprocess.run([str(validate_dicom), str(tmp_path)], capture_output=True, text=True, timeout=300)
     print(result.stdout)
     lines = [line for line in result.stdout.splitlines() if line.endswith(".dcm") or ".dcm:" in line]
-    assert len(lines) == 12, result.stdout
+    assert len(lines) == 17, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("validated=12 with_errors=0")
+    assert result.stdout.strip().endswith("validated=17 with_errors=0")
 
 
 def test_patient_identifiers_stay_out_of_warnings_and_logs(

@@ -77,7 +77,15 @@ class Worker:
         self._models: dict[str, LoadedModel] = {}
 
     def run_forever(self) -> None:
-        log.info("worker running", worker=self.name)
+        """Load the routed models (so the first study does not wait for them), then work the queue."""
+        from detector.registry import ModelCardError
+
+        for model in dict.fromkeys(route.model for route in self.settings.pipeline.routes):
+            try:
+                self._model(model)
+            except (ModelCardError, LookupError, OSError) as exc:  # its runs will fail with this error, audited
+                log.error("model cannot be loaded", model=model, error=f"{type(exc).__name__}: {exc}")
+        log.info("worker running", worker=self.name, models=sorted(self._models))
         while not self.stop.is_set():
             if not self.run_once():
                 self.stop.wait(self.settings.pipeline.poll_interval_s)

@@ -290,3 +290,17 @@ def test_worker_runs_detection_reports_and_queues_delivery_with_a_predecessor_on
     assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
         sr_v1.SOPInstanceUID
     assert sr_v2.SOPInstanceUID != sr_v1.SOPInstanceUID
+
+
+def test_a_series_the_detector_cannot_read_fails_at_once_with_the_reason(engine: Engine, settings: Settings) -> None:
+    sender = Sender(engine, settings)
+    sender.send(chest_files()[:2])
+    sender.release()
+    [run_id] = Stabilizer(engine, settings).poll()
+    worker = Worker(engine, settings, threading.Event())
+    assert worker.run_once()
+    record = run_record(engine, run_id)
+    assert record is not None and record["status"] == RunStatus.FAILED and record["attempts"] == 1
+    assert record["error"].startswith("NoEligibleSeriesError") and "2 slices" in record["error"]
+    assert [a["kind"] for a in record["audit"]] == ["run.queued", "run.failed"]
+    assert not worker.run_once()  # not retried: the same input would fail the same way

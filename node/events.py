@@ -22,6 +22,7 @@ class AuditKind(StrEnum):
     RUN_SKIPPED = "run.skipped"
     RUN_UNCHANGED = "run.unchanged"  # a study settled again with exactly the inputs of its last run: no new run
     RUN_RECLAIMED = "run.reclaimed"  # a run whose worker stopped heartbeating was claimed again
+    RUN_RELEASED = "run.released"  # a worker shutting down gave its run back to the queue
     RUN_RETRY = "run.retry"
     RUN_FAILED = "run.failed"
     RUN_DONE = "run.done"

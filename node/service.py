@@ -22,7 +22,7 @@ from node.delivery import run_delivery
 from node.dicom.scp import StorageSCP
 from node.logging import configure_logging, get_logger
 from node.pipeline.stabilize import Stabilizer
-from node.pipeline.worker import Worker
+from node.pipeline.worker import Worker, WorkerShutdown
 from node.storage.store import InstanceStore
 from node.web.server import start_http
 
@@ -85,21 +85,37 @@ def _receiver_process(settings: Settings, parent_pid: int) -> None:
 
 
 def _worker_process(settings: Settings, parent_pid: int) -> None:
-    """A detection worker: claims runs until SIGTERM, or until its parent is gone."""
+    """A detection worker: claims runs until SIGTERM, or until its parent is gone.
+
+    SIGTERM during a run interrupts it and gives it back to the queue, so that shutting down never
+    waits for a whole inference (nor leaves the run to its lease).
+    """
     configure_logging(settings.logging.format, settings.logging.level)
     engine = make_engine(settings.database_url, settings.database.sqlite_synchronous)
-    stop = _stop_event()
-    threading.Thread(target=lambda: _wait_orphaned(stop, parent_pid), name="parent-watch", daemon=True).start()
+    stop = threading.Event()
+    worker = Worker(engine, settings, stop)
+
+    def terminate(*_: object) -> None:
+        stop.set()
+        if worker.busy:
+            raise WorkerShutdown
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, terminate)
+    threading.Thread(target=_signal_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True).start()
     try:
-        Worker(engine, settings, stop).run_forever()
+        worker.run_forever()
+    except WorkerShutdown:
+        pass
     finally:
         engine.dispose()
 
 
-def _wait_orphaned(stop: threading.Event, parent_pid: int) -> None:
-    while not stop.wait(1.0):
-        if _orphaned(parent_pid):
-            stop.set()
+def _signal_when_orphaned(parent_pid: int) -> None:
+    """SIGTERM this process once its parent is gone (even after a kill -9 of the parent)."""
+    while not _orphaned(parent_pid):
+        time.sleep(1.0)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _stabilize(engine: Engine, settings: Settings, stop: threading.Event) -> None:

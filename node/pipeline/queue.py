@@ -133,6 +133,18 @@ def fail_run(engine: Engine, run: ClaimedRun, error: str, retryable: bool, confi
     return status
 
 
+def release_run(engine: Engine, run: ClaimedRun) -> bool:
+    """Give an interrupted run back to the queue at once (the attempt does not count); False if not held."""
+    with engine.begin() as conn:
+        held = conn.execute(update(Run).where(Run.id == run.id, Run.claim_token == run.token).values(
+            status=str(RunStatus.QUEUED), claim_token=None, lease_until=None, attempts=Run.attempts - 1,
+            not_before=utcnow())).rowcount
+        if held:
+            audit.record(conn, AuditKind.RUN_RELEASED, study_instance_uid=run.study_instance_uid,
+                         detail={"run_id": run.id, "worker": worker_name()})
+    return bool(held)
+
+
 def requeue_run(engine: Engine, run_id: int) -> bool:
     """Queue a failed run again now, with a fresh attempt count; False when it is not failed."""
     with engine.begin() as conn:

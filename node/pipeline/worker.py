@@ -25,7 +25,16 @@ from node.delivery import enqueue
 from node.delivery.routing import destinations_for_study
 from node.events import RunStatus
 from node.logging import get_logger
-from node.pipeline.queue import ClaimedRun, claim_run, fail_run, finish_run, heartbeat, update_run, worker_name
+from node.pipeline.queue import (
+    ClaimedRun,
+    claim_run,
+    fail_run,
+    finish_run,
+    heartbeat,
+    release_run,
+    update_run,
+    worker_name,
+)
 from node.reports import EarlierReport, build_report_objects, write_report_objects
 from node.reports.from_detection import options_for, report_run
 
@@ -39,6 +48,13 @@ OUTPUT_KINDS = {"sr": "SR", "sc": "SC", "gsps": "GSPS", "kos": "KOS"}
 
 class ClaimLost(Exception):
     """Another worker holds the run now (this one's lease expired); stop without writing."""
+
+
+class WorkerShutdown(BaseException):
+    """Raised in the worker's main thread by its SIGTERM handler while a run is in progress.
+
+    A BaseException, so that no stage's error handling mistakes it for a failure of the run.
+    """
 
 
 class Heartbeat:
@@ -74,6 +90,7 @@ class Worker:
         self.settings = settings
         self.stop = stop
         self.name = worker_name()
+        self.busy = False  # a run is in progress (a shutdown must interrupt it, not wait for it)
         self._models: dict[str, LoadedModel] = {}
 
     def run_forever(self) -> None:
@@ -104,8 +121,13 @@ class Worker:
         from detector.registry import ModelCardError
 
         try:
+            self.busy = True
             with Heartbeat(self.engine, run, self.settings) as beat:
                 self._stages(run, beat)
+        except WorkerShutdown:
+            release_run(self.engine, run)
+            log.info("run given back to the queue: worker shutting down", run_id=run.id)
+            raise
         except ClaimLost:
             log.warning("run abandoned: another worker holds it", run_id=run.id)
             return None
@@ -114,6 +136,8 @@ class Worker:
         except Exception as exc:  # anything else may be passing (memory, a file system hiccup): retried
             log.exception("run attempt crashed", run_id=run.id)
             return fail_run(self.engine, run, f"{type(exc).__name__}: {exc}", True, self.settings.pipeline)
+        finally:
+            self.busy = False
         return RunStatus.DONE
 
     def _model(self, name: str) -> LoadedModel:

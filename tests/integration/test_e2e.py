@@ -239,3 +239,25 @@ def test_the_shipped_defaults_take_a_newcomer_from_orthanc_to_a_result_in_orthan
         node.send_signal(signal.SIGTERM)
         assert node.wait(timeout=60) == 0
         orthanc.stop()
+
+
+def test_stopping_the_node_mid_inference_gives_the_run_back_and_a_restart_finishes_it(
+    orthanc: Orthanc, make_node, node_port: int, engine: Engine, tmp_path: Path
+) -> None:
+    node = start_node(make_node, orthanc, node_port, batch_slices=1, threads=1)
+    study = write_study(CHEST, tmp_path / "chest", "stop-node")
+    upload(orthanc, study.files)
+    send_to_node(orthanc, [orthanc_study(orthanc, study.study_instance_uid)])
+    _wait_for(lambda: (runs_of(engine, study.study_instance_uid) or [None])[0] is not None
+              and runs_of(engine, study.study_instance_uid)[0].inference_started_at is not None, 120, "inference")
+    started = time.monotonic()
+    assert node.stop() == 0
+    assert time.monotonic() - started < 15, "shutdown waited for the inference"
+    [run] = runs_of(engine, study.study_instance_uid)
+    assert run.status == RunStatus.QUEUED and run.attempts == 0 and run.claim_token is None
+    node.start()  # same data directory and database
+    wait_for_srs(orthanc, study.study_instance_uid, 1, 240, node.log)
+    [done] = all_delivered(engine, study.study_instance_uid)
+    assert done.status == RunStatus.DONE and done.attempts == 1
+    record = json.loads(node.cli("runs", "show", str(done.id), "--json").stdout)
+    assert [a["kind"] for a in record["audit"]] == ["run.queued", "run.released", "run.done"]

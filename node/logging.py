@@ -97,8 +97,10 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: s
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # pynetdicom's INFO/DEBUG output can include dataset dumps; keep it to warnings.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # pynetdicom's INFO/DEBUG output can include dataset dumps, and highdicom narrates every attribute it
+    # copies; keep both to warnings.
+    for chatty in ("pynetdicom", "highdicom"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

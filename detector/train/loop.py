@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from detector.models import RetinaNet, assign, detection_loss
+from detector.models import RetinaNet, detection_loss
+from detector.train.matching import training_targets
 from detector.train.samples import Sample, crop
 
 
@@ -21,11 +22,13 @@ class TrainSettings:
     iterations: int = 3000
     budget_s: float = 540.0
     batch: int = 8
-    crop_px: int = 128
+    crop_px: int = 192
     lesion_fraction: float = 0.75
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    report_every: int = 250
+    """Iterations between the loss lines ``train`` prints (mean of the last ``report_every``); 0: none."""
 
 
 @dataclass
@@ -41,19 +44,23 @@ class TrainLog:
 
 
 def _flip(sample: Sample, rng: np.random.Generator) -> Sample:
-    image, boxes = sample.image, sample.boxes.clone()
-    size_y, size_x = image.shape[-2:]
-    if rng.random() < 0.5:
-        image = image.flip(-1)
-        boxes[:, [0, 2]] = size_x - 1 - sample.boxes[:, [2, 0]]
-    return Sample(image=image, boxes=boxes, labels=sample.labels)
+    if rng.random() >= 0.5:
+        return sample
+    size_x = sample.image.shape[-1]
+
+    def flipped(boxes: torch.Tensor) -> torch.Tensor:
+        out = boxes.clone()
+        out[:, [0, 2]] = size_x - 1 - boxes[:, [2, 0]]
+        return out
+
+    return Sample(image=sample.image.flip(-1), boxes=flipped(sample.boxes), labels=sample.labels,
+                  ignore=flipped(sample.ignore))
 
 
 def train(model: RetinaNet, pool: list[Sample], settings: TrainSettings) -> TrainLog:
     """Train ``model`` in place on crops of ``pool``; stops at ``iterations`` or ``budget_s``, whichever first."""
     rng = np.random.default_rng(settings.seed)
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    anchors = model.anchors(settings.crop_px, settings.crop_px)
     log = TrainLog()
     model.train()
     started = time.monotonic()
@@ -75,7 +82,8 @@ def train(model: RetinaNet, pool: list[Sample], settings: TrainSettings) -> Trai
                 for i in picks
             ]
             images = torch.stack([s.image.float() for s in batch])
-            targets = [assign(anchors, s.boxes, s.labels) for s in batch]
+            anchors = model.anchors(*images.shape[-2:])
+            targets = [training_targets(anchors, s.boxes, s.labels, s.ignore) for s in batch]
             logits, deltas = model(images)
             cls_loss, box_loss = detection_loss(model.config, logits, deltas, targets)
             optimiser.zero_grad(set_to_none=True)
@@ -85,5 +93,12 @@ def train(model: RetinaNet, pool: list[Sample], settings: TrainSettings) -> Trai
             log.cls.append(float(cls_loss.detach()))
             log.box.append(float(box_loss.detach()))
             progress.update(task, advance=1, loss=log.cls[-1] + log.box[-1])
+            done = step + 1
+            if settings.report_every and done % settings.report_every == 0:
+                start = done - settings.report_every
+                progress.console.print(
+                    f"iteration {done}: {time.monotonic() - started:.0f} s, lr {optimiser.param_groups[0]['lr']:.2e}, "
+                    f"loss cls {log.mean('cls', start, done):.4f} box {log.mean('box', start, done):.4f}"
+                )
     model.eval()
     return log

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -11,14 +11,27 @@ from detector.io import Volume
 from detector.preprocess import InputSpec, PlaneMapping, model_input
 from detector.synth import InsertedLesion, Target, insert_lesions, random_lesion, slab
 
+MIN_BOX_PX = 2.0
+"""A lesion cross-section whose longer side is under this (model pixels) is too small to be a finding on its
+slice (the pole of a lesion, or a lesion below the evaluation's 2 mm hit radius): its box is *ignored*,
+neither a positive nor background, in training and in evaluation."""
+MIN_VISIBLE = 0.5
+"""A box a crop cuts to less than this fraction of its area becomes an ignore box for that crop."""
+
+
+def _no_boxes() -> torch.Tensor:
+    return torch.zeros(0, 4)
+
 
 @dataclass(frozen=True)
 class Sample:
-    """One network input [C, H, W] and its ground-truth boxes [M, 4] (model pixels) and class indices [M]."""
+    """One network input [C, H, W], its ground-truth boxes [M, 4] (model pixels), class indices [M],
+    and ignore boxes [I, 4]: lesion parts where the network is neither rewarded nor punished."""
 
     image: torch.Tensor
     boxes: torch.Tensor
     labels: torch.Tensor
+    ignore: torch.Tensor = field(default_factory=_no_boxes)
 
 
 def _slice_of(lesion_z: float, radius_slices: float, depth: int, rng: np.random.Generator) -> int:
@@ -28,9 +41,17 @@ def _slice_of(lesion_z: float, radius_slices: float, depth: int, rng: np.random.
 
 
 def render_sample(
-    target: Target, volume: Volume, spec: InputSpec, rng: np.random.Generator, lesions: int
+    target: Target,
+    volume: Volume,
+    spec: InputSpec,
+    rng: np.random.Generator,
+    lesions: int,
+    known: dict[int, list[tuple[float, float, float, float]]] | None = None,
 ) -> Sample:
-    """A random slice of ``volume`` with ``lesions`` (0 for a negative) synthetic lesions on or across it."""
+    """A random slice of ``volume`` with ``lesions`` (0 for a negative) synthetic lesions on or across it.
+
+    ``known`` (slice index -> source-pixel boxes) are real findings of the background series: ignore boxes.
+    """
     depth = volume.geometry.shape[0]
     reach = max(1, int(np.ceil(spec.context_slices * (spec.slice_step_mm or 1.0) / min(volume.geometry.slice_gaps_mm))))
     placed = [lesion for lesion in (random_lesion(target, volume, rng) for _ in range(lesions)) if lesion is not None]
@@ -47,12 +68,16 @@ def render_sample(
     part = slab(volume, start, stop)
     part, inserted = insert_lesions(part, placed)
     batch = model_input(part, [z - start], spec)
-    boxes = [_model_box(batch.mapping, truth, z - start) for truth in inserted]
-    kept = [b for b in boxes if b is not None]
+    boxes = [b for b in (_model_box(batch.mapping, truth, z - start) for truth in inserted) if b is not None]
+    big = [b for b in boxes if max(b[2] - b[0], b[3] - b[1]) >= MIN_BOX_PX]
+    small = [b for b in boxes if max(b[2] - b[0], b[3] - b[1]) < MIN_BOX_PX]
+    for real in (known or {}).get(z, []):
+        small.append([float(v) for v in batch.mapping.to_model(np.array([real[:2], real[2:]])).reshape(-1)])
     return Sample(
         image=batch.images[0],
-        boxes=torch.tensor(kept, dtype=torch.float32).reshape(-1, 4),
-        labels=torch.zeros(len(kept), dtype=torch.long),
+        boxes=torch.tensor(big, dtype=torch.float32).reshape(-1, 4),
+        labels=torch.zeros(len(big), dtype=torch.long),
+        ignore=torch.tensor(small, dtype=torch.float32).reshape(-1, 4),
     )
 
 
@@ -64,23 +89,33 @@ def _model_box(mapping: PlaneMapping, truth: InsertedLesion, z: int) -> list[flo
     return [float(v) for v in corners.reshape(-1)]
 
 
+def _area(boxes: torch.Tensor) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+
+
 def crop(sample: Sample, size: int, rng: np.random.Generator, on_lesion: bool) -> Sample:
-    """A ``size`` x ``size`` window of the sample (around a lesion when asked and there is one), boxes clipped."""
+    """A ``size`` x ``size`` window of the sample (around a lesion when asked and there is one), boxes clipped.
+
+    A box the window cuts to less than ``MIN_VISIBLE`` of its area becomes an ignore box (the visible part
+    of a lesion must not be taught as background); ignore boxes that leave the window are dropped.
+    """
     _, height, width = sample.image.shape
+    size_y, size_x = min(size, height), min(size, width)
     if on_lesion and len(sample.boxes):
         x1, y1, x2, y2 = sample.boxes[int(rng.integers(len(sample.boxes)))].tolist()
-        cx, cy = (x1 + x2) / 2 + rng.uniform(-size / 3, size / 3), (y1 + y2) / 2 + rng.uniform(-size / 3, size / 3)
-        left, top = int(np.clip(cx - size / 2, 0, width - size)), int(np.clip(cy - size / 2, 0, height - size))
+        cx = (x1 + x2) / 2 + rng.uniform(-size_x / 3, size_x / 3)
+        cy = (y1 + y2) / 2 + rng.uniform(-size_y / 3, size_y / 3)
+        left, top = int(np.clip(cx - size_x / 2, 0, width - size_x)), int(np.clip(cy - size_y / 2, 0, height - size_y))
     else:
-        left, top = int(rng.integers(0, width - size + 1)), int(rng.integers(0, height - size + 1))
-    image = sample.image[:, top: top + size, left: left + size]
+        left, top = int(rng.integers(0, width - size_x + 1)), int(rng.integers(0, height - size_y + 1))
+    image = sample.image[:, top: top + size_y, left: left + size_x]
     shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+    low = torch.tensor([-0.5, -0.5, -0.5, -0.5])
+    high = torch.tensor([size_x - 0.5, size_y - 0.5, size_x - 0.5, size_y - 0.5])
     boxes = sample.boxes - shift
-    clipped = torch.stack(
-        [boxes[:, 0].clamp(-0.5, size - 0.5), boxes[:, 1].clamp(-0.5, size - 0.5),
-         boxes[:, 2].clamp(-0.5, size - 0.5), boxes[:, 3].clamp(-0.5, size - 0.5)], dim=1
-    )
-    area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-    full = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = area >= 0.5 * full
-    return Sample(image=image, boxes=clipped[keep], labels=sample.labels[keep])
+    clipped = torch.maximum(torch.minimum(boxes, high), low)
+    keep = _area(clipped) >= MIN_VISIBLE * _area(boxes)
+    ignore = torch.maximum(torch.minimum(sample.ignore - shift, high), low)
+    ignore = torch.cat([ignore, clipped[~keep]])
+    ignore = ignore[_area(ignore) > 0]
+    return Sample(image=image, boxes=clipped[keep], labels=sample.labels[keep], ignore=ignore)

@@ -21,6 +21,10 @@ class TargetSpec:
     classes: tuple[ModelClass, ...]
     backgrounds: tuple[str, ...]
     """Folders under the CT data root, each read with the io stage's own series selection."""
+    crop_px: int = 192
+    """Training crop side (model pixels, a multiple of 32): room for the largest lesion with its surroundings."""
+    pool: int = 1600
+    """Training samples rendered once before training (crops and flips are drawn from them)."""
 
 
 TARGETS: dict[str, TargetSpec] = {
@@ -43,6 +47,8 @@ TARGETS: dict[str, TargetSpec] = {
             ),
         ),
         backgrounds=("head_phantom_philips_study", "head_ge_patient"),
+        crop_px=128,
+        pool=2400,
     ),
     "chest": TargetSpec(
         target="chest",
@@ -63,5 +69,7 @@ TARGETS: dict[str, TargetSpec] = {
             ),
         ),
         backgrounds=("chest_lung_pet_ct_dx_A0001",),
+        crop_px=192,
+        pool=1600,
     ),
 }

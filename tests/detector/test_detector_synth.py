@@ -78,3 +78,36 @@ def test_random_head_lesions_sit_inside_the_skull_and_chest_lesions_in_the_lungs
             assert near.any(), f"{target} lesion centre is not where {target} lesions belong"
             low, high = (50, 90) if target == "head" else (-100, 60)
             assert low <= lesion.hu <= high
+
+
+def test_no_lesion_lands_in_air_that_a_holder_or_the_table_encloses() -> None:
+    # a skull ring (air inside, like the phantom) above a U-shaped holder of 1 px walls, open at the top:
+    # the pocket inside the U lies between holder pixels on its row and its column, yet is outside air
+    hu = np.full((128, 128), -1000, np.int16)
+    yy, xx = np.mgrid[:128, :128]
+    radius = np.hypot(yy - 50, xx - 64)
+    hu[(radius >= 30) & (radius < 34)] = 1000
+    hu[100:120, 20] = hu[100:120, 108] = hu[120, 20:109] = 500
+    mask = candidate_mask("head", hu)
+    assert mask[50, 64] and mask[30, 64], "the air cavity inside the skull stays a place for lesions"
+    assert not mask[110, 64], "the pocket inside the holder is the room's air"
+    assert not mask[90, 64] and not mask[5, 5]
+    hu[60:64, 20] = 0  # a wall closing nothing changes nothing
+    assert np.array_equal(candidate_mask("head", hu)[100:], mask[100:])
+
+
+def test_no_nodule_lands_between_the_table_shells_under_the_patient() -> None:
+    # a chest (tissue, lungs inside) on a table of two thin curved shells 3 px apart: the air between the
+    # shells and under the back is enclosed on rows and columns, but it is the room's air, not lung
+    hu = np.full((160, 160), -1000, np.int16)
+    yy, xx = np.mgrid[:160, :160]
+    body = ((yy - 70) / 50) ** 2 + ((xx - 80) / 70) ** 2 < 1
+    hu[body] = 40
+    hu[body & ((((yy - 70) / 35) ** 2 + ((xx - 55) / 20) ** 2 < 1) | (((yy - 70) / 35) ** 2 + ((xx - 105) / 20) ** 2 < 1))] = -850
+    for offset in (0, 4):
+        shell = np.abs(yy - (125 + offset + 0.004 * (xx - 80) ** 2)) < 0.6
+        hu[shell & (xx > 5) & (xx < 155)] = 200
+    mask = candidate_mask("chest", hu)
+    assert mask[70, 55] and mask[70, 105], "the lungs stay the place for nodules"
+    assert not mask[127, 80], "the gap between the table shells is outside air"
+    assert not mask[122, 80] and not mask[5, 5]

@@ -77,7 +77,16 @@ def test_inserted_lesion_is_found_at_its_position_whatever_the_file_order(
     model = load_model("chest")
     first = detect_series(tmp_path / "a", model, options=InferenceOptions(batch_slices=5, threads=1))
     second = detect_series(tmp_path / "b", model, options=InferenceOptions(batch_slices=7, threads=1))
-    assert first.findings == second.findings, "findings depend on InstanceNumber order, file names or batching"
+    # the same findings whatever the file order and batching; the deformable stages sum in a batch-dependent
+    # order, so scores and boxes agree to float precision rather than bit for bit
+    assert len(first.findings) == len(second.findings), "findings depend on file order, names or batching"
+    for a, b in zip(first.findings, second.findings, strict=True):
+        assert (a.label, a.voxel_box, [s.sop_instance_uid for s in a.slices]) == \
+            (b.label, b.voxel_box, [s.sop_instance_uid for s in b.slices])
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.centre_mm == pytest.approx(b.centre_mm, abs=1e-3)
+        for sa, sb in zip(a.slices, b.slices, strict=True):
+            assert sa.box_px == pytest.approx(sb.box_px, abs=1e-3) and sa.score == pytest.approx(sb.score, abs=1e-5)
     assert first.findings, "the inserted lesion was not found"
     g = first.volume.geometry
     truth = np.asarray(lesion.centre_mm)

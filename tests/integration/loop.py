@@ -42,16 +42,17 @@ def write_study(folder: str, out: Path, seed: str, lesion: dict[str, float] | No
                 slices: slice = slice(None)) -> SentStudy:
     """The real series in ``folder`` as a new study (UIDs derived from ``seed``), optionally with a lesion.
 
-    ``lesion`` (``diameter_mm``, ``hu``, ``seed``) is placed by the detector's own placement rules (inside
-    the brain or lung) and blended into the pixels; ``slices`` keeps part of the stack.
+    ``lesion`` (``diameter_mm``, ``hu``, ``seed``, optional slice range ``z_from``/``z_to``, default the middle
+    third) is placed by the detector's own placement rules (inside the brain or lung) and blended into the
+    pixels; ``slices`` keeps part of the stack.
     """
     volume, selection = read_ct_volume(require_ct(folder))
     placed = None
     if lesion is not None:
         target = "head" if folder == HEAD else "chest"
         depth = volume.geometry.shape[0]
-        found = random_lesion(target, volume, np.random.default_rng(int(lesion["seed"])),
-                              z_range=(depth // 3, 2 * depth // 3))
+        z_range = (int(lesion.get("z_from", depth // 3)), int(lesion.get("z_to", 2 * depth // 3)))
+        found = random_lesion(target, volume, np.random.default_rng(int(lesion["seed"])), z_range=z_range)
         assert found is not None, f"no room for a lesion in {folder}"
         radius = lesion["diameter_mm"] / 2
         placed = replace(found, radii_mm=(radius, radius, radius), hu=lesion["hu"], shape="ellipsoid")

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pydicom
 
 from node.reports.options import AlgorithmIdentity, EarlierReport, ReportOptions, ReportRun
+from node.reports.sc import key_slice
 
 if TYPE_CHECKING:  # the detector (and torch) is only loaded where detection runs
     from detector.infer import DetectionResult
@@ -30,6 +31,12 @@ def options_for(card: ModelCard, options: ReportOptions) -> ReportOptions:
 
 
 def report_run(result: DetectionResult, run_id: str, earlier: Sequence[EarlierReport] = ()) -> ReportRun:
-    """The report run of a detection: the read series' images (with pixels, for the overlays) and its findings."""
-    sources = [pydicom.dcmread(header.path) for header in result.selection.chosen.instances]
+    """The report run of a detection: the read series' images and its findings.
+
+    Only the findings' key slices, which the overlays draw, are read with their pixels; the SR, GSPS and
+    KOS need the other images' headers alone.
+    """
+    keys = {key_slice(finding).sop_instance_uid for finding in result.findings}
+    sources = [pydicom.dcmread(header.path, stop_before_pixels=header.sop_instance_uid not in keys)
+               for header in result.selection.chosen.instances]
     return ReportRun(run_id, sources, tuple(result.findings), algorithm_of(result.model.card), tuple(earlier))

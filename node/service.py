@@ -23,6 +23,7 @@ from node.dicom.scp import StorageSCP
 from node.logging import configure_logging, get_logger
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker, WorkerShutdown
+from node.signals import Termination
 from node.storage.store import InstanceStore
 from node.web.server import start_http
 
@@ -49,13 +50,6 @@ class Node:
         return cls(settings, engine, store, StorageSCP(settings.dicom, store, engine))
 
 
-def _stop_event() -> threading.Event:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
-
-
 class Role(StrEnum):
     """What one `ctnode serve` process runs; ALL is the embedded default."""
 
@@ -76,9 +70,9 @@ def _receiver_process(settings: Settings, parent_pid: int) -> None:
     """
     configure_logging(settings.logging.format, settings.logging.level)
     node = Node.build(settings, migrate=False)
-    stop = _stop_event()
+    termination = Termination()
     server = node.scp.start()
-    while not stop.wait(1.0) and not _orphaned(parent_pid):
+    while not termination.wait(1.0) and not _orphaned(parent_pid):
         pass
     server.shutdown()
     node.engine.dispose()
@@ -95,14 +89,12 @@ def _worker_process(settings: Settings, parent_pid: int) -> None:
     stop = threading.Event()
     worker = Worker(engine, settings, stop)
 
-    def terminate(*_: object) -> None:
-        stop.set()
+    def interrupt_run() -> None:
         if worker.busy:
             raise WorkerShutdown
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, terminate)
-    threading.Thread(target=_signal_when_orphaned, args=(parent_pid,), name="parent-watch", daemon=True).start()
+    termination = Termination(interrupt_run)
+    threading.Thread(target=_watch, args=(termination, stop, parent_pid), name="watch", daemon=True).start()
     try:
         worker.run_forever()
     except WorkerShutdown:
@@ -111,11 +103,12 @@ def _worker_process(settings: Settings, parent_pid: int) -> None:
         engine.dispose()
 
 
-def _signal_when_orphaned(parent_pid: int) -> None:
-    """SIGTERM this process once its parent is gone (even after a kill -9 of the parent)."""
-    while not _orphaned(parent_pid):
-        time.sleep(1.0)
-    os.kill(os.getpid(), signal.SIGTERM)
+def _watch(termination: Termination, stop: threading.Event, parent_pid: int) -> None:
+    """Set ``stop`` once termination is requested; SIGTERM this process first if its parent is gone."""
+    while not termination.wait(1.0):
+        if _orphaned(parent_pid):
+            os.kill(os.getpid(), signal.SIGTERM)
+    stop.set()
 
 
 def _stabilize(engine: Engine, settings: Settings, stop: threading.Event) -> None:
@@ -173,7 +166,8 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     """
     settings = node.settings
     wanted = set(Role) - {Role.ALL} if Role.ALL in roles else set(roles)
-    stop = _stop_event()
+    termination = Termination()
+    stop = threading.Event()  # set by this thread, never by a signal handler (see node.signals)
     children: list[_Children] = []
     threads: list[threading.Thread] = []
     server = None
@@ -191,11 +185,12 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     http = start_http(settings, node.engine, "+".join(sorted(wanted)))
     log.info("node running", roles=sorted(wanted))
     try:
-        while not stop.wait(1.0):
+        while not termination.wait(1.0):
             for group in children:
                 group.supervise()
     finally:
         log.info("shutting down")
+        stop.set()
         if server is not None:
             server.shutdown()
         # a sender stuck on a hung destination is abandoned: its leased rows are picked up again later

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -16,6 +15,7 @@ from node.config import Settings
 from node.db.schema import Delivery
 from node.delivery import get_delivery, list_deliveries, requeue, run_delivery
 from node.events import DeliveryState
+from node.signals import Termination
 
 app = typer.Typer(help="Results sent (or to be sent) to the PACS and other destinations.", no_args_is_help=True)
 
@@ -106,10 +106,14 @@ def deliveries_retry(
 def deliveries_run(config: ConfigOpt = None) -> None:
     """Run the delivery loop alone (without the receiver) until SIGTERM/SIGINT."""
     settings = _load(config)
+    termination = Termination()
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    run_delivery(settings, stop)
+    sender = threading.Thread(target=run_delivery, args=(settings, stop), name="delivery")
+    sender.start()
+    while not termination.wait(3600):
+        pass
+    stop.set()
+    sender.join()
 
 
 if __name__ == "__main__":

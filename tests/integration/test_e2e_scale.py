@@ -63,11 +63,10 @@ def test_receiver_killed_mid_association_keeps_every_acknowledged_instance(make_
         assert len(data) > 0
 
 
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # the database several machines share
 def test_two_receivers_and_three_workers_process_twenty_studies_exactly_once(
     make_node, db_url: str, tmp_path: Path
 ) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("scale-out runs on PostgreSQL, the database shared by several machines")
     orthanc = Orthanc(tmp_path / "orthanc").start()
     try:
         shared: dict[str, Any] = {

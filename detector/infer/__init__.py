@@ -6,6 +6,7 @@ from detector.infer.engine import (
     default_device,
     detect_series,
     detect_volume,
+    findings_at,
     slice_detections,
 )
 from detector.infer.models import LoadedModel, card_path, load_model, shipped_cards
@@ -18,6 +19,7 @@ __all__ = [
     "default_device",
     "detect_series",
     "detect_volume",
+    "findings_at",
     "load_model",
     "shipped_cards",
     "slice_detections",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,19 +65,20 @@ def default_device() -> torch.device:
 
 
 def slice_detections(
-    volume: Volume, model: LoadedModel, options: InferenceOptions | None = None
+    volume: Volume, model: LoadedModel, options: InferenceOptions | None = None, floor: float | None = None
 ) -> list[SliceDetection]:
-    """Every slice's NMS-ed detections (source pixels) down to the candidate score.
+    """Every slice's NMS-ed detections (source pixels) down to ``floor`` (default: the candidate score).
 
     Only ``batch_slices`` inputs are built and on the device at a time; on CUDA the network
-    runs under float16 autocast. The model's network is moved to the device.
+    runs under float16 autocast. The model's network is moved to the device. A lower ``floor`` lets
+    an evaluation apply :func:`findings_at` at every threshold from one pass of the network.
     """
     options = options or InferenceOptions()
     device = options.device or default_device()
     batch_slices = options.batch_slices
     card = model.card
     network = model.network.to(device)
-    threshold = card.operating_threshold * CANDIDATE_FRACTION
+    threshold = card.operating_threshold * CANDIDATE_FRACTION if floor is None else floor
     depth = volume.geometry.shape[0]
     out: list[SliceDetection] = []
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
@@ -100,10 +101,21 @@ def slice_detections(
     return out
 
 
+def findings_at(
+    detections: Sequence[SliceDetection], volume: Volume, model: LoadedModel, threshold: float | None = None
+) -> list[Finding]:
+    """The 3D findings the node reports at ``threshold`` (default: the card's operating threshold), best first.
+
+    Boxes down to ``CANDIDATE_FRACTION`` of the threshold may extend a finding whose peak reaches it.
+    """
+    threshold = model.card.operating_threshold if threshold is None else threshold
+    candidates = [d for d in detections if d.score >= threshold * CANDIDATE_FRACTION]
+    return merge_findings(candidates, volume.geometry, model.card.classes, threshold)
+
+
 def detect_volume(volume: Volume, model: LoadedModel, options: InferenceOptions | None = None) -> list[Finding]:
     """3D findings in ``volume`` at the card's operating threshold, best first."""
-    detections = slice_detections(volume, model, options)
-    return merge_findings(detections, volume.geometry, model.card.classes, model.card.operating_threshold)
+    return findings_at(slice_detections(volume, model, options), volume, model)
 
 
 def detect_series(

@@ -15,6 +15,7 @@ from detector.io.series import Series, group_series, missing_attribute, slice_no
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _ORIENTATION_DECIMALS = 4
 _SAME_POSITION_MM = 1e-3
+_ORIGINAL = (("ORIGINAL", "PRIMARY"), ("ORIGINAL", "SECONDARY"))
 
 
 @dataclass(frozen=True)
@@ -76,13 +77,18 @@ def _image_type_reason(series: Series) -> str | None:
     if localizers:
         return "LOCALIZER image type" + ("" if localizers == n else f" ({localizers} of {n} instances)")
     wrong = Counter(
-        "\\".join(h.image_type[:2]) or "no" for h in series.instances if h.image_type[:2] != ("ORIGINAL", "PRIMARY")
+        "\\".join(h.image_type[:2]) or "no" for h in series.instances if h.image_type[:2] not in _ORIGINAL
     )
     if wrong:
         kind, count = wrong.most_common(1)[0]
         share = "" if count == n else f" ({count} of {n} instances)"
-        return f"{kind} image type{share}, need ORIGINAL\\PRIMARY"
+        return f"{kind} image type{share}, need ORIGINAL\\PRIMARY (or ORIGINAL\\SECONDARY)"
     return None
+
+
+def _secondary(series: Series) -> bool:
+    """An ORIGINAL\\SECONDARY series: original pixels reconstructed again after the scan (read when no PRIMARY is)."""
+    return any(h.image_type[:2] == ("ORIGINAL", "SECONDARY") for h in series.instances)
 
 
 def _orientation_reason(series: Series, policy: SelectionPolicy) -> str | None:
@@ -149,6 +155,8 @@ def _why_not(series: Series, chosen: Series, policy: SelectionPolicy) -> str:
     t, tc = _thickness(series), _thickness(chosen)
     n, nc = len(series.instances), len(chosen.instances)
     own = _describe(series)
+    if _secondary(series) and not _secondary(chosen):
+        return f"{own}, ORIGINAL\\SECONDARY; chose the PRIMARY {chosen.label}"
     if t > policy.preferred_max_thickness_mm >= tc:
         return f"{own}, thicker than the preferred {_mm(policy.preferred_max_thickness_mm)}; chose {chosen.label}"
     if t > tc:
@@ -176,8 +184,8 @@ def select_series(scan: HeaderScan, policy: SelectionPolicy | None = None) -> Se
     if not eligible:
         raise NoEligibleSeriesError([*map(str, skipped), *scan.ignored])
 
-    def rank(s: Series) -> tuple[bool, float, int]:
-        return (_thickness(s) > policy.preferred_max_thickness_mm, _thickness(s), -len(s.instances))
+    def rank(s: Series) -> tuple[bool, bool, float, int]:
+        return (_secondary(s), _thickness(s) > policy.preferred_max_thickness_mm, _thickness(s), -len(s.instances))
 
     ordered = sorted(eligible, key=rank)  # stable: ties keep series-number order
     chosen = ordered[0]
@@ -187,5 +195,6 @@ def select_series(scan: HeaderScan, policy: SelectionPolicy | None = None) -> Se
     preference = "the only readable series" if len(ordered) == 1 else f"the thinnest of {len(ordered)} readable series"
     if _thickness(chosen) > policy.preferred_max_thickness_mm:
         preference += f", none <= {_mm(policy.preferred_max_thickness_mm)}"
-    reason = f"chosen: {_describe(chosen)}, ORIGINAL\\PRIMARY CT ({preference})"
+    kind = "ORIGINAL\\SECONDARY" if _secondary(chosen) else "ORIGINAL\\PRIMARY"
+    reason = f"chosen: {_describe(chosen)}, {kind} CT ({preference})"
     return SeriesSelection(chosen=chosen, reason=reason, skipped=tuple(skipped), ignored_files=scan.ignored)

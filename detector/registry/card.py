@@ -40,6 +40,41 @@ class EvaluationFigure:
 
 
 @dataclass(frozen=True)
+class TrainedStudy:
+    """A study a model saw in training: as a background for synthetic lesions or with its real labels.
+
+    The UIDs let an evaluation recognise the study under any folder name.
+    """
+
+    id: str
+    patient: str
+    use: str
+    """"background" (synthetic lesions inserted), "labelled" (its real labels trained on), or "calibration"."""
+    study_instance_uid: str = ""
+    series_instance_uids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What a model was trained on: the manifest, the studies it saw, seeds and sample counts."""
+
+    manifest: str
+    studies: tuple[TrainedStudy, ...]
+    seeds: tuple[int, ...] = ()
+    samples: int = 0
+    iterations: int = 0
+
+    def seen(self, study_instance_uid: str, series_instance_uids: tuple[str, ...] = ()) -> TrainedStudy | None:
+        """The trained study that is the given study (by Study UID, or any shared Series UID), if any."""
+        for s in self.studies:
+            if (study_instance_uid and s.study_instance_uid == study_instance_uid) or (
+                set(series_instance_uids) & set(s.series_instance_uids)
+            ):
+                return s
+        return None
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A model's identity, weights (file next to the card, and its sha256), classes, input and operating point."""
 
@@ -52,6 +87,7 @@ class ModelCard:
     input_spec: InputSpec
     operating_threshold: float
     evaluation: tuple[EvaluationFigure, ...] = ()
+    training: TrainingRecord | None = None
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -171,16 +207,53 @@ def _input_spec(data: Any, where: str) -> InputSpec:
         raise ModelCardError(f"{where}: {exc}") from exc
 
 
+def _training(data: Any, where: str) -> TrainingRecord:
+    keys = {"manifest", "studies", "seeds", "samples", "iterations"}
+    f = _Fields(data, where, keys, {"manifest", "studies"})
+    studies = []
+    for s_where, item in f.items("studies"):
+        s = _Fields(item, s_where, {"id", "patient", "use", "study_instance_uid", "series_instance_uids"},
+                    {"id", "patient", "use"})
+        use = s.get("use", str)
+        if use not in ("background", "labelled", "calibration"):
+            raise ModelCardError(f"{s.at('use')}: expected background, labelled or calibration, got {use!r}")
+        series = s.get("series_instance_uids", list, [])
+        if not all(isinstance(u, str) for u in series):
+            raise ModelCardError(f"{s.at('series_instance_uids')}: expected a list of UID strings")
+        studies.append(TrainedStudy(id=s.get("id", str), patient=s.get("patient", str), use=use,
+                                    study_instance_uid=s.get("study_instance_uid", str, ""),
+                                    series_instance_uids=tuple(series)))
+    seeds = f.get("seeds", list, [])
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        raise ModelCardError(f"{f.at('seeds')}: expected a list of integers")
+    return TrainingRecord(manifest=f.get("manifest", str), studies=tuple(studies), seeds=tuple(seeds),
+                          samples=f.get("samples", int, 0), iterations=f.get("iterations", int, 0))
+
+
+def _training_dict(record: TrainingRecord) -> dict[str, Any]:
+    return {
+        "manifest": record.manifest,
+        "studies": [
+            {"id": s.id, "patient": s.patient, "use": s.use, "study_instance_uid": s.study_instance_uid,
+             "series_instance_uids": list(s.series_instance_uids)}
+            for s in record.studies
+        ],
+        "seeds": list(record.seeds),
+        "samples": record.samples,
+        "iterations": record.iterations,
+    }
+
+
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
-    "classes", "input", "operating_threshold", "evaluation",
+    "classes", "input", "operating_threshold", "evaluation", "training",
 }
 
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
-        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation"})
+        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training"})
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
             raise ModelCardError(f"schema_version: {version} is not supported, expected {SCHEMA_VERSION}")
@@ -195,6 +268,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             input_spec=_input_spec(data["input"], f.at("input")),
             operating_threshold=f.number("operating_threshold"),
             evaluation=tuple(_figure(item, where) for where, item in f.items("evaluation")),
+            training=None if data.get("training") is None else _training(data["training"], f.at("training")),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
@@ -234,6 +308,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
             }
             for e in card.evaluation
         ],
+        **({} if card.training is None else {"training": _training_dict(card.training)}),
     }
 
 

@@ -7,9 +7,9 @@ false positive. Both treat it as an ignore region instead.
 
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from detector.evaluate.labels.voc import read_boxes
 from detector.io import Volume
 
 Box = tuple[float, float, float, float]
@@ -21,7 +21,8 @@ def known_findings(folder: Path, volume: Volume) -> dict[int, list[Box]]:
     """Per slice index of ``volume``, the source-pixel boxes (pixel edges, x1, y1, x2, y2) of ``folder/annotations``.
 
     Each annotation file is named by the SOP Instance UID of its slice and holds inclusive pixel
-    bounds ``xmin..xmax``, ``ymin..ymax``; files for slices not in ``volume`` are skipped. No folder: none.
+    bounds ``xmin..xmax``, ``ymin..ymax`` (:func:`read_boxes`); files for slices not in ``volume`` are skipped.
+    No folder: none. A malformed file raises ``LabelError``.
     """
     index = {uid: k for k, uid in enumerate(volume.geometry.sop_instance_uids)}
     annotated: dict[int, list[Box]] = {}
@@ -29,9 +30,8 @@ def known_findings(folder: Path, volume: Volume) -> dict[int, list[Box]]:
         z = index.get(path.stem)
         if z is None:
             continue
-        for box in ET.parse(path).getroot().iter("bndbox"):
-            x1, y1, x2, y2 = (float(box.findtext(tag, "nan")) for tag in ("xmin", "ymin", "xmax", "ymax"))
-            annotated.setdefault(z, []).append((x1 - 0.5, y1 - 0.5, x2 + 0.5, y2 + 0.5))
+        for box in read_boxes(path):
+            annotated.setdefault(z, []).append(box.edges)
     out: dict[int, list[Box]] = {z: list(boxes) for z, boxes in annotated.items()}
     depth = volume.geometry.shape[0]
     for z, boxes in annotated.items():

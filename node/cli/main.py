@@ -1,9 +1,9 @@
-"""`ctnode`: init, serve, detect, db, studies, runs, deliveries."""
+"""`ctnode`: init, serve, detect, train, evaluate, synth, db, studies, runs, deliveries."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 from pydantic import ValidationError
@@ -104,6 +104,59 @@ def detect(
     from node.cli.detect import detect as run_detect  # imports torch: only for this command
 
     run_detect(path, model, out, dicom, config)
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training config YAML (examples in "
+                                                                   "detector/train/configs/).")],
+    resume: Annotated[Optional[bool], typer.Option(
+        "--resume/--no-resume", help="Continue OUT's checkpoint at its step, or start over; without either, an "
+                                     "existing checkpoint stops the command.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", help="Folder for the weights, card, evaluation/ reports, training.json and checkpoint "
+                            "(default var/train/NAME-VERSION).")] = None,
+) -> None:
+    """Train a detector from a YAML config: pool, loop (checkpointed), threshold on the validation studies, test
+    figures; writes OUT/NAME-VERSION.pt and OUT/NAME.json. Shipping is a deliberate copy of those two files into
+    detector/registry/models."""
+    from node.cli.train import train as run_train  # imports torch: only for this command
+
+    run_train(config, resume, out)
+
+
+@app.command()
+def synth(
+    background: Annotated[Path, typer.Argument(help="Folder of real CT; lesions go into the series the node reads.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the studies, one sub-folder each.")],
+    target: Annotated[Literal["head", "chest"], typer.Option(help="Lesions inside the skull (head) or the lungs.")],
+    studies: Annotated[int, typer.Option(min=0, help="Studies with lesions.")] = 1,
+    lesions: Annotated[int, typer.Option(min=1, help="Up to this many lesions per study (1..K, drawn per study).")] = 2,
+    negatives: Annotated[int, typer.Option(min=0, help="Lesion-free studies (negative controls).")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the first study; the next studies count up from it.")] = 0,
+) -> None:
+    """Write labelled studies with synthetic lesions in a real CT background (DICOM series, SEG, JSON)."""
+    from node.cli.synth import synth as run_synth  # imports highdicom: only for this command
+
+    run_synth(background, out, target, studies, lesions, negatives, seed)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")],
+    data: Annotated[list[Path], typer.Option("--data", "-d", help="A study folder, a folder of studies, or a dataset "
+                                                                  "manifest (YAML; its studies of --role). Repeatable.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json and froc.png.")] = None,
+    role: Annotated[str, typer.Option(help="Which studies of a manifest: train, validation or test.")] = "test",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for the network (default: one per core).")] = None,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for the 95% intervals.")] = 2000,
+    card_dataset: Annotated[Optional[str], typer.Option(
+        help="Write the figures onto the model card under this dataset name (replacing that dataset's figures).")] = None,
+) -> None:
+    """Lesion-level FROC of a model on labelled studies, through exactly the node's inference path."""
+    from node.cli.evaluate import evaluate as run_evaluate  # imports torch: only for this command
+
+    run_evaluate(model, data, out, role, threads, bootstrap, card_dataset)
 
 
 @db_app.command("upgrade")

@@ -48,7 +48,7 @@ def test_mixed_series_without_a_readable_candidate_lists_every_reason(write_slic
     assert err.value.reasons == (
         "series 1.2.3.1 (S1): LOCALIZER image type",
         "series 1.2.3.2 (S2): 2 slices, need 8",
-        "series 1.2.3.4 (S4): DERIVED\\SECONDARY image type, need ORIGINAL\\PRIMARY",
+        "series 1.2.3.4 (S4): DERIVED\\SECONDARY image type, need ORIGINAL\\PRIMARY (or ORIGINAL\\SECONDARY)",
         "file DICOMDIR.txt: not a DICOM file",
     )
     assert_no_phi(str(err.value))

@@ -69,3 +69,17 @@ def test_policy_minimum_is_configurable_and_validated(write_slice, tmp_path: Pat
     assert len(select_series(read_headers(tmp_path), SelectionPolicy(min_slices=3)).chosen.instances) == 3
     with pytest.raises(ValueError, match="min_slices must be at least 2"):
         SelectionPolicy(min_slices=1)
+
+
+def test_original_secondary_series_is_read_only_when_no_primary_is(write_slice, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    secondary = ("ORIGINAL", "SECONDARY", "AXIAL")
+    for i in range(10):
+        write_slice(f"sec{i}", "1.2.3.5", float(i), series_number=5, image_type=secondary)
+    alone = select_series(read_headers(tmp_path))
+    assert alone.chosen.series_instance_uid == "1.2.3.5"
+    assert "ORIGINAL\\SECONDARY CT" in alone.reason
+    for i in range(10):
+        write_slice(f"pri{i}", "1.2.3.6", 3.0 * i, series_number=6, thickness_mm=3.0)
+    both = select_series(read_headers(tmp_path))
+    assert both.chosen.series_instance_uid == "1.2.3.6"
+    assert [s.reason for s in both.skipped][0].endswith("ORIGINAL\\SECONDARY; chose the PRIMARY series 1.2.3.6 (S6)")

@@ -1,0 +1,205 @@
+"""Lesions from a DICOM SR TID 1500 measurement report: image regions and 3D points, grouped by tracking identifier."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+
+from detector.evaluate.lesions import (
+    MIN_TARGET_DIAMETER_MM,
+    ImagePlane,
+    LabelError,
+    LesionOutline,
+    LesionRecord,
+    record_from_outlines,
+)
+
+MEASUREMENT_REPORT = ("126000", "DCM")
+MEASUREMENT_GROUP = ("125007", "DCM")
+TRACKING_UID = ("112040", "DCM")
+TRACKING_IDENTIFIER = ("112039", "DCM")
+FINDING = ("121071", "DCM")
+DIAMETERS = {("81827009", "SCT"), ("103339001", "SCT")}
+"""Diameter and Long Axis: the numeric measurements that size a lesion marked only by a point."""
+DIAMETER_MEANINGS = {"diameter", "long axis"}
+UNLABELLED = "lesion"
+"""The label of a lesion whose groups carry no Finding."""
+_MM_PER_UNIT = {"mm": 1.0, "cm": 10.0}
+_SR_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+_CURVE_VERTICES = 32
+_HALF_PIXEL = 0.5
+
+
+def is_measurement_report(ds: Dataset) -> bool:
+    """Whether a data set is an SR whose document title is Imaging Measurement Report (TID 1500)."""
+    return _is_sr(ds) and _concept(ds) == MEASUREMENT_REPORT
+
+
+def read_sr(path: Path, planes: Mapping[str, ImagePlane]) -> list[LesionRecord]:
+    """The lesions of a TID 1500 SR, one per tracking UID (else tracking identifier, else measurement group).
+
+    2D regions (POLYLINE, MULTIPOINT, CIRCLE, ELLIPSE) become outlines on their referenced images; explicit
+    points (2D POINT, SCOORD3D) give the centre. A lesion with points only is sized by its Diameter or
+    Long Axis measurement, else by the extent of its 3D coordinates, else ``MIN_TARGET_DIAMETER_MM``.
+    Groups without coordinates (such as an explicit "no abnormality" group) add no lesion.
+    """
+    ds = _read(path)
+    if not _is_sr(ds):
+        raise LabelError(f"{path}: not a DICOM SR (SOP Class UID {ds.get('SOPClassUID', 'missing')})")
+    groups = [item for item in _descendants(ds) if item.get("ValueType") == "CONTAINER"
+              and _concept(item) == MEASUREMENT_GROUP]
+    if not groups:
+        raise LabelError(f"{path}: the SR has no measurement groups")
+    lesions: dict[tuple[str, str], _Lesion] = {}
+    try:
+        for n, group in enumerate(groups):
+            key = _tracking_key(group) or ("measurement group", str(n + 1))
+            lesions.setdefault(key, _Lesion()).add(group, planes, path)
+        records = [lesion.record(f"{path}: {lesion.name or ' '.join(key)}") for key, lesion in lesions.items()]
+    except LabelError:
+        raise
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+        raise LabelError(f"{path}: malformed SR content ({_one_line(error)})") from error
+    return [record for record in records if record is not None]
+
+
+@dataclass
+class _Lesion:
+    """What the measurement groups of one tracked lesion say about it."""
+
+    label: str = ""
+    name: str = ""
+    """The tracking identifier text."""
+    outlines: list[LesionOutline] = field(default_factory=list)
+    points_mm: list[NDArray[np.float64]] = field(default_factory=list)
+    diameters_mm: list[float] = field(default_factory=list)
+
+    def add(self, group: Dataset, planes: Mapping[str, ImagePlane], path: Path) -> None:
+        for item in group.get("ContentSequence", []):
+            if not self.label and item.get("ValueType") == "CODE" and _concept(item) == FINDING:
+                self.label = str(item.ConceptCodeSequence[0].CodeMeaning)
+            if not self.name and _concept(item) == TRACKING_IDENTIFIER:
+                self.name = str(item.get("TextValue", ""))
+        for item in _descendants(group):
+            kind = item.get("ValueType")
+            if kind == "SCOORD":
+                self._add_region(item, planes, path)
+            elif kind == "SCOORD3D":
+                self.points_mm.append(np.asarray(item.GraphicData, dtype=np.float64).reshape(-1, 3))
+            elif kind == "NUM" and _is_diameter(item):
+                self._add_diameter(item)
+
+    def _add_region(self, item: Dataset, planes: Mapping[str, ImagePlane], path: Path) -> None:
+        uids = _referenced_images(item)
+        if not uids:
+            raise LabelError(f"{path}: an image region ({item.GraphicType}) references no image")
+        xy = np.asarray(item.GraphicData, dtype=np.float64).reshape(-1, 2) - _HALF_PIXEL
+        for uid in uids:
+            plane = planes.get(uid)
+            if plane is None:
+                raise LabelError(f"{path}: a region references image {uid}, which is not among the given images")
+            if item.GraphicType == "POINT":
+                self.points_mm.append(plane.to_patient(xy))
+            else:
+                self.outlines.append(LesionOutline(plane, _polygon(str(item.GraphicType), xy)))
+
+    def _add_diameter(self, item: Dataset) -> None:
+        for measured in item.get("MeasuredValueSequence", []):
+            unit = str(measured.MeasurementUnitsCodeSequence[0].CodeValue)
+            if unit in _MM_PER_UNIT:
+                self.diameters_mm.append(float(measured.NumericValue) * _MM_PER_UNIT[unit])
+
+    def record(self, source: str) -> LesionRecord | None:
+        """The lesion as a record, or None when its groups hold no coordinates."""
+        label = self.label or UNLABELLED
+        points = np.concatenate(self.points_mm) if self.points_mm else None
+        if self.outlines:
+            record = record_from_outlines(self.outlines, label, source)
+            if points is None:
+                return record
+            return replace(record, centre_mm=_triple(points.mean(axis=0)))
+        if points is None:
+            return None
+        extent = float(max(np.linalg.norm(points - p, axis=1).max() for p in points))
+        diameter = max(self.diameters_mm) if self.diameters_mm else extent or MIN_TARGET_DIAMETER_MM
+        reason = f"under {MIN_TARGET_DIAMETER_MM:g} mm ({diameter:.1f} mm)" if diameter < MIN_TARGET_DIAMETER_MM else ""
+        return LesionRecord(centre_mm=_triple(points.mean(axis=0)), diameter_mm=diameter, label=label,
+                            source=source, ignore=bool(reason), reason=reason)
+
+
+def _polygon(graphic_type: str, xy: NDArray[np.float64]) -> NDArray[np.float64]:
+    """An outline polygon from SCOORD points (index coordinates): circles and ellipses are sampled."""
+    if graphic_type == "CIRCLE":
+        radius = float(np.linalg.norm(xy[1] - xy[0]))
+        return _ellipse(xy[0], np.array([radius, 0.0]), np.array([0.0, radius]))
+    if graphic_type == "ELLIPSE":
+        return _ellipse((xy[0] + xy[1]) / 2, (xy[1] - xy[0]) / 2, (xy[3] - xy[2]) / 2)
+    if len(xy) > 1 and np.array_equal(xy[0], xy[-1]):
+        return xy[:-1]
+    return xy
+
+
+def _ellipse(centre: NDArray[np.float64], a: NDArray[np.float64], b: NDArray[np.float64]) -> NDArray[np.float64]:
+    t = np.linspace(0.0, 2 * np.pi, _CURVE_VERTICES, endpoint=False)[:, None]
+    return centre + np.cos(t) * a + np.sin(t) * b
+
+
+def _referenced_images(item: Dataset) -> list[str]:
+    """SOP Instance UIDs of the images a SCOORD is selected from (its IMAGE children, or itself)."""
+    holders = [item, *(c for c in item.get("ContentSequence", []) if c.get("ValueType") == "IMAGE")]
+    return [str(ref.ReferencedSOPInstanceUID) for h in holders for ref in h.get("ReferencedSOPSequence", [])]
+
+
+def _tracking_key(group: Dataset) -> tuple[str, str] | None:
+    """("tracking UID", uid) or ("tracking identifier", text) from the group's own items."""
+    text = None
+    for item in group.get("ContentSequence", []):
+        if _concept(item) == TRACKING_UID and item.get("UID"):
+            return "tracking UID", str(item.UID)
+        if _concept(item) == TRACKING_IDENTIFIER and item.get("TextValue"):
+            text = str(item.TextValue)
+    return ("tracking identifier", text) if text else None
+
+
+def _is_diameter(item: Dataset) -> bool:
+    names = item.get("ConceptNameCodeSequence", [])
+    return bool(names) and (_concept(item) in DIAMETERS or str(names[0].get("CodeMeaning", "")).lower()
+                            in DIAMETER_MEANINGS)
+
+
+def _concept(item: Dataset) -> tuple[str, str] | None:
+    names = item.get("ConceptNameCodeSequence", [])
+    if not names:
+        return None
+    return str(names[0].get("CodeValue", "")), str(names[0].get("CodingSchemeDesignator", ""))
+
+
+def _descendants(item: Dataset) -> Iterator[Dataset]:
+    for child in item.get("ContentSequence", []):
+        yield child
+        yield from _descendants(child)
+
+
+def _is_sr(ds: Dataset) -> bool:
+    return str(ds.get("SOPClassUID", "")).startswith(_SR_CLASS_PREFIX) or str(ds.get("Modality", "")) == "SR"
+
+
+def _triple(v: NDArray[np.float64]) -> tuple[float, float, float]:
+    return float(v[0]), float(v[1]), float(v[2])
+
+
+def _read(path: Path) -> Dataset:
+    try:
+        return pydicom.dcmread(path)
+    except Exception as error:  # pydicom raises many types for damaged files
+        raise LabelError(f"{path}: not a readable DICOM file ({_one_line(error)})") from error
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())

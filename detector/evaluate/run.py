@@ -1,0 +1,115 @@
+"""Evaluate a model on labelled studies through the node's own inference path, at every threshold of a grid."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from detector.data import StudyEntry
+from detector.evaluate.froc import Froc, Outcome, StudyCurve, classify, study_curve
+from detector.evaluate.labels import LabelError, read_labels
+from detector.evaluate.lesions import planes_from_headers
+from detector.evaluate.report import EvaluationReport, StudyResult
+from detector.evaluate.studies import LabelledStudy, studies_in
+from detector.findings import Finding
+from detector.infer import InferenceOptions, LoadedModel, default_device, findings_at, slice_detections
+from detector.infer.engine import CANDIDATE_FRACTION
+from detector.io import HeaderScan, SeriesInputError, load_volume, select_series
+from detector.registry import TrainingRecord
+
+GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.99, 0.01), 2))
+"""Thresholds at which the node's findings are taken for the FROC (the card's own is added)."""
+SATURATED_FINDINGS = 100
+"""A study with more findings than this at a threshold is not merged at lower ones: they count as saturated
+(unbounded false positives, so no FP rate of the FROC can use them); this bounds the time spent far off the curve."""
+
+
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How to run the model (device, threads, batch) and how many bootstrap rounds the intervals take."""
+
+    inference: InferenceOptions = InferenceOptions()
+    bootstrap_rounds: int = 2000
+
+
+def threshold_grid(operating_threshold: float) -> tuple[float, ...]:
+    return tuple(sorted(set(GRID) | {round(operating_threshold, 4)}))
+
+
+def _evaluate_study(study: LabelledStudy, model: LoadedModel, grid: Sequence[float],
+                    options: EvaluationOptions) -> tuple[StudyResult, StudyCurve | None]:
+    started = time.monotonic()
+    try:
+        planes = planes_from_headers(study.headers)
+        lesions = read_labels(study.labels, planes)
+        selection = select_series(HeaderScan(headers=study.headers, ignored=()))
+        volume = load_volume(selection.chosen)
+    except (LabelError, SeriesInputError) as exc:
+        return StudyResult(study=study, error=str(exc), seconds=time.monotonic() - started), None
+    inference_started = time.monotonic()
+    detections = slice_detections(volume, model, options.inference, floor=min(grid) * CANDIDATE_FRACTION)
+    inference_s = time.monotonic() - inference_started
+    per_threshold: list[list[Finding] | None] = [None] * len(grid)
+    for k in reversed(range(len(grid))):
+        per_threshold[k] = findings_at(detections, volume, model, grid[k])
+        if len(per_threshold[k] or ()) > SATURATED_FINDINGS:
+            break
+    curve = study_curve(study.id, [None if found is None else [(f.centre_mm, f.score) for f in found]
+                                   for found in per_threshold], lesions)
+    reported = per_threshold[list(grid).index(round(model.card.operating_threshold, 4))] or []
+    targets = [lesion for lesion in lesions if not lesion.ignore]
+    ignores = [lesion for lesion in lesions if lesion.ignore]
+    outcomes: list[Outcome] = [classify(f.centre_mm, targets, ignores) for f in reported]
+    result = StudyResult(
+        study=study,
+        series_instance_uid=volume.series_instance_uid,
+        slices=volume.geometry.shape[0],
+        lesions=tuple(lesions),
+        findings=tuple(reported),
+        outcomes=tuple(outcomes),
+        inference_s=inference_s,
+        seconds=time.monotonic() - started,
+    )
+    return result, curve
+
+
+def evaluate_studies(
+    model: LoadedModel,
+    studies: Sequence[StudyEntry],
+    *,
+    training: TrainingRecord | None = None,
+    options: EvaluationOptions | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> EvaluationReport:
+    """Run ``model`` on every labelled study of ``studies`` (series selection, volume, network, 3D merge exactly as
+    the node does) at every grid threshold, and match the findings to the labels.
+
+    ``training`` (default: the card's) flags every study the model was trained on. Studies that cannot be read
+    (no eligible series, a malformed label file) are reported with their one-line error and left out of the FROC.
+    """
+    options = options or EvaluationOptions()
+    training = training if training is not None else model.card.training
+    grid = threshold_grid(model.card.operating_threshold)
+    labelled = [s for entry in studies for s in studies_in(entry)]
+    results: list[StudyResult] = []
+    curves: list[StudyCurve] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not progress, transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(labelled))
+        for study in labelled:
+            bar.update(task, description=f"evaluating {study.id}")
+            result, curve = _evaluate_study(study, model, grid, options)
+            if training is not None:
+                result = result.flagged(training.seen(study.study_instance_uid, study.series_instance_uids))
+            results.append(result)
+            if curve is not None:
+                curves.append(curve)
+            bar.advance(task)
+    return EvaluationReport(model.card, tuple(results), Froc(grid, curves), options.bootstrap_rounds,
+                            device=str(options.inference.device or default_device()))

@@ -1,0 +1,83 @@
+"""Labelled studies to evaluate: from manifest entries or plain folders, grouped by Study Instance UID."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from detector.data import StudyEntry, load_manifest
+from detector.evaluate.labels import label_files, xml_references
+from detector.io import InstanceHeader, read_headers
+
+MANIFEST_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledStudy:
+    """One study's DICOM headers (every series) and its label files, under a readable id."""
+
+    id: str
+    patient: str
+    folder: Path
+    study_instance_uid: str
+    headers: tuple[InstanceHeader, ...]
+    labels: tuple[Path, ...]
+
+    @property
+    def series_instance_uids(self) -> tuple[str, ...]:
+        return tuple(sorted({h.series_instance_uid for h in self.headers}))
+
+
+def _common_folder(paths: Sequence[Path]) -> Path:
+    parts = [p.parent.parts for p in paths]
+    common = []
+    for level in zip(*parts, strict=False):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return Path(*common)
+
+
+def studies_in(entry: StudyEntry) -> list[LabelledStudy]:
+    """The studies under one entry's folder, each with the label files that reference it.
+
+    XML label files (found under the folder, or the entry's own list) go to the study whose images
+    they name; DICOM SR and SEG files go to their own study.
+    """
+    scan = read_headers(entry.path)
+    by_study: dict[str, list[InstanceHeader]] = {}
+    for h in scan.headers:
+        by_study.setdefault(h.study_instance_uid, []).append(h)
+    given = [p for label in entry.labels for p in ([label] if label.is_file() else sorted(label.rglob("*")))
+             if p.is_file()]
+    xml = [p for p in (given or sorted(entry.path.rglob("*.xml"))) if p.suffix.lower() == ".xml"]
+    uids = {uid: {h.sop_instance_uid: h for h in headers} for uid, headers in by_study.items()}
+    xml_of: dict[str, list[Path]] = {uid: [] for uid in by_study}
+    for path in xml:
+        counts = {uid: xml_references(path, known) for uid, known in uids.items()}
+        best = max(counts, key=lambda uid: counts[uid])
+        if counts[best]:
+            xml_of[best].append(path)
+    dicom_labels = {p.resolve() for p in given if p.suffix.lower() != ".xml"}
+    out = []
+    for n, (uid, headers) in enumerate(sorted(by_study.items())):
+        labels = label_files(headers, xml_of[uid])
+        if given:
+            labels = [p for p in labels if p.suffix.lower() == ".xml" or p.resolve() in dicom_labels]
+        folder = _common_folder([h.path for h in headers])
+        sid = entry.id if len(by_study) == 1 else f"{entry.id}/{folder.relative_to(entry.path) if folder.is_relative_to(entry.path) else n}"
+        out.append(LabelledStudy(sid, entry.patient if len(by_study) == 1 else sid, folder, uid,
+                                 tuple(headers), tuple(labels)))
+    return out
+
+
+def entries_from(data: Sequence[Path], role: str = "test") -> list[StudyEntry]:
+    """Manifest files give their studies of ``role``; any other path is one entry named after the folder."""
+    entries: list[StudyEntry] = []
+    for path in data:
+        if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
+            entries += load_manifest(path).role(role)
+        else:
+            entries.append(StudyEntry(id=path.name, path=path, patient=path.name, role=role))
+    return entries

@@ -1,0 +1,53 @@
+"""`ctnode evaluate`: a model's lesion-level FROC on labelled studies, its report, plot and (optionally) card figures."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from detector.data import ManifestError
+from detector.evaluate import EvaluationOptions, entries_from, evaluate_studies
+from detector.infer import InferenceOptions, card_path, load_model
+from detector.io import SeriesInputError
+from detector.registry import ModelCardError, save_card
+
+console = Console()
+
+
+def evaluate(model: str, data: list[Path], out: Path | None, role: str, threads: int | None, bootstrap: int,
+             card_dataset: str | None) -> None:
+    """Evaluate, print the per-study and metrics tables, write the report; exit 1 when a study could not be read."""
+    try:
+        loaded = load_model(model)
+        entries = entries_from(data, role)
+    except (ModelCardError, LookupError, ManifestError, ValueError) as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    options = EvaluationOptions(inference=InferenceOptions(threads=threads), bootstrap_rounds=bootstrap)
+    try:
+        report = evaluate_studies(loaded, entries, options=options, console=console)
+    except SeriesInputError as exc:
+        console.print(f"[red]cannot evaluate:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    console.print(report.study_table())
+    if report.froc.studies:
+        console.print(report.metrics_table())
+    for flagged in report.flagged:
+        console.print(f"[yellow]warning:[/yellow] {flagged.study.id} was used in training "
+                      f"({flagged.trained_on.use if flagged.trained_on else ''}): its figures are not held out")
+    if out is not None:
+        for path in report.write(out):
+            console.print(f"wrote {path}")
+    if card_dataset and report.froc.studies:
+        path = card_path(model)
+        kept = tuple(e for e in loaded.card.evaluation if e.dataset.split(" (NOT held out")[0] != card_dataset)
+        save_card(replace(loaded.card, evaluation=kept + report.figures(card_dataset)), path)
+        console.print(f"wrote the figures onto {path}")
+    failed = [r for r in report.results if r.error]
+    for r in failed:
+        console.print(f"[red]{r.study.id}:[/red] {r.error}")
+    if failed or not report.froc.studies:
+        raise typer.Exit(1)

@@ -109,9 +109,10 @@ class Froc:
             if c.hit.shape[0] != len(self.thresholds) or c.false_positives.shape != self.thresholds.shape:
                 raise ValueError(f"study {c.study}: its curve does not match the {len(self.thresholds)} thresholds")
         self.curves = tuple(curves)
-        self._hits = np.array([c.hit.sum(axis=1) for c in curves], dtype=np.float64).reshape(len(curves), -1)
+        shape = (len(curves), len(self.thresholds))
+        self._hits = np.array([c.hit.sum(axis=1) for c in curves], dtype=np.float64).reshape(shape)
         self._lesions = np.array([c.hit.shape[1] for c in curves], dtype=np.float64)
-        fps = np.array([c.false_positives for c in curves], dtype=np.float64).reshape(len(curves), -1)
+        fps = np.array([c.false_positives for c in curves], dtype=np.float64).reshape(shape)
         self._fps = np.nan_to_num(fps, posinf=_SATURATED)
         self._diameters = [c.diameters_mm for c in curves]
 

@@ -43,7 +43,8 @@ def studies_in(entry: StudyEntry) -> list[LabelledStudy]:
     """The studies under one entry's folder, each with the label files that reference it.
 
     XML label files (found under the folder, or the entry's own list) go to the study whose images
-    they name; DICOM SR and SEG files go to their own study.
+    they name (in a one-study folder, every one does, so that a broken file is reported, not skipped);
+    DICOM SR and SEG files go to their own study.
     """
     scan = read_headers(entry.path)
     by_study: dict[str, list[InstanceHeader]] = {}
@@ -57,7 +58,7 @@ def studies_in(entry: StudyEntry) -> list[LabelledStudy]:
     for path in xml:
         counts = {uid: xml_references(path, known) for uid, known in uids.items()}
         best = max(counts, key=lambda uid: counts[uid])
-        if counts[best]:
+        if counts[best] or len(uids) == 1:  # a file naming no image of a one-study folder is still its label
             xml_of[best].append(path)
     dicom_labels = {p.resolve() for p in given if p.suffix.lower() != ".xml"}
     out = []

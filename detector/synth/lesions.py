@@ -57,12 +57,15 @@ class Lesion:
         return np.clip(0.5 + distance_mm / EDGE_MM, 0.0, 1.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class InsertedLesion:
-    """A lesion as inserted: per source slice z, its box (x1, y1, x2, y2) in source pixels (pixel centres at 0)."""
+    """A lesion as inserted: per source slice z, its box (x1, y1, x2, y2) in source pixels (pixel centres at 0);
+    ``mask`` marks its f >= 0.5 voxels within ``region`` (z, y, x slices of the volume)."""
 
     lesion: Lesion
     slice_boxes: dict[int, tuple[float, float, float, float]]
+    region: tuple[slice, slice, slice]
+    mask: NDArray[np.bool_]
 
 
 def _region(geometry: StackGeometry, lesion: Lesion) -> tuple[slice, slice, slice]:
@@ -78,7 +81,7 @@ def _region(geometry: StackGeometry, lesion: Lesion) -> tuple[slice, slice, slic
 def insert_lesions(volume: Volume, lesions: list[Lesion]) -> tuple[Volume, list[InsertedLesion]]:
     """A copy of ``volume`` with each lesion blended in (HU = (1 - f) * background + f * lesion HU + noise).
 
-    Returns the new volume and, per lesion, the source-pixel box of its f >= 0.5 part on each slice.
+    Returns the new volume and, per lesion, its f >= 0.5 voxels and their source-pixel box on each slice.
     """
     hu = volume.hu.astype(np.float32)
     geometry = volume.geometry
@@ -94,9 +97,10 @@ def insert_lesions(volume: Volume, lesions: list[Lesion]) -> tuple[Volume, list[
         noise = np.random.default_rng(lesion.seed + 1).normal(0.0, lesion.noise_hu, f.shape).astype(np.float32)
         block = hu[zs, ys, xs]
         hu[zs, ys, xs] = (1 - f) * block + f * (lesion.hu + noise)
+        mask = f >= 0.5
         boxes = {}
         for k in range(f.shape[0]):
-            rows, columns = np.nonzero(f[k] >= 0.5)
+            rows, columns = np.nonzero(mask[k])
             if rows.size:
                 boxes[int(zs.start + k)] = (
                     float(xs.start + columns.min() - 0.5),
@@ -104,7 +108,7 @@ def insert_lesions(volume: Volume, lesions: list[Lesion]) -> tuple[Volume, list[
                     float(xs.start + columns.max() + 0.5),
                     float(ys.start + rows.max() + 0.5),
                 )
-        inserted.append(InsertedLesion(lesion, boxes))
+        inserted.append(InsertedLesion(lesion, boxes, (zs, ys, xs), mask))
     out = np.rint(hu).astype(np.int16) if volume.hu.dtype == np.int16 else hu
     return replace(volume, hu=out), inserted
 

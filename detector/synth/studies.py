@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -18,6 +20,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
+from detector.evaluate.labels import read_labels, xml_references
+from detector.evaluate.lesions import LesionRecord, planes_from_headers
 from detector.io import Volume, read_ct_volume
 from detector.io.pixels import rescale
 from detector.synth.lesions import InsertedLesion, Lesion, insert_lesions
@@ -33,6 +37,7 @@ MIN_GAP_MM = 5.0
 _DRAWS_PER_LESION = 25
 _LESION_SETS = 10
 _SEG_SERIES_NUMBER = 9000
+_UID = re.compile(r"[0-9]+(?:\.[0-9]+){3,}")
 _IDENTIFYING = (
     "OtherPatientIDs", "OtherPatientIDsSequence", "OtherPatientNames", "IssuerOfPatientID", "PatientBirthName",
     "PatientBirthTime", "PatientMotherBirthName", "PatientAddress", "PatientTelephoneNumbers", "MedicalRecordLocator",
@@ -55,18 +60,25 @@ class SynthesisError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Background:
-    """A real CT series read as the node reads it: its volume, the file of each slice, and where it came from."""
+    """A real CT series read as the node reads it: its volume, the file of each slice, where it came from, and
+    its own labelled findings (XML label files naming its images, and the lesions they hold)."""
 
     folder: Path
     volume: Volume
     files: tuple[Path, ...]
+    label_files: tuple[Path, ...] = ()
+    findings: tuple[LesionRecord, ...] = ()
 
 
 def read_background(folder: Path) -> Background:
-    """Select and load the series the node would read in ``folder`` (raises ``SeriesInputError`` when none)."""
+    """Select and load the series the node would read in ``folder`` (raises ``SeriesInputError`` when none),
+    with the XML label files under ``folder`` that name its images (a malformed one raises ``LabelError``)."""
     volume, selection = read_ct_volume(folder)
     paths = {h.sop_instance_uid: h.path for h in selection.chosen.instances}
-    return Background(folder, volume, tuple(paths[uid] for uid in volume.geometry.sop_instance_uids))
+    labels = tuple(p for p in sorted(Path(folder).rglob("*.xml")) if xml_references(p, paths))
+    planes = planes_from_headers(selection.chosen.instances)
+    return Background(folder, volume, tuple(paths[uid] for uid in volume.geometry.sop_instance_uids), labels,
+                      tuple(read_labels(list(labels), planes)))
 
 
 @dataclass(frozen=True)
@@ -97,22 +109,27 @@ def _visible(volume: Volume, lesion: Lesion) -> bool:
     return bool(lesion.coverage(volume.geometry.voxel_to_patient(zyx)) >= 0.5)
 
 
-def _apart(lesion: Lesion, other: Lesion) -> bool:
-    gap = np.linalg.norm(np.subtract(lesion.centre_mm, other.centre_mm))
-    return bool(gap >= max(lesion.radii_mm) + max(other.radii_mm) + MIN_GAP_MM)
+def _apart(lesion: Lesion, centre_mm: tuple[float, float, float], radius_mm: float) -> bool:
+    gap = np.linalg.norm(np.subtract(lesion.centre_mm, centre_mm))
+    return bool(gap >= max(lesion.radii_mm) + radius_mm + MIN_GAP_MM)
 
 
-def place_lesions(target: Target, volume: Volume, count: int, rng: np.random.Generator) -> list[Lesion]:
-    """``count`` random lesions where the target's lesions belong, clear of each other, each covering a voxel."""
+def place_lesions(
+    target: Target, volume: Volume, count: int, rng: np.random.Generator, avoid: Sequence[LesionRecord] = ()
+) -> list[Lesion]:
+    """``count`` random lesions where the target's lesions belong, clear of each other and of the background's
+    own labelled findings ``avoid``, each covering a voxel."""
     placed: list[Lesion] = []
+    taken = [(a.centre_mm, a.diameter_mm / 2) for a in avoid]
     for _ in range(count * _DRAWS_PER_LESION):
         if len(placed) == count:
             break
         lesion = random_lesion(target, volume, rng)
         if lesion is None:
             break
-        if _visible(volume, lesion) and all(_apart(lesion, other) for other in placed):
+        if _visible(volume, lesion) and all(_apart(lesion, c, r) for c, r in taken):
             placed.append(lesion)
+            taken.append((lesion.centre_mm, max(lesion.radii_mm)))
     if len(placed) < count:
         raise SynthesisError(f"found room for only {len(placed)} of {count} separate {target} lesions "
                              f"in series {volume.series_instance_uid}")
@@ -160,11 +177,12 @@ def label_volume(inserted: list[InsertedLesion], shape: tuple[int, int, int]) ->
 
 
 def _lesion_set(
-    target: Target, volume: Volume, count: int, rng: np.random.Generator
+    target: Target, background: Background, count: int, rng: np.random.Generator
 ) -> tuple[list[Lesion], Volume, NDArray[np.uint8]]:
     """Lesions placed, inserted and labelled; drawn again in the rare case that their labels split or touch."""
+    volume = background.volume
     for _ in range(_LESION_SETS):
-        placed = place_lesions(target, volume, count, rng)
+        placed = place_lesions(target, volume, count, rng, background.findings)
         changed, inserted = insert_lesions(volume, placed)
         labels = label_volume(inserted, volume.geometry.shape)
         if labels is not None:
@@ -250,6 +268,17 @@ def _lesion_json(lesion: Lesion) -> dict[str, Any]:
             "seed": lesion.seed}
 
 
+def _copy_labels(source: Background, folder: Path, renamed: dict[str, str]) -> None:
+    """The background's own XML labels, every UID of its study, series and images replaced by the new one, so that
+    its real findings stay labelled (targets or ignore regions) in the synthetic study."""
+    if not source.label_files:
+        return
+    folder.mkdir(exist_ok=True)
+    for path in source.label_files:
+        text = _UID.sub(lambda m: renamed.get(m.group(0), m.group(0)), path.read_text(encoding="utf-8"))
+        (folder / f"{renamed.get(path.stem, path.stem)}{path.suffix}").write_text(text, encoding="utf-8")
+
+
 def write_synthetic_study(
     background: Path | Background, out: Path, target: Target, lesions: int, seed: int
 ) -> SyntheticStudy:
@@ -261,7 +290,7 @@ def write_synthetic_study(
     """
     source = background if isinstance(background, Background) else read_background(background)
     volume = source.volume
-    placed, changed, labels = _lesion_set(target, volume, lesions, np.random.default_rng(seed))
+    placed, changed, labels = _lesion_set(target, source, lesions, np.random.default_rng(seed))
     key = (seed, lesions)
     study_uid = _uid("study", volume.study_instance_uid, *key)
     series_uid = _uid("series", volume.series_instance_uid, *key)
@@ -288,6 +317,10 @@ def write_synthetic_study(
         headers.append(ds)
     folder = out / LABELS
     folder.mkdir(exist_ok=True)
+    renamed = {volume.study_instance_uid: study_uid, volume.series_instance_uid: series_uid,
+               **{old: str(new.SOPInstanceUID) for old, new in zip(volume.geometry.sop_instance_uids, headers,
+                                                                    strict=True)}}
+    _copy_labels(source, folder / "background", renamed)
     (folder / SEG_NAME).unlink(missing_ok=True)
     if placed:
         _segmentation(headers, labels).save_as(folder / SEG_NAME)

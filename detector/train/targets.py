@@ -1,4 +1,4 @@
-"""The first shipped targets: what each model reads (input spec), reports (classes, codes) and trains on."""
+"""The shipped targets: what each model reads (input spec), reports (classes, codes) and which lesions it learns."""
 
 from __future__ import annotations
 
@@ -12,15 +12,12 @@ from detector.synth import Target
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """A detection target: model name, body part, input spec, classes and the background series it trains on."""
+    """A detection target: lesion kind, body part, input spec, classes, and its default crop side and pool size."""
 
     target: Target
-    name: str
     body_part: str
     input_spec: InputSpec
     classes: tuple[ModelClass, ...]
-    backgrounds: tuple[str, ...]
-    """Folders under the CT data root, each read with the io stage's own series selection."""
     crop_px: int = 192
     """Training crop side (model pixels, a multiple of 32): room for the largest lesion with its surroundings."""
     pool: int = 1600
@@ -30,7 +27,6 @@ class TargetSpec:
 TARGETS: dict[str, TargetSpec] = {
     "head": TargetSpec(
         target="head",
-        name="ctnode-head",
         body_part="HEAD",
         input_spec=InputSpec(
             pixel_spacing_mm=1.0,
@@ -46,13 +42,11 @@ TARGETS: dict[str, TargetSpec] = {
                 finding_site=Code("12738006", "SCT", "Brain"),
             ),
         ),
-        backgrounds=("head_phantom_philips_study", "head_ge_patient"),
         crop_px=128,
         pool=2400,
     ),
     "chest": TargetSpec(
         target="chest",
-        name="ctnode-chest",
         body_part="CHEST",
         input_spec=InputSpec(
             pixel_spacing_mm=1.0,
@@ -68,7 +62,6 @@ TARGETS: dict[str, TargetSpec] = {
                 finding_site=Code("39607008", "SCT", "Lung"),
             ),
         ),
-        backgrounds=("chest_lung_pet_ct_dx_A0001",),
         crop_px=192,
         pool=1600,
     ),

@@ -1,0 +1,145 @@
+"""The training config (YAML; examples in configs/): identity, target, architecture, data, schedule, augmentation."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from detector.models import DetectorConfig
+from detector.train.targets import TARGETS, TargetSpec
+
+_FROM_TARGET = ("in_channels", "num_classes")
+
+
+class TrainConfigError(ValueError):
+    """A training config cannot be used; the message is one line naming the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Data(_Section):
+    """Which studies the samples come from, how many samples, and the seed of everything random."""
+
+    manifest: Path
+    backgrounds: tuple[str, ...] | None = None
+    """Manifest ids of train studies; default: every train study of the target's body part (or of none)."""
+    pool: int | None = Field(None, gt=0)
+    negatives: float = Field(0.25, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class Schedule(_Section):
+    """How long and how to train; ``iterations`` or ``budget_s``, whichever ends first."""
+
+    iterations: int = Field(20000, gt=0)
+    budget_s: float = Field(1440.0, gt=0.0)
+    batch: int = Field(8, gt=0)
+    crop_px: int | None = Field(None, gt=0, multiple_of=32)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    threads: int = Field(1, gt=0)
+    """CPU threads (when there is no CUDA device)."""
+    checkpoint_every_s: float = Field(120.0, ge=0.0)
+    """Seconds between checkpoints; 0: after every iteration."""
+
+
+class Augmentation(_Section):
+    """Per-crop augmentation, in HU on the windowed channels (saturated pixels and padding stay as they are)."""
+
+    flips: bool = True
+    hu_noise_sigma: tuple[float, float] | None = None
+    """Gaussian noise whose sigma (HU) is drawn uniformly from this range per crop; None: off."""
+    intensity_scale: float = Field(0.0, ge=0.0, lt=1.0)
+    """HU scaled by a factor drawn from [1 - s, 1 + s] per crop; 0: off."""
+    intensity_offset_hu: float = Field(0.0, ge=0.0)
+    """HU shifted by an offset drawn from [-o, o] per crop; 0: off."""
+
+    @field_validator("hu_noise_sigma")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 <= value[0] <= value[1]:
+            raise PydanticCustomError("sigma_range", "expected [low, high] with 0 <= low <= high, got {value}",
+                                      {"value": list(value)})
+        return value
+
+
+class Evaluation(_Section):
+    """The operating point: the lowest threshold with at most ``fp_per_scan`` false positives per validation scan."""
+
+    fp_per_scan: float = Field(1.0, gt=0.0)
+
+
+class TrainConfig(_Section):
+    """One training run: the model's identity, its target and architecture, data, schedule and evaluation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    target: Literal["head", "chest"]
+    architecture: dict[str, Any] = Field(default_factory=dict)
+    data: Data
+    schedule: Schedule = Field(default_factory=Schedule)
+    augmentation: Augmentation = Field(default_factory=Augmentation)
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+
+    @property
+    def spec(self) -> TargetSpec:
+        return TARGETS[self.target]
+
+    def detector_config(self) -> DetectorConfig:
+        """The network: the defaults, ``architecture`` over them, channels and classes from the target."""
+        spec = self.spec
+        values = {**self.architecture, "in_channels": spec.input_spec.channels, "num_classes": len(spec.classes)}
+        return TypeAdapter(DetectorConfig).validate_python(values)
+
+    @model_validator(mode="after")
+    def _architecture(self) -> TrainConfig:
+        known = {f.name for f in fields(DetectorConfig)} - set(_FROM_TARGET)
+        unknown = sorted(set(self.architecture) - known)
+        if unknown:
+            raise PydanticCustomError("architecture", "architecture: unknown field(s) {unknown}; known: {known}",
+                                      {"unknown": unknown, "known": ", ".join(sorted(known))})
+        try:
+            self.detector_config()
+        except ValidationError as exc:
+            raise PydanticCustomError("architecture", "{detail}", {"detail": _describe(exc, "architecture")}) from exc
+        return self
+
+
+def _describe(exc: ValidationError, prefix: str = "") -> str:
+    """Every error of ``exc`` on one line: ``field.path: message``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in (prefix, *error["loc"]) if p != "")
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+def load_train_config(path: Path) -> TrainConfig:
+    """Read and validate a training config; ``data.manifest`` comes back resolved against the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise TrainConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        first = str(getattr(exc, "problem", None) or exc).splitlines()[0] or type(exc).__name__
+        raise TrainConfigError(f"{path}: not valid YAML ({where}{first})") from exc
+    if not isinstance(data, dict):
+        raise TrainConfigError(f"{path}: expected a mapping of name, version, target, data, ...")
+    try:
+        config = TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise TrainConfigError(f"{path}: {_describe(exc)}") from exc
+    manifest = (path.parent / config.data.manifest).resolve()
+    return config.model_copy(update={"data": config.data.model_copy(update={"manifest": manifest})})

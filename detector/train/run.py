@@ -17,6 +17,7 @@ from detector.evaluate import EvaluationReport, evaluate_studies
 from detector.infer import LoadedModel
 from detector.io import read_headers
 from detector.models import RetinaNet
+from detector.synth.studies import JSON_NAME, read_background, write_synthetic_study
 from detector.registry import EvaluationFigure, ModelCard, TrainedStudy, TrainingRecord, save_card, sha256_file
 from detector.train.checkpoint import CheckpointError, TrainLog
 from detector.train.config import TrainConfig, TrainConfigError, load_train_config
@@ -107,6 +108,28 @@ def write_log(log: TrainLog, path: Path) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
+def synthetic_studies(config: TrainConfig, studies: Sequence[StudyEntry], role: str, out: Path) -> list[StudyEntry]:
+    """``evaluation.synthetic`` studies over each of ``studies`` under ``out/ROLE`` (kept from an earlier run: the
+    writer is deterministic), each one an entry of its background's patient."""
+    synthetic = config.evaluation.synthetic
+    count = synthetic.studies + synthetic.negatives
+    entries: list[StudyEntry] = []
+    offset = {"validation": 0, "test": 500}[role]
+    for n, study in enumerate(studies):
+        background = None
+        for k in range(count):
+            seed = synthetic.seed + offset + 50 * n + k
+            folder = out / role / f"{study.id}-{seed}"
+            if not (folder / "labels" / JSON_NAME).exists():
+                background = background or read_background(study.path)
+                lesions = int(np.random.default_rng(seed).integers(1, synthetic.lesions + 1))
+                write_synthetic_study(background, folder, config.target, lesions if k < synthetic.studies else 0,
+                                      seed)
+            entries.append(StudyEntry(id=folder.name, path=folder, patient=study.patient, role=role,
+                                      body_part=study.body_part))
+    return entries
+
+
 def _evaluate(card: ModelCard, model: RetinaNet, studies: Sequence[StudyEntry], record: TrainingRecord,
               out: Path) -> EvaluationReport:
     report = evaluate_studies(LoadedModel(card=card, network=model), studies, training=record)
@@ -131,8 +154,10 @@ def evaluated_card(config: TrainConfig, dataset: str, studies: Studies, model: R
         console.print(f"manifest {dataset} has no {spec.body_part} test study: the card carries no test figures")
         return card
     test = _evaluate(card, model, studies.test, record, out / "test")
-    return replace(card, evaluation=test.figures(f"{dataset} test studies ({', '.join(s.id for s in studies.test)}), "
-                                                 "threshold chosen on its validation studies"))
+    backgrounds = sorted({s.patient for s in studies.test})
+    return replace(card, evaluation=test.figures(
+        f"{dataset}: {len(studies.test)} test studies of patient(s) {', '.join(backgrounds)} (real, and synthetic "
+        "lesions inserted into them); threshold chosen on the validation studies"))
 
 
 def run_training(config_path: Path, out: Path | None = None, resume: bool | None = None) -> Path:
@@ -154,6 +179,9 @@ def run_training(config_path: Path, out: Path | None = None, resume: bool | None
     if checkpoint.exists() and resume is None:
         raise CheckpointError(f"{checkpoint} exists: --resume to continue that run, --no-resume to start over")
     out.mkdir(parents=True, exist_ok=True)
+    studies = replace(studies, validation=(*studies.validation, *synthetic_studies(
+        config, studies.validation, "validation", out / "synthetic")), test=(*studies.test, *synthetic_studies(
+        config, studies.test, "test", out / "synthetic")))
     if not torch.cuda.is_available():
         torch.set_num_threads(config.schedule.threads)
     spec = config.spec

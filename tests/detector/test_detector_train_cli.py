@@ -76,7 +76,7 @@ def test_a_tiny_run_writes_weights_a_card_with_its_training_record_and_reports(s
     assert [(s.id, s.patient, s.use) for s in record.studies] == [
         ("chest-a0001", "A0001", "background"), ("head-ge", "GE", "calibration")]
     assert all(s.study_instance_uid and len(s.series_instance_uids) == 1 for s in record.studies)
-    assert any("test studies (head-ge-test)" in e.dataset for e in card.evaluation)
+    assert any("1 test studies of patient(s) GE" in e.dataset for e in card.evaluation)
     for role in ("validation", "test"):
         assert json.loads((smoke / "evaluation" / role / "report.json").read_text())["studies_evaluated"] == 1
     assert json.loads((smoke / "training.json").read_text())["sessions"] == [0]

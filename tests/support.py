@@ -25,9 +25,9 @@ def ct_data() -> Path:
 
 
 def require_ct(*parts: str) -> Path:
+    """A folder of the real CT data; a missing one skips the test, or fails it under CI."""
     path = ct_data().joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real CT data not found at {path} (set CTNODE_TEST_DATA)")
+    require(f"real CT data at {path} (set CTNODE_TEST_DATA)", path.exists())
     return path
 
 

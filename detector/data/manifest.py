@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from detector.data.yamlfile import read_yaml
 
 ROLES = ("train", "validation", "test")
 
@@ -75,12 +75,9 @@ def load_manifest(path: Path) -> Manifest:
     """Read and check a manifest; every problem is a :class:`ManifestError` naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ManifestError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ManifestError(f"{path}: not valid YAML ({first})") from exc
+        data = read_yaml(path)
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from exc
     if not isinstance(data, dict) or not isinstance(data.get("studies"), list) or not data["studies"]:
         raise ManifestError(f"{path}: expected a mapping with a non-empty 'studies' list")
     unknown = sorted(set(data) - {"name", "root", "root_env", "studies"})

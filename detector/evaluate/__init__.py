@@ -2,7 +2,7 @@
 
 from detector.evaluate.froc import FP_RATES, Froc, Interval, Outcome, StudyCurve, candidates_curve, classify
 from detector.evaluate.lesions import ImagePlane, LabelError, LesionOutline, LesionRecord, planes_from_headers
-from detector.evaluate.report import EvaluationReport, StudyResult, plot_froc
+from detector.evaluate.report import EvaluationReport, FrocLine, StudyResult, plot_froc
 from detector.evaluate.run import EvaluationOptions, evaluate_studies
 from detector.evaluate.studies import LabelledStudy, entries_from, studies_in
 
@@ -11,6 +11,7 @@ __all__ = [
     "EvaluationOptions",
     "EvaluationReport",
     "Froc",
+    "FrocLine",
     "ImagePlane",
     "Interval",
     "LabelError",

@@ -156,13 +156,14 @@ class EvaluationReport:
         }
 
     def write(self, out: Path) -> list[Path]:
-        """``out/report.json`` and ``out/froc.png``."""
+        """``out/report.json`` and (when a study was evaluated) ``out/froc.png``."""
         out.mkdir(parents=True, exist_ok=True)
         report = out / "report.json"
         report.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         plot = out / "froc.png"
-        plot_froc([(f"{self.card.name} {self.card.version}", self)], plot)
-        return [report, plot]
+        if self.froc.studies:
+            plot_froc([FrocLine.of(f"{self.card.name} {self.card.version}", self.to_dict())], plot)
+        return [report, plot] if self.froc.studies else [report]
 
     def study_table(self) -> Table:
         table = Table(title=f"{self.card.name} {self.card.version} at threshold {self.card.operating_threshold:.3f}")
@@ -188,34 +189,51 @@ def _num(value: float) -> float | None:
     return None if value is None or math.isnan(value) else round(float(value), 4)
 
 
-def plot_froc(series: list[tuple[str, EvaluationReport]], path: Path) -> None:
+@dataclass(frozen=True)
+class FrocLine:
+    """One curve of a FROC plot: FP/scan and sensitivity per threshold, the operating point and the CPM."""
+
+    label: str
+    fp_per_scan: tuple[float, ...]
+    sensitivity: tuple[float, ...]
+    operating_point: tuple[float, float]
+    cpm: float
+
+    @classmethod
+    def of(cls, label: str, report: dict[str, Any]) -> FrocLine:
+        """From a report's JSON form (``EvaluationReport.to_dict`` or a written report.json)."""
+        metrics, froc = report["metrics"], report["froc"]
+        return cls(label, tuple(math.inf if v is None else v for v in froc["fp_per_scan"]),
+                   tuple(math.nan if v is None else v for v in froc["sensitivity"]),
+                   (metrics["fp_per_scan"]["value"], metrics["sensitivity"]["value"] or 0.0),
+                   metrics["cpm"]["value"] or 0.0)
+
+
+def plot_froc(lines: list[FrocLine], path: Path, title: str = "FROC (dots: operating points)") -> None:
     """FROC curves (sensitivity against FP/scan, log axis) with each model's operating point marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    low = FP_RATES[0] / 2
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    for label, report in series:
-        if not report.froc.studies:
-            continue
-        fps, sens = report.froc.curve()
+    for line in lines:
+        fps, sens = np.asarray(line.fp_per_scan), np.nan_to_num(np.asarray(line.sensitivity))
         order = np.argsort(fps, kind="stable")
-        x = np.clip(fps[order], FP_RATES[0] / 2, None)
-        ax.step(x, np.fmax.accumulate(np.nan_to_num(sens[order])), where="post",
-                label=f"{label} (CPM {report.summary['cpm'].value:.2f})")
-        op = report.summary
-        ax.plot([max(op["fp_per_scan"].value, FP_RATES[0] / 2)], [op["sensitivity"].value], "o", color="black")
+        drawn = ax.step(np.clip(fps[order], low, None), np.fmax.accumulate(sens[order]), where="post",
+                        label=f"{line.label} (CPM {line.cpm:.2f})")
+        ax.plot([max(line.operating_point[0], low)], [line.operating_point[1]], "o", color=drawn[0].get_color())
     ax.set_xscale("log")
     ax.set_xticks(FP_RATES)
     ax.set_xticklabels([f"{r:g}" for r in FP_RATES])
-    ax.set_xlim(FP_RATES[0] / 2, FP_RATES[-1] * 2)
+    ax.set_xlim(low, FP_RATES[-1] * 2)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("false positives per scan")
     ax.set_ylabel("lesion-level sensitivity")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("FROC (dots: operating points)")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

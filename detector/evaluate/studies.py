@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from detector.data import StudyEntry, load_manifest
+from detector.data import ManifestError, StudyEntry, load_manifest
 from detector.evaluate.labels import label_files, xml_references
 from detector.io import InstanceHeader, read_headers
 
@@ -73,12 +73,15 @@ def studies_in(entry: StudyEntry) -> list[LabelledStudy]:
     return out
 
 
-def entries_from(data: Sequence[Path], role: str = "test") -> list[StudyEntry]:
-    """Manifest files give their studies of ``role``; any other path is one entry named after the folder."""
+def entries_from(data: Sequence[Path], roles: Sequence[str] = ("test",)) -> list[StudyEntry]:
+    """Manifest files give their studies of ``roles``; any other path is one entry named after the folder."""
     entries: list[StudyEntry] = []
     for path in data:
         if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
-            entries += load_manifest(path).role(role)
+            manifest = load_manifest(path)
+            entries += [s for role in roles for s in manifest.role(role)]
+        elif not path.exists():
+            raise ManifestError(f"{path} does not exist")
         else:
-            entries.append(StudyEntry(id=path.name, path=path, patient=path.name, role=role))
+            entries.append(StudyEntry(id=path.name, path=path, patient=path.name, role=roles[0]))
     return entries

@@ -6,10 +6,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
+from detector.data.yamlfile import read_yaml
 from detector.models import DetectorConfig
 from detector.train.targets import TARGETS, TargetSpec
 
@@ -139,14 +147,9 @@ def load_train_config(path: Path) -> TrainConfig:
     """Read and validate a training config; ``data.manifest`` comes back resolved against the file's folder."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise TrainConfigError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        first = str(getattr(exc, "problem", None) or exc).splitlines()[0] or type(exc).__name__
-        raise TrainConfigError(f"{path}: not valid YAML ({where}{first})") from exc
+        data = read_yaml(path)
+    except ValueError as exc:
+        raise TrainConfigError(str(exc)) from exc
     if not isinstance(data, dict):
         raise TrainConfigError(f"{path}: expected a mapping of name, version, target, data, ...")
     try:

@@ -17,12 +17,12 @@ from detector.registry import ModelCardError, save_card
 console = Console()
 
 
-def evaluate(model: str, data: list[Path], out: Path | None, role: str, threads: int | None, bootstrap: int,
+def evaluate(model: str, data: list[Path], out: Path | None, roles: list[str], threads: int | None, bootstrap: int,
              card_dataset: str | None) -> None:
     """Evaluate, print the per-study and metrics tables, write the report; exit 1 when a study could not be read."""
     try:
         loaded = load_model(model)
-        entries = entries_from(data, role)
+        entries = entries_from(data, roles)
     except (ModelCardError, LookupError, ManifestError, ValueError) as exc:
         console.print(f"[red]cannot evaluate:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -147,7 +147,8 @@ def evaluate(
     data: Annotated[list[Path], typer.Option("--data", "-d", help="A study folder, a folder of studies, or a dataset "
                                                                   "manifest (YAML; its studies of --role). Repeatable.")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json and froc.png.")] = None,
-    role: Annotated[str, typer.Option(help="Which studies of a manifest: train, validation or test.")] = "test",
+    role: Annotated[Optional[list[str]], typer.Option(
+        help="Which studies of a manifest: train, validation or test (repeatable; default test).")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for the network (default: one per core).")] = None,
     bootstrap: Annotated[int, typer.Option(help="Bootstrap rounds for the 95% intervals.")] = 2000,
     card_dataset: Annotated[Optional[str], typer.Option(
@@ -156,7 +157,7 @@ def evaluate(
     """Lesion-level FROC of a model on labelled studies, through exactly the node's inference path."""
     from node.cli.evaluate import evaluate as run_evaluate  # imports torch: only for this command
 
-    run_evaluate(model, data, out, role, threads, bootstrap, card_dataset)
+    run_evaluate(model, data, out, role or ["test"], threads, bootstrap, card_dataset)
 
 
 @db_app.command("upgrade")

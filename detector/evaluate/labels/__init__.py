@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import pydicom
 
+from detector.evaluate.labels.files import read_dicom, xml_root
 from detector.evaluate.labels.lidc import is_lidc, read_lidc
 from detector.evaluate.labels.seg import is_seg, read_seg
 from detector.evaluate.labels.sr import is_measurement_report, read_sr
@@ -41,13 +40,6 @@ def label_files(headers: Sequence[InstanceHeader], xml_paths: Sequence[Path]) ->
     return sorted(dicom) + sorted(xml_paths)
 
 
-def _xml_root(path: Path) -> ET.Element:
-    try:
-        return ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise LabelError(f"{path}: not well-formed XML ({exc})") from exc
-    except OSError as exc:
-        raise LabelError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
 def read_labels(paths: Sequence[Path], planes: Mapping[str, ImagePlane]) -> list[LesionRecord]:
@@ -60,7 +52,7 @@ def read_labels(paths: Sequence[Path], planes: Mapping[str, ImagePlane]) -> list
     lesions: list[LesionRecord] = []
     for path in paths:
         if path.suffix.lower() == ".xml":
-            root = _xml_root(path)
+            root = xml_root(path)
             if is_voc(root):
                 voc.append(path)
             elif is_lidc(root):
@@ -68,10 +60,7 @@ def read_labels(paths: Sequence[Path], planes: Mapping[str, ImagePlane]) -> list
             else:
                 raise LabelError(f"{path}: XML root <{root.tag}> is neither PASCAL-VOC nor an LIDC-IDRI read")
             continue
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many types for damaged files
-            raise LabelError(f"{path}: unreadable DICOM ({type(exc).__name__})") from exc
+        ds = read_dicom(path, stop_before_pixels=True)
         if is_seg(ds):
             lesions += read_seg(path, planes)
         elif is_measurement_report(ds):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from detector.evaluate.labels.files import xml_root
 from detector.evaluate.lesions import (
     MIN_TARGET_DIAMETER_MM,
     ImagePlane,
@@ -62,7 +63,7 @@ def read_lidc(path: Path, planes: Mapping[str, ImagePlane]) -> list[LesionRecord
     of their diameters (the LIDC/LUNA16 convention), each reader's from :func:`record_from_outlines`. Clusters
     of fewer readers, nodules < 3 mm and non-nodule marks are ignore regions.
     """
-    root = _parse(path)
+    root = xml_root(path)
     sessions = [el for el in root.iter() if _local(el.tag) == "readingSession"]
     if not sessions:
         raise LabelError(f"{path}: no readingSession, not an LIDC read")
@@ -186,13 +187,6 @@ def _point(path: Path, element: ET.Element, where: str) -> tuple[float, float]:
     return x, y
 
 
-def _parse(path: Path) -> ET.Element:
-    try:
-        return ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise LabelError(f"{path}: not well-formed XML ({exc})") from None
-    except OSError as exc:
-        raise LabelError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
 
 
 def _local(tag: str) -> str:

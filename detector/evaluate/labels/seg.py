@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
+from detector.evaluate.labels.files import one_line, read_dicom
 from detector.evaluate.lesions import (
     ImagePlane,
     LabelError,
@@ -42,7 +42,7 @@ def read_seg(path: Path, planes: Mapping[str, ImagePlane]) -> list[LesionRecord]
     are neighbours when no image of the referenced series lies between them, so omitted empty frames
     do not join components across them. Segment 0 (a label map's background) holds no lesions.
     """
-    ds = _read(path)
+    ds = read_dicom(path)
     if not is_seg(ds):
         raise LabelError(f"{path}: not a DICOM SEG (SOP Class UID {ds.get('SOPClassUID', 'missing')})")
     try:
@@ -60,7 +60,7 @@ def read_seg(path: Path, planes: Mapping[str, ImagePlane]) -> list[LesionRecord]
     except LabelError:
         raise
     except (AttributeError, IndexError, KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise LabelError(f"{path}: malformed SEG ({_one_line(error)})") from error
+        raise LabelError(f"{path}: malformed SEG ({one_line(error)})") from error
     return records
 
 
@@ -223,12 +223,3 @@ def _segment_label(segment: Dataset) -> str:
     return str(types[0].CodeMeaning) if types else f"segment {segment.SegmentNumber}"
 
 
-def _read(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except Exception as error:  # pydicom raises many types for damaged files
-        raise LabelError(f"{path}: not a readable DICOM file ({_one_line(error)})") from error
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())

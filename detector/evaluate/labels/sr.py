@@ -7,10 +7,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
+from detector.evaluate.labels.files import one_line, read_dicom
 from detector.evaluate.lesions import (
     MIN_TARGET_DIAMETER_MM,
     ImagePlane,
@@ -49,7 +49,7 @@ def read_sr(path: Path, planes: Mapping[str, ImagePlane]) -> list[LesionRecord]:
     Long Axis measurement, else by the extent of its 3D coordinates, else ``MIN_TARGET_DIAMETER_MM``.
     Groups without coordinates (such as an explicit "no abnormality" group) add no lesion.
     """
-    ds = _read(path)
+    ds = read_dicom(path)
     if not _is_sr(ds):
         raise LabelError(f"{path}: not a DICOM SR (SOP Class UID {ds.get('SOPClassUID', 'missing')})")
     groups = [item for item in _descendants(ds) if item.get("ValueType") == "CONTAINER"
@@ -65,7 +65,7 @@ def read_sr(path: Path, planes: Mapping[str, ImagePlane]) -> list[LesionRecord]:
     except LabelError:
         raise
     except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
-        raise LabelError(f"{path}: malformed SR content ({_one_line(error)})") from error
+        raise LabelError(f"{path}: malformed SR content ({one_line(error)})") from error
     return [record for record in records if record is not None]
 
 
@@ -194,12 +194,3 @@ def _triple(v: NDArray[np.float64]) -> tuple[float, float, float]:
     return float(v[0]), float(v[1]), float(v[2])
 
 
-def _read(path: Path) -> Dataset:
-    try:
-        return pydicom.dcmread(path)
-    except Exception as error:  # pydicom raises many types for damaged files
-        raise LabelError(f"{path}: not a readable DICOM file ({_one_line(error)})") from error
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(f"{type(error).__name__}: {error}".split())

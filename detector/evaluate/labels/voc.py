@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from detector.evaluate.labels.files import xml_root
 from detector.evaluate.lesions import (
     ImagePlane,
     LabelError,
@@ -51,12 +52,7 @@ def is_voc(root: ET.Element) -> bool:
 
 def read_boxes(path: Path) -> list[VocBox]:
     """The boxes of one file; inclusive pixel bounds xmin..xmax, ymin..ymax become edges xmin - 0.5 .. xmax + 0.5."""
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as exc:
-        raise LabelError(f"{path}: not well-formed XML ({exc})") from None
-    except OSError as exc:
-        raise LabelError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    root = xml_root(path)
     if not is_voc(root):
         raise LabelError(f"{path}: not a PASCAL-VOC annotation (root <{root.tag}>)")
     boxes = []

@@ -25,7 +25,7 @@ BRAIN = Code("12738006", "SCT", "Brain")
 
 
 def ct_data(*parts: str) -> Path:
-    """A path in the real CT data (CTNODE_TEST_DATA, default ../shared/ct); skips the test when it is absent."""
+    """A path in the real CT data (CTNODE_TEST_DATA, default ../shared/ct); skips (fails under CI) when it is absent."""
     return require_ct(*parts)
 
 

@@ -1,0 +1,111 @@
+"""The seed's ablation: train every arm of detector/train/configs/ablation on one split and budget, then tabulate.
+
+Each arm is one `ctnode train` config that differs from the others only in ``architecture`` (plain backbone,
++FPN, +FPN+DCN, and +FPN+DCN with cross-entropy instead of focal loss). ``--parallel N`` trains N arms at
+once (one CPU thread each); ``--summarise-only`` reads finished runs. Writes the markdown table and the FROC
+plot of every arm's test evaluation (``--docs``, default docs/evaluation/), and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from detector.evaluate import FrocLine, plot_froc
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "detector" / "train" / "configs" / "ablation"
+ARMS = ("plain", "fpn", "fpn-dcn", "fpn-dcn-ce")
+LABELS = {"plain": "plain backbone, focal", "fpn": "+FPN, focal", "fpn-dcn": "+FPN +DCN, focal",
+          "fpn-dcn-ce": "+FPN +DCN, cross-entropy"}
+console = Console()
+
+
+def shared_synthetic(root: Path) -> None:
+    """The arms share one split, so their synthetic validation and test studies are written once (the writer is
+    deterministic) under ``root/synthetic`` and linked into each arm's folder."""
+    from detector.data import load_manifest
+    from detector.train.config import load_train_config
+    from detector.train.run import select_studies, synthetic_studies
+
+    path = CONFIGS / f"chest-{ARMS[0]}.yaml"
+    config = load_train_config(path)
+    studies = select_studies(config, load_manifest(config.data.manifest), path)
+    for role, entries in (("validation", studies.validation), ("test", studies.test)):
+        synthetic_studies(config, entries, role, root / "synthetic")
+    for arm in ARMS:
+        (root / arm).mkdir(parents=True, exist_ok=True)
+        link = root / arm / "synthetic"
+        if not link.exists():
+            link.symlink_to(Path("..") / "synthetic")
+
+
+def train_arm(arm: str, out: Path) -> int:
+    """One arm's `ctnode train` (its log beside its output folder); the exit status."""
+    out.mkdir(parents=True, exist_ok=True)
+    with (out.parent / f"{arm}.log").open("w") as log:
+        command = [sys.executable, "-m", "node", "train", "-c", str(CONFIGS / f"chest-{arm}.yaml"), "-o", str(out),
+                   "--no-resume"]
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+
+
+def _interval(metric: dict[str, Any]) -> str:
+    value, ci = metric["value"], metric["ci95"]
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
+
+
+def summarise(root: Path, docs: Path) -> str:
+    """The markdown table of the arms' test figures and ``docs/froc-ablation.png``."""
+    rows = ["| arm | CPM (95% CI) | sensitivity at op. point | FP/scan at op. point | sens. @1 FP/scan | "
+            "sens. @2 FP/scan | threshold | s/slice (inference) | ms/iteration (training) | iterations |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = []
+    for arm in ARMS:
+        folder = root / arm
+        report_file = folder / "evaluation" / "test" / "report.json"
+        if not report_file.exists():
+            rows.append(f"| {LABELS[arm]} | not run | | | | | | | | |")
+            continue
+        report = json.loads(report_file.read_text())
+        training = json.loads((folder / "training.json").read_text())
+        m = report["metrics"]
+        rows.append(
+            f"| {LABELS[arm]} | {_interval(m['cpm'])} | {_interval(m['sensitivity'])} | {_interval(m['fp_per_scan'])} "
+            f"| {_interval(m['sensitivity@1fp'])} | {_interval(m['sensitivity@2fp'])} "
+            f"| {report['model']['operating_threshold']:.2f} | {report['timing']['inference_s_per_slice']:.4f} "
+            f"| {1000 * training['seconds_per_iteration_median']:.0f} | {training['iterations']} |")
+        lines.append(FrocLine.of(LABELS[arm], report))
+    docs.mkdir(parents=True, exist_ok=True)
+    if lines:
+        plot_froc(lines, docs / "froc-ablation.png", "Ablation, chest test studies (dots: operating points)")
+    table = "\n".join(rows)
+    (docs / "ablation.md").write_text(table + "\n")
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "var" / "ablation", help="one folder per arm")
+    parser.add_argument("--docs", type=Path, default=REPO / "docs" / "evaluation")
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--summarise-only", action="store_true")
+    args = parser.parse_args()
+    if not args.summarise_only:
+        shared_synthetic(args.out)
+        with ThreadPoolExecutor(args.parallel) as pool:
+            codes = dict(zip(ARMS, pool.map(lambda arm: train_arm(arm, args.out / arm), ARMS), strict=True))
+        console.print(f"exit statuses: {codes}")
+    console.print(summarise(args.out, args.docs))
+
+
+if __name__ == "__main__":
+    main()

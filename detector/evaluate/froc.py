@@ -214,8 +214,8 @@ class Froc:
         for n, rate in enumerate(FP_RATES):
             out[f"sensitivity@{rate:g}fp"] = both(lambda w, n=n: self._at_rates(w)[:, n])
         for band in SIZE_BANDS_MM:
-            if self.band_count(band):
-                out[f"sensitivity {band_name(band)}"] = both(lambda w, band=band: self._band(w, k, band))
+            if count := self.band_count(band):
+                out[f"sensitivity {band_name(band)} ({count})"] = both(lambda w, band=band: self._band(w, k, band))
         return out
 
 

@@ -106,7 +106,8 @@ def evaluate_studies(
             bar.update(task, description=f"evaluating {study.id}")
             result, curve = _evaluate_study(study, model, grid, options)
             if training is not None:
-                result = result.flagged(training.seen(study.study_instance_uid, study.series_instance_uids))
+                seen = (training.seen(uid, series) for uid, series in study.sources)
+                result = result.flagged(next((s for s in seen if s is not None), None))
             results.append(result)
             if curve is not None:
                 curves.append(curve)

@@ -28,6 +28,16 @@ class LabelledStudy:
     def series_instance_uids(self) -> tuple[str, ...]:
         return tuple(sorted({h.series_instance_uid for h in self.headers}))
 
+    @property
+    def sources(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(Study UID, Series UIDs) of this study and of every study its series name as related (the background
+        of a synthetic study): what a training record is checked against."""
+        related: dict[str, set[str]] = {self.study_instance_uid: set(self.series_instance_uids)}
+        for h in self.headers:
+            for study, series in h.related_series:
+                related.setdefault(study, set()).add(series)
+        return tuple((study, tuple(sorted(series))) for study, series in related.items())
+
 
 def _common_folder(paths: Sequence[Path]) -> Path:
     parts = [p.parent.parts for p in paths]

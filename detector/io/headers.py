@@ -38,6 +38,9 @@ class InstanceHeader:
     orientation: tuple[float, float, float, float, float, float] | None
     pixel_spacing: tuple[float, float] | None
     slice_thickness_mm: float | None
+    related_series: tuple[tuple[str, str], ...] = ()
+    """(Study, Series Instance UID) of each Related Series Sequence item, e.g. the real series a synthetic one
+    was made from."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,8 @@ def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:
         orientation=_floats(ds, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
         pixel_spacing=_floats(ds, "PixelSpacing", 2),  # type: ignore[arg-type]
         slice_thickness_mm=thickness[0] if thickness else None,
+        related_series=tuple((str(item.get("StudyInstanceUID", "")), str(item.get("SeriesInstanceUID", "")))
+                             for item in ds.get("RelatedSeriesSequence", [])),
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence as Sequence_
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
@@ -200,8 +201,22 @@ def _stored_values(hu: NDArray, ds: Dataset) -> NDArray[np.integer]:
     return values.astype(f"<{'i' if signed else 'u'}{int(ds.BitsAllocated) // 8}")
 
 
-def _synthetic_slice(source: Path, hu: NDArray, shared: dict[str, Any], key: tuple[int, int]) -> Dataset:
-    """The source image's header with the new pixels, UIDs and patient identity, uncompressed."""
+def _related_series(volume: Volume) -> Sequence_:
+    """The background series as this series' Related Series: how an evaluation knows which patient it came from."""
+    item = Dataset()
+    item.StudyInstanceUID = volume.study_instance_uid
+    item.SeriesInstanceUID = volume.series_instance_uid
+    purpose = Dataset()
+    purpose.CodeValue, purpose.CodingSchemeDesignator = "121322", "DCM"
+    purpose.CodeMeaning = "Source image for image processing operation"
+    item.PurposeOfReferenceCodeSequence = Sequence_([purpose])
+    return Sequence_([item])
+
+
+def _synthetic_slice(source: Path, hu: NDArray, shared: dict[str, Any], key: tuple[int, int],
+                     background: Volume) -> Dataset:
+    """The source image's header with the new pixels, UIDs and patient identity, uncompressed, naming its source
+    series in Related Series Sequence."""
     ds = pydicom.dcmread(source, stop_before_pixels=True)
     ds.remove_private_tags()
     for keyword in (*_IDENTIFYING, *_SOURCE_REFERENCES, *_SOURCE_ENCODING):
@@ -212,6 +227,7 @@ def _synthetic_slice(source: Path, hu: NDArray, shared: dict[str, Any], key: tup
             setattr(ds, keyword, "")
     for keyword, value in shared.items():
         setattr(ds, keyword, value)
+    ds.RelatedSeriesSequence = _related_series(background)
     if "FrameOfReferenceUID" in ds:
         ds.FrameOfReferenceUID = _uid("frame", ds.FrameOfReferenceUID, *key)
     ds.SOPInstanceUID = _uid("instance", ds.SOPInstanceUID, *key)
@@ -311,7 +327,7 @@ def write_synthetic_study(
     out.mkdir(parents=True, exist_ok=True)
     headers = []
     for z, path in enumerate(source.files):
-        ds = _synthetic_slice(path, changed.hu[z], shared, key)
+        ds = _synthetic_slice(path, changed.hu[z], shared, key, volume)
         pydicom.dcmwrite(out / f"CT{z + 1:04d}.dcm", ds, enforce_file_format=True)
         del ds.PixelData
         headers.append(ds)

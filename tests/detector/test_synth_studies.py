@@ -111,11 +111,16 @@ def test_the_seg_labels_the_inserted_voxels_on_the_written_instances(background:
 
 def test_no_source_patient_identifier_remains(background: Path, study: SyntheticStudy) -> None:
     first = pydicom.dcmread(dicom_files(background)[0], stop_before_pixels=True)
-    secrets = [str(first.PatientID), str(first.StudyInstanceUID), str(first.SeriesInstanceUID)]
+    secrets = [str(first.PatientID), str(first.PatientName)]
     for path in [*study.folder.rglob("*.dcm"), study.folder / "labels" / "lesions.json"]:
         raw = path.read_bytes()
         assert not [s for s in secrets if s.encode() in raw], f"source identifier left in {path.name}"
     ds = pydicom.dcmread(study.folder / "CT0001.dcm", stop_before_pixels=True)
+    # the source series is named once, as the declared source of the synthetic one, and nowhere else
+    [related] = ds.RelatedSeriesSequence
+    assert (related.StudyInstanceUID, related.SeriesInstanceUID) == (first.StudyInstanceUID, first.SeriesInstanceUID)
+    del ds.RelatedSeriesSequence
+    assert first.StudyInstanceUID not in str(ds) and first.SeriesInstanceUID not in str(ds)
     assert (str(ds.PatientName), ds.PatientBirthDate, ds.PatientIdentityRemoved) == (f"SYNTHETIC^{SEED}", "", "YES")
     assert ds.PatientID.startswith("SYN-") and ds.DeidentificationMethod == "ctnode synthetic lesion insertion"
 
@@ -154,3 +159,18 @@ def test_a_written_slice_and_the_seg_pass_the_dicom_validators(study: SyntheticS
     result = subprocess.run([str(script), str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("validated=2 with_errors=0")
+
+
+def test_an_evaluation_flags_a_synthetic_study_whose_background_the_model_trained_on(
+    study: SyntheticStudy, tmp_path: Path
+) -> None:
+    from detector.data import StudyEntry
+    from detector.evaluate import EvaluationOptions, evaluate_studies
+    from detector.infer import load_model
+
+    head = load_model("head")  # its card lists head_ge_patient as a training background
+    entry = StudyEntry(id="syn", path=study.folder, patient="syn", role="test")
+    report = evaluate_studies(head, [entry], options=EvaluationOptions(bootstrap_rounds=10), progress=False)
+    [result] = report.results
+    assert result.error is None and result.trained_on is not None and result.trained_on.id == "head-ge"
+    assert all("NOT held out: trained on syn" in f.dataset for f in report.figures("synthetic"))

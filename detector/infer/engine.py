@@ -69,9 +69,9 @@ def slice_detections(
 ) -> list[SliceDetection]:
     """Every slice's NMS-ed detections (source pixels) down to ``floor`` (default: the candidate score).
 
-    Only ``batch_slices`` inputs are built and on the device at a time; on CUDA the network
-    runs under float16 autocast. The model's network is moved to the device. A lower ``floor`` lets
-    an evaluation apply :func:`findings_at` at every threshold from one pass of the network.
+    Only ``batch_slices`` inputs are built and on the device at a time; on CUDA each batch is copied
+    from pinned memory and the network runs under float16 autocast. The model's network is moved to the
+    device. A lower ``floor`` lets an evaluation apply :func:`findings_at` at every threshold from one pass.
     """
     options = options or InferenceOptions()
     device = options.device or default_device()
@@ -87,7 +87,9 @@ def slice_detections(
         task = bar.add_task("detecting", total=depth)
         for start in range(0, depth, batch_slices):
             batch = model_input(volume, range(start, min(start + batch_slices, depth)), card.input_spec)
-            images = batch.images.to(device, non_blocking=True)
+            images = batch.images
+            if device.type == "cuda":
+                images = images.pin_memory().to(device, non_blocking=True)
             logits, deltas = network(images)
             anchors = network.anchors(*images.shape[-2:]).to(device)
             for k, index in enumerate(batch.slice_indices):

@@ -48,7 +48,7 @@ def _child(target: str, variant: str, device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    findings = detect_volume(volume, model, options)
+    findings, _ = detect_volume(volume, model, options)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started

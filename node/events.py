@@ -26,6 +26,7 @@ class AuditKind(StrEnum):
     RUN_RETRY = "run.retry"
     RUN_FAILED = "run.failed"
     RUN_DONE = "run.done"
+    RUN_TRUNCATED = "run.truncated"  # more findings passed the operating point than the per-study cap reports
     RUN_REQUEUED = "run.requeued"
 
 

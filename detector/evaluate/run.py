@@ -18,15 +18,16 @@ from detector.evaluate.report import EvaluationReport, StudyResult
 from detector.evaluate.studies import LabelledStudy, studies_in
 from detector.findings import Finding
 from detector.infer import InferenceOptions, LoadedModel, default_device, findings_at, slice_detections
-from detector.infer.engine import CANDIDATE_FRACTION
+from detector.infer.engine import CANDIDATE_FRACTION, capped
 from detector.io import HeaderScan, SeriesInputError, load_volume, select_series
 from detector.registry import TrainingRecord
 
 GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.99, 0.01), 2))
 """Thresholds at which the node's findings are taken for the FROC (the card's own is added)."""
 SATURATED_FINDINGS = 100
-"""A study with more findings than this at a threshold is not merged at lower ones: they count as saturated
-(unbounded false positives, so no FP rate of the FROC can use them); this bounds the time spent far off the curve."""
+"""A study with more findings than this at a threshold (before the card's per-study cap) is not merged at lower
+ones: they count as saturated (unbounded false positives, so no FP rate of the FROC can use them); this bounds
+the time spent far off the curve."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ def _evaluate_study(study: LabelledStudy, model: LoadedModel, grid: Sequence[flo
     inference_s = time.monotonic() - inference_started
     per_threshold: list[list[Finding] | None] = [None] * len(grid)
     for k in reversed(range(len(grid))):
-        per_threshold[k] = findings_at(detections, volume, model, grid[k])
-        if len(per_threshold[k] or ()) > SATURATED_FINDINGS:
+        found = findings_at(detections, volume, model, grid[k])
+        per_threshold[k] = capped(found, model.card.max_findings)[0]
+        if len(found) > SATURATED_FINDINGS:
             break
     curve = study_curve(study.id, [None if found is None else [(f.centre_mm, f.score) for f in found]
                                    for found in per_threshold], lesions)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,12 +39,16 @@ class InferenceOptions:
 
 @dataclass(frozen=True, eq=False)
 class DetectionResult:
-    """What one run of the detector on a study produced, and what it read."""
+    """What one run of the detector on a study produced, and what it read.
+
+    ``dropped``: findings past the operating threshold that the per-study cap left out (lowest scores).
+    """
 
     findings: list[Finding]
     volume: Volume
     selection: SeriesSelection
     model: LoadedModel
+    dropped: list[Finding] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -115,9 +119,18 @@ def findings_at(
     return merge_findings(candidates, volume.geometry, model.card.classes, threshold)
 
 
-def detect_volume(volume: Volume, model: LoadedModel, options: InferenceOptions | None = None) -> list[Finding]:
-    """3D findings in ``volume`` at the card's operating threshold, best first."""
-    return findings_at(slice_detections(volume, model, options), volume, model)
+def capped(findings: list[Finding], limit: int) -> tuple[list[Finding], list[Finding]]:
+    """(the ``limit`` best findings, the rest): the per-study cap on what is reported."""
+    return findings[:limit], findings[limit:]
+
+
+def detect_volume(
+    volume: Volume, model: LoadedModel, options: InferenceOptions | None = None, max_findings: int | None = None
+) -> tuple[list[Finding], list[Finding]]:
+    """(3D findings in ``volume`` at the card's operating threshold, best first, at most ``max_findings`` (default
+    the card's), the findings the cap dropped)."""
+    found = findings_at(slice_detections(volume, model, options), volume, model)
+    return capped(found, max_findings or model.card.max_findings)
 
 
 def detect_series(
@@ -125,7 +138,10 @@ def detect_series(
     model: LoadedModel,
     policy: SelectionPolicy | None = None,
     options: InferenceOptions | None = None,
+    max_findings: int | None = None,
 ) -> DetectionResult:
-    """The whole detect stage: select and load the series to read from ``source``, find its findings."""
+    """The whole detect stage: select and load the series to read from ``source``, find its findings (at most
+    ``max_findings``, default the card's)."""
     volume, selection = read_ct_volume(source, policy)
-    return DetectionResult(detect_volume(volume, model, options), volume, selection, model)
+    findings, dropped = detect_volume(volume, model, options, max_findings)
+    return DetectionResult(findings, volume, selection, model, dropped)

@@ -88,6 +88,8 @@ class ModelCard:
     operating_threshold: float
     evaluation: tuple[EvaluationFigure, ...] = ()
     training: TrainingRecord | None = None
+    max_findings: int = 10
+    """At most this many findings per study are reported (the best ones); the rest are dropped and audited."""
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -104,6 +106,8 @@ class ModelCard:
             raise ModelCardError(f"class labels must be unique, got {labels}")
         if not 0.0 < self.operating_threshold < 1.0:
             raise ModelCardError(f"operating_threshold must be in (0, 1), got {self.operating_threshold}")
+        if self.max_findings < 1:
+            raise ModelCardError(f"max_findings must be at least 1, got {self.max_findings}")
 
     def class_by_label(self, label: str) -> ModelClass:
         """The class named ``label``; KeyError names the card's labels when there is none."""
@@ -246,14 +250,14 @@ def _training_dict(record: TrainingRecord) -> dict[str, Any]:
 
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
-    "classes", "input", "operating_threshold", "evaluation", "training",
+    "classes", "input", "operating_threshold", "evaluation", "training", "max_findings",
 }
 
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
-        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training"})
+        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training", "max_findings"})
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
             raise ModelCardError(f"schema_version: {version} is not supported, expected {SCHEMA_VERSION}")
@@ -269,6 +273,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             operating_threshold=f.number("operating_threshold"),
             evaluation=tuple(_figure(item, where) for where, item in f.items("evaluation")),
             training=None if data.get("training") is None else _training(data["training"], f.at("training")),
+            max_findings=f.get("max_findings", int, 10),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
@@ -299,6 +304,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
             "pad_multiple": spec.pad_multiple,
         },
         "operating_threshold": card.operating_threshold,
+        "max_findings": card.max_findings,
         "evaluation": [
             {
                 "metric": e.metric,

@@ -102,6 +102,9 @@ def detect(
     for line in result.selection.reasons:
         console.print(line)
     console.print(findings_table(result))
+    if result.dropped:
+        console.print(f"[yellow]{len(result.dropped)} more finding(s) passed the threshold[/yellow] and were left out: "
+                      f"at most {len(result.findings)} per study are reported (the model card's max_findings)")
     if out is not None:
         for written in write_overlays(result, out):
             console.print(f"wrote {written}")

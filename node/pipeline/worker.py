@@ -23,7 +23,8 @@ from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
 from node.db.upsert import insert_ignore
 from node.delivery import enqueue
 from node.delivery.routing import destinations_for_study
-from node.events import RunStatus
+from node.db.audit import record
+from node.events import AuditKind, RunStatus
 from node.logging import get_logger
 from node.pipeline.queue import (
     ClaimedRun,
@@ -39,6 +40,7 @@ from node.reports import EarlierReport, build_report_objects, write_report_objec
 from node.reports.from_detection import options_for, report_run
 
 if TYPE_CHECKING:
+    from detector.findings import Finding
     from detector.infer import LoadedModel
 
 log = get_logger(__name__)
@@ -164,9 +166,11 @@ class Worker:
                     inference_started_at=utcnow())
         device = default_device() if config.device == "auto" else torch.device(config.device)
         options = InferenceOptions(batch_slices=config.batch_slices, device=device, threads=config.threads)
-        result = detect_series(self._input_paths(run), model, options=options)
+        result = detect_series(self._input_paths(run), model, options=options, max_findings=config.max_findings)
         self._stage(run, beat, inference_ended_at=utcnow(), series_instance_uid=result.volume.series_instance_uid,
                     selection=list(result.selection.reasons), findings=[asdict(f) for f in result.findings])
+        if result.dropped:
+            self._audit_truncation(run, result.findings, result.dropped)
         objects = build_report_objects(report_run(result, f"run-{run.id}", self._earlier_reports(run)),
                                        options_for(card, self.settings.reports))
         folder = self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
@@ -180,6 +184,15 @@ class Worker:
             raise ClaimLost(run.id)
         log.info("run done", run_id=run.id, findings=len(result.findings), outputs=len(written),
                  destinations=destinations)
+
+    def _audit_truncation(self, run: ClaimedRun, kept: list[Finding], dropped: list[Finding]) -> None:
+        """The findings the per-study cap left out: how many, and their scores and centres, for the auditor."""
+        with self.engine.begin() as conn:
+            record(conn, AuditKind.RUN_TRUNCATED, study_instance_uid=run.study_instance_uid, detail={
+                "run_id": run.id, "reported": len(kept), "dropped": len(dropped), "lowest_reported_score": round(kept[-1].score, 4),
+                "dropped_findings": [{"score": round(f.score, 4), "centre_mm": [round(v, 1) for v in f.centre_mm]}
+                                     for f in dropped]})
+        log.warning("findings capped", run_id=run.id, reported=len(kept), dropped=len(dropped))
 
     def _input_paths(self, run: ClaimedRun) -> list[Path]:
         with self.engine.connect() as conn:

@@ -114,7 +114,7 @@ def test_slices_go_through_the_network_in_bounded_batches(monkeypatch: pytest.Mo
         return model_input(v, indices, spec)  # type: ignore[arg-type]
 
     monkeypatch.setattr(engine, "model_input", recording)
-    findings = detect_volume(volume, model, InferenceOptions(batch_slices=4, threads=1))
+    findings, _ = detect_volume(volume, model, InferenceOptions(batch_slices=4, threads=1))
     assert [len(b) for b in batches] == [4, 4, 3]
     assert sorted(i for b in batches for i in b) == list(range(11))
     assert findings == [], "a fresh network scores every anchor at its 0.01 prior, below the threshold"
@@ -132,3 +132,16 @@ def _tiny_volume() -> Volume:
     )
     hu = np.full(geometry.shape, 30, np.int16)
     return Volume(hu, geometry, "1.2.3", 1, "1.2", None, "1.2.840.10008.5.1.4.1.1.2", 2.0)
+
+
+def test_the_card_caps_findings_per_study_keeping_the_best(ct_data) -> None:  # type: ignore[no-untyped-def]
+    from detector.infer import LoadedModel, detect_series
+
+    model = load_model("chest")
+    every, _ = detect_volume(read_ct_volume(ct_data("chest_lung_pet_ct_dx_A0001"))[0], model,
+                             InferenceOptions(threads=1), max_findings=1000)
+    assert len(every) > 2
+    capped = LoadedModel(replace(model.card, max_findings=2), model.network)
+    result = detect_series(ct_data("chest_lung_pet_ct_dx_A0001"), capped, options=InferenceOptions(threads=1))
+    assert [f.score for f in result.findings] == [f.score for f in every[:2]]
+    assert [f.score for f in result.dropped] == [f.score for f in every[2:]]

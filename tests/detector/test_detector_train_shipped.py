@@ -26,7 +26,7 @@ def test_the_head_model_finds_a_12_mm_hyperdense_lesion_where_it_was_put(ct_data
     z = int(np.rint(volume.geometry.patient_to_voxel(lesion.centre_mm)[0]))
     part = slab(with_lesion, max(z - 4, 0), min(z + 5, volume.geometry.shape[0]))
     model = load_model("head")
-    findings = detect_volume(part, model, InferenceOptions(threads=1))
+    findings, _ = detect_volume(part, model, InferenceOptions(threads=1))
     assert findings, "the inserted lesion was not found"
     truth = np.asarray(lesion.centre_mm)
     best = min(findings, key=lambda f: float(np.linalg.norm(np.asarray(f.centre_mm) - truth)))

@@ -304,3 +304,23 @@ def test_a_series_the_detector_cannot_read_fails_at_once_with_the_reason(engine:
     assert record["error"].startswith("NoEligibleSeriesError") and "2 slices" in record["error"]
     assert [a["kind"] for a in record["audit"]] == ["run.queued", "run.failed"]
     assert not worker.run_once()  # not retried: the same input would fail the same way
+
+
+def test_a_run_with_more_findings_than_the_cap_reports_the_best_and_audits_the_rest(
+    engine: Engine, settings: Settings
+) -> None:
+    settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"max_findings": 2})})
+    sender = Sender(engine, settings)
+    sender.send(chest_files())
+    sender.release()
+    [run_id] = Stabilizer(engine, settings).poll()
+    assert Worker(engine, settings, threading.Event()).run_once()
+    record = run_record(engine, run_id)
+    assert record is not None and record["status"] == RunStatus.DONE
+    [truncated] = [a for a in record["audit"] if a["kind"] == "run.truncated"]
+    detail = truncated["detail"]
+    assert detail["reported"] == len(record["findings"]) == 2 and detail["dropped"] >= 1
+    assert len(detail["dropped_findings"]) == detail["dropped"]
+    assert min(f["score"] for f in record["findings"]) >= max(f["score"] for f in detail["dropped_findings"])
+    kinds = [o["kind"] for o in record["outputs"]]
+    assert kinds.count("SC") == 2 + 1  # the overlay series is bounded with the findings (one per finding + summary)

@@ -26,6 +26,7 @@ class AuditKind(StrEnum):
     RUN_RETRY = "run.retry"
     RUN_FAILED = "run.failed"
     RUN_DONE = "run.done"
+    RUN_DEGRADED = "run.degraded"  # the objects leave out what the source images lack (e.g. 3D coordinates)
     RUN_TRUNCATED = "run.truncated"  # more findings passed the operating point than the per-study cap reports
     RUN_REQUEUED = "run.requeued"
 

@@ -77,6 +77,8 @@ def detection_run_id(result: DetectionResult) -> str:
 def write_dicom(result: DetectionResult, options: ReportOptions, out: Path) -> list[Path]:
     """Every object the node would send to the PACS for this detection (SR, SCs, optional GSPS/KOS) under ``out``."""
     objects = build_report_objects(report_run(result, detection_run_id(result)), options_for(result.model.card, options))
+    for omission in objects.omissions:
+        console.print(f"[yellow]left out:[/yellow] {omission}")
     return write_report_objects(objects, out)
 
 

@@ -174,6 +174,10 @@ class Worker:
         objects = build_report_objects(report_run(result, f"run-{run.id}", self._earlier_reports(run)),
                                        options_for(card, self.settings.reports))
         folder = self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
+        if objects.omissions:
+            with self.engine.begin() as conn:
+                record(conn, AuditKind.RUN_DEGRADED, study_instance_uid=run.study_instance_uid,
+                       detail={"run_id": run.id, "omitted": list(objects.omissions)})
         written = write_report_objects(objects, folder)
         self._record_outputs(run, objects.named(), written)
         self._stage(run, beat, reports_built_at=utcnow())

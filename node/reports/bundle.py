@@ -14,6 +14,7 @@ from node.reports.gsps import build_gsps
 from node.reports.kos import build_kos
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.sc import build_secondary_captures
+from node.reports.sources import SourceSeries
 from node.reports.sr import build_sr
 
 log = structlog.get_logger(__name__)
@@ -21,12 +22,16 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class ReportObjects:
-    """The DICOM objects a run sends to the PACS; GSPS and KOS are None when disabled or without findings."""
+    """The DICOM objects a run sends to the PACS; GSPS and KOS are None when disabled or without findings.
+
+    ``omissions``: what the objects leave out or empty because the source images lack it (for the audit).
+    """
 
     sr: Dataset
     secondary_captures: tuple[Dataset, ...]
     gsps: Dataset | None = None
     kos: Dataset | None = None
+    omissions: tuple[str, ...] = ()
 
     def named(self) -> list[tuple[str, Dataset]]:
         """(file name, object) pairs in sending order: SR, SCs (summary last), GSPS, KOS."""
@@ -47,6 +52,7 @@ def build_report_objects(run: ReportRun, options: ReportOptions) -> ReportObject
         secondary_captures=tuple(build_secondary_captures(run, options)),
         gsps=build_gsps(run, options) if options.enable_gsps and with_findings else None,
         kos=build_kos(run, options) if options.enable_kos and with_findings else None,
+        omissions=SourceSeries(run.sources).omissions,
     )
     log.info(
         "report objects built",

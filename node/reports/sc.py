@@ -80,7 +80,8 @@ def _secondary_capture(
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
-    sc.FrameOfReferenceUID = series.frame_of_reference_uid
+    if series.frame_of_reference_uid is not None:
+        sc.FrameOfReferenceUID = series.frame_of_reference_uid
     sc.DerivationDescription = derivation
     sc.SourceImageSequence = _references(sources)
     sc.ReferencedImageSequence = _references(sources)

@@ -19,12 +19,16 @@ _TYPE2_COPIED = (
     "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
 )
 UNSTATED_DEIDENTIFICATION = "Method not stated by the source images"
-_REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+_REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID",
              "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 
 
 class SourceSeries:
-    """The source images of one run, checked to be one series of one study in one frame of reference."""
+    """The source images of one run, checked to be one series of one study in at most one frame of reference.
+
+    A series without Frame of Reference UID (de-identified data often lacks it) is still reported, in image
+    coordinates only: :attr:`omissions` says what the objects leave out because of it.
+    """
 
     def __init__(self, datasets: Sequence[Dataset]) -> None:
         if not datasets:
@@ -34,8 +38,8 @@ class SourceSeries:
             if missing:
                 raise ValueError(f"source image {ds.get('SOPInstanceUID', '?')} lacks {', '.join(missing)}")
         for attr in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
-            values = {str(ds[attr].value) for ds in datasets}
-            if len(values) != 1:
+            values = {str(ds[attr].value) for ds in datasets if ds.get(attr)}
+            if len(values) > 1 or (not values and attr != "FrameOfReferenceUID"):
                 raise ValueError(f"source images must share one {attr}; found {len(values)} different values")
         uids = [str(ds.SOPInstanceUID) for ds in datasets]
         if len(set(uids)) != len(uids):
@@ -62,9 +66,24 @@ class SourceSeries:
         return str(self.first.StudyInstanceUID)
 
     @property
-    def frame_of_reference_uid(self) -> str:
-        """The patient coordinate system the images (and the findings' mm coordinates) are in."""
+    def frame_of_reference_uid(self) -> str | None:
+        """The patient coordinate system the images (and the findings' mm coordinates) are in; None when the
+        series does not say (or not every image does)."""
+        if not all(ds.get("FrameOfReferenceUID") for ds in self.images):
+            return None
         return str(self.first.FrameOfReferenceUID)
+
+    @property
+    def omissions(self) -> tuple[str, ...]:
+        """What the emitted objects leave out or leave empty because the source images lack it, in words."""
+        out = []
+        if self.frame_of_reference_uid is None:
+            out.append("3D finding centres (SCOORD3D) and the overlays' Frame of Reference UID: the read series "
+                       "has no Frame of Reference UID, so findings are reported as 2D image regions only")
+        empty = [k for k in _TYPE2_COPIED if k not in self.first]
+        if empty:
+            out.append(f"{', '.join(empty)}: absent from the source images, left empty (Type 2)")
+        return tuple(out)
 
     def image(self, sop_instance_uid: str) -> Dataset:
         """The source image with this SOP Instance UID; KeyError says when it is not in the series."""

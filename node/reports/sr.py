@@ -52,7 +52,8 @@ def _certainty(score: float, centre: hd.sr.CoordinatesForMeasurement3D | None = 
 def _finding_groups(
     n: int, finding: Finding, series: SourceSeries, uids: RunUids, algorithm: hd.sr.AlgorithmIdentification
 ) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """The finding's TID 1411 group (per-slice 2D boxes) and its TID 1501 companion holding the 3D centre.
+    """The finding's TID 1411 group (per-slice 2D boxes) and its TID 1501 companion holding the 3D centre
+    (left out when the series has no frame of reference to put it in).
 
     TID 1410/1411 admit 2D regions or a 3D region, not both, and their measurements (TID 1419) take no
     coordinates; TID 1501's measurements may be inferred from SCOORD3D (TID 320). Both groups carry the same
@@ -79,6 +80,8 @@ def _finding_groups(
         algorithm_id=algorithm,
         measurements=[_certainty(finding.score)],
     )
+    if series.frame_of_reference_uid is None:
+        return [roi_group]
     centre = hd.sr.CoordinatesForMeasurement3D(
         graphic_type=hd.sr.GraphicTypeValues3D.POINT,
         graphic_data=np.array([finding.centre_mm], dtype=float),

@@ -324,3 +324,24 @@ def test_a_run_with_more_findings_than_the_cap_reports_the_best_and_audits_the_r
     assert min(f["score"] for f in record["findings"]) >= max(f["score"] for f in detail["dropped_findings"])
     kinds = [o["kind"] for o in record["outputs"]]
     assert kinds.count("SC") == 2 + 1  # the overlay series is bounded with the findings (one per finding + summary)
+
+
+def test_a_series_without_frame_of_reference_still_delivers_its_reports_and_audits_what_they_lack(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    files = []
+    for path in chest_files():
+        ds = pydicom.dcmread(path)
+        del ds.FrameOfReferenceUID
+        ds.save_as(tmp_path / path.name)
+        files.append(tmp_path / path.name)
+    sender = Sender(engine, settings)
+    sender.send(files)
+    sender.release()
+    [run_id] = Stabilizer(engine, settings).poll()
+    assert Worker(engine, settings, threading.Event()).run_once()
+    record = run_record(engine, run_id)
+    assert record is not None and record["status"] == RunStatus.DONE and record["findings"]
+    assert {o["kind"] for o in record["outputs"]} == {"SR", "SC"}
+    [degraded] = [a for a in record["audit"] if a["kind"] == "run.degraded"]
+    assert degraded["detail"]["omitted"][0].startswith("3D finding centres (SCOORD3D)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import warnings
 from pathlib import Path
@@ -20,25 +21,33 @@ def test_all_object_kinds_validate_without_errors(
     algorithm: AlgorithmIdentity, validate_dicom: Path, tmp_path: Path,
 ) -> None:
     options = ReportOptions(enable_gsps=True, enable_kos=True, institution_name="Test Hospital")
+    without_frame = [copy.deepcopy(ds) for ds in chest_series]
+    for ds in without_frame:
+        del ds.FrameOfReferenceUID
     runs = {
         "chest": ReportRun("chest-1", chest_series, [chest_tumour], algorithm),
+        # de-identified data often lacks the Frame of Reference UID: 2D regions only, and said so
+        "chest-no-frame": ReportRun("chest-4", without_frame, [chest_tumour], algorithm),
         "chest-negative": ReportRun("chest-2", chest_series, [], algorithm),
         "head": ReportRun("head-1", head_series, [head_bleed], algorithm),
         # one finding on one slice: the report's only 2D region (a case pixelmed's template dispatch is picky about)
         "chest-one-slice": ReportRun("chest-3", chest_series, [finding_on(
             [chest_series[30]], [(200.0, 290.0, 230.0, 320.0)], 0.8, "nodule", NEOPLASM, LUNG)], algorithm),
     }
-    written = {
-        name: write_report_objects(build_report_objects(run, options), tmp_path / name) for name, run in runs.items()
-    }
+    objects = {name: build_report_objects(run, options) for name, run in runs.items()}
+    written = {name: write_report_objects(built, tmp_path / name) for name, built in objects.items()}
+    assert objects["chest"].omissions == ()
+    assert objects["chest-no-frame"].omissions[0].startswith("3D finding centres (SCOORD3D)")
+    assert "FrameOfReferenceUID" not in objects["chest-no-frame"].secondary_captures[0]
+    assert "SCOORD3D" not in str(objects["chest-no-frame"].sr) and "SCOORD3D" in str(objects["chest"].sr)
     assert [p.name for p in written["chest"]] == ["sr.dcm", "sc-001.dcm", "sc-002.dcm", "gsps.dcm", "kos.dcm"]
     assert [p.name for p in written["chest-negative"]] == ["sr.dcm", "sc-001.dcm"]
     result = subprocess.run([str(validate_dicom), str(tmp_path)], capture_output=True, text=True, timeout=300)
     print(result.stdout)
     lines = [line for line in result.stdout.splitlines() if line.endswith(".dcm") or ".dcm:" in line]
-    assert len(lines) == 17, result.stdout
+    assert len(lines) == 22, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("validated=17 with_errors=0")
+    assert result.stdout.strip().endswith("validated=22 with_errors=0")
 
 
 def test_patient_identifiers_stay_out_of_warnings_and_logs(

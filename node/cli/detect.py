@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Optional
 
+import pydicom
 import typer
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
 from detector.findings import Finding
-from detector.infer import DetectionResult, InferenceOptions, detect_series, load_model
-from detector.io import SeriesInputError
+from detector.infer import (
+    DetectionResult,
+    InferenceOptions,
+    LoadedModel,
+    card_path,
+    detect_series,
+    load_model,
+)
+from detector.io import InstanceHeader, SeriesInputError, read_headers
 from detector.registry import ModelCardError
 from node.cli.options import ConfigOpt, settings_from
-from node.config import ReportOptions
+from node.config import ReportOptions, Route
+from node.pipeline.routing import RoutingDecision, SeriesFacts, route_study
 from node.reports import build_report_objects, write_report_objects
 from node.reports.from_detection import options_for, report_run
 from node.reports.options import DEFAULT_BANNER
@@ -82,25 +92,84 @@ def write_dicom(result: DetectionResult, options: ReportOptions, out: Path) -> l
     return write_report_objects(objects, out)
 
 
+def series_facts(headers: Sequence[InstanceHeader]) -> tuple[list[SeriesFacts], dict[str, list[Path]]]:
+    """What routing looks at in each series of a folder (read from the first file of each), and each series' files."""
+    files: dict[str, list[Path]] = {}
+    for h in headers:
+        files.setdefault(h.series_instance_uid, []).append(h.path)
+    facts = []
+    for uid, paths in files.items():
+        ds = pydicom.dcmread(paths[0], stop_before_pixels=True, specific_tags=list(_ROUTING_TAGS))
+        facts.append(SeriesFacts(uid, _int(ds.get("SeriesNumber")), ds.get("Modality"), ds.get("BodyPartExamined"),
+                                 ds.get("SeriesDescription"), ds.get("StudyDescription"), frozenset()))
+    return facts, files
+
+
+_ROUTING_TAGS = ("SeriesNumber", "Modality", "BodyPartExamined", "SeriesDescription", "StudyDescription")
+
+
+def _int(value: object) -> int | None:
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def _route(path: Path, routes: Sequence[Route]) -> tuple[RoutingDecision, dict[str, list[Path]]]:
+    facts, files = series_facts(read_headers(path).headers)
+    return route_study(routes, facts), files
+
+
+def _chosen_runs(path: Path, model: str | None, routes: Sequence[Route]) -> list[tuple[str, Path | list[Path]]]:
+    """(model, what it reads) as the node would route the folder; ``model`` overrides, with a warning when routing
+    would have chosen otherwise. Exit 1 when no route applies and no model was named."""
+    chosen = card_path(model) if model is not None else None
+    decision, files = _route(path, routes)
+    if model is not None:
+        routed = [r.model for r in decision.routed]
+        if chosen not in {card_path(r) for r in routed}:
+            console.print(f"[yellow]warning:[/yellow] the node would not run {model} on this study "
+                          f"({'it routes it to ' + ', '.join(routed) if routed else 'no route applies'}); "
+                          "running it because -m says so")
+            for line in decision.explain():
+                console.print(f"  {line}")
+        return [(model, path)]
+    for line in decision.explain():
+        console.print(line)
+    if not decision.routed:
+        console.print("[red]cannot detect:[/red] no route applies to this study (the node would skip it); "
+                      "name a model with -m to run one anyway")
+        raise typer.Exit(1)
+    return [(r.model, [p for uid in r.series_instance_uids for p in files[uid]]) for r in decision.routed]
+
+
 def detect(
     path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM instances of one study.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")] = "head",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON; "
+                                                 "default: the model the node's routes choose.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for overlay PNGs.")] = None,
     dicom: Annotated[bool, typer.Option("--dicom", help="Also write, under OUT/dicom, every DICOM object the node "
                                                         "would send to the PACS (SR, SC, optional GSPS/KOS).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Find focal findings in the series a radiologist would read, print them, and draw them."""
+    """Find focal findings in the series a radiologist would read, with the model the node would route it to."""
     if dicom and out is None:
         console.print("[red]--dicom needs --out DIR[/red]")
         raise typer.Exit(2)
-    report_options = settings_from(config).reports
+    settings = settings_from(config)
     try:
-        loaded = load_model(model)
-        result = detect_series(path, loaded, options=InferenceOptions(progress=True))
+        runs = _chosen_runs(path, model, settings.pipeline.routes)
+        for name, source in runs:
+            folder = out if out is None or len(runs) == 1 else out / card_path(name).stem
+            _detect_one(source, load_model(name), folder, dicom, settings.reports)
     except (SeriesInputError, ModelCardError, LookupError) as exc:
         console.print(f"[red]cannot detect:[/red] {exc}")
         raise typer.Exit(1) from exc
+
+
+def _detect_one(source: Path | list[Path], loaded: LoadedModel, out: Path | None, dicom: bool,
+                report_options: ReportOptions) -> None:
+    result = detect_series(source, loaded, options=InferenceOptions(progress=True))
     for line in result.selection.reasons:
         console.print(line)
     console.print(findings_table(result))

@@ -94,13 +94,14 @@ def serve(
 @app.command()
 def detect(
     path: Annotated[Path, typer.Argument(help="Folder (or file) of DICOM instances of one study.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")] = "head",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON; "
+                                                 "default: the model the node's routes choose.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for overlay PNGs.")] = None,
     dicom: Annotated[bool, typer.Option("--dicom", help="Also write, under OUT/dicom, every DICOM object the node "
                                                         "would send to the PACS (SR, SC, optional GSPS/KOS).")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Find focal findings in the series a radiologist would read, print them, and draw them."""
+    """Find focal findings in the series a radiologist would read, with the model the node would route it to."""
     from node.cli.detect import detect as run_detect  # imports torch: only for this command
 
     run_detect(path, model, out, dicom, config)

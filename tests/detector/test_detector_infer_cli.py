@@ -84,3 +84,28 @@ def test_dicom_flag_writes_what_the_pacs_would_receive_with_stable_uids(
                 == pydicom.dcmread(tmp_path / "b" / "dicom" / name).SOPInstanceUID)
     refused = runner.invoke(app, [str(source), "--model", "chest", "--dicom"])
     assert refused.exit_code == 2 and "--dicom needs --out" in refused.output
+
+
+def test_without_a_model_detect_routes_like_the_node_and_warns_when_told_otherwise(
+    ct_data: Callable[[str], Path], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    chest = runner.invoke(app, [str(ct_data("chest_lung_pet_ct_dx_A0001"))])
+    assert chest.exit_code == 0, chest.output
+    said = " ".join(chest.output.split())
+    assert "-> chest: study description matches" in said and "finding(s), ctnode-chest" in said
+    stripped = tmp_path / "untagged"
+    stripped.mkdir()
+    for path in sorted(ct_data("head_ge_patient").glob("*")):
+        if path.suffix == ".dcm":
+            ds = pydicom.dcmread(path)
+            for keyword in ("BodyPartExamined", "StudyDescription", "SeriesDescription"):
+                if keyword in ds:
+                    delattr(ds, keyword)
+            ds.save_as(stripped / path.name)
+    untagged = runner.invoke(app, [str(stripped)])
+    assert untagged.exit_code == 1 and "no route applies to this study" in " ".join(untagged.output.split())
+    forced = runner.invoke(app, [str(ct_data("head_ge_patient")), "-m", "chest"])
+    assert forced.exit_code == 0, forced.output
+    assert "warning: the node would not run chest on this study (it routes it to head)" in \
+        " ".join(forced.output.split())

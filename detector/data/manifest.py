@@ -10,8 +10,12 @@ studies:
     role: test                # train | validation | test
     body_part: CHEST          # optional
     labels: [annotations/069.xml]   # optional: label files/folders under path; default: found in path
+synthetic:                    # optional: labelled studies with lesions inserted into a study of the manifest
+  - {background: lidc-0001, target: chest, studies: 8, negatives: 2, lesions: 3, seed: 100}
 ```
-A patient in two roles, an unknown role, a duplicate id or a missing folder is a one-line error.
+A synthetic set takes its background's patient and role (`ctnode synth` writes it, deterministically, the first
+time it is needed). A patient in two roles, an unknown role, a duplicate id or a missing folder is a one-line
+error.
 """
 
 from __future__ import annotations
@@ -44,12 +48,26 @@ class StudyEntry:
 
 
 @dataclass(frozen=True)
+class SyntheticSet:
+    """``studies`` studies with 1..``lesions`` synthetic lesions and ``negatives`` lesion-free ones over the
+    manifest study ``background``, seeds counting up from ``seed``."""
+
+    background: str
+    target: str
+    studies: int
+    negatives: int = 0
+    lesions: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Manifest:
-    """A named, patient-grouped list of studies."""
+    """A named, patient-grouped list of studies, and synthetic sets over some of them."""
 
     name: str
     source: Path
     studies: tuple[StudyEntry, ...]
+    synthetic: tuple[SyntheticSet, ...] = ()
 
     def role(self, role: str) -> tuple[StudyEntry, ...]:
         """The studies of one role, in manifest order."""
@@ -80,7 +98,7 @@ def load_manifest(path: Path) -> Manifest:
         raise ManifestError(str(exc)) from exc
     if not isinstance(data, dict) or not isinstance(data.get("studies"), list) or not data["studies"]:
         raise ManifestError(f"{path}: expected a mapping with a non-empty 'studies' list")
-    unknown = sorted(set(data) - {"name", "root", "root_env", "studies"})
+    unknown = sorted(set(data) - {"name", "root", "root_env", "studies", "synthetic"})
     if unknown:
         raise ManifestError(f"{path}: unknown key(s) {unknown}")
     root = _root(data, path)
@@ -115,4 +133,26 @@ def load_manifest(path: Path) -> Manifest:
             body_part=str(item["body_part"]).upper() if item.get("body_part") else None,
             labels=tuple(folder / str(label) for label in labels),
         ))
-    return Manifest(name=str(data.get("name") or path.stem), source=path, studies=tuple(studies))
+    synthetic = tuple(_synthetic_set(item, f"{path}: synthetic[{n}]", {s.id for s in studies})
+                      for n, item in enumerate(data.get("synthetic") or []))
+    return Manifest(name=str(data.get("name") or path.stem), source=path, studies=tuple(studies), synthetic=synthetic)
+
+
+def _synthetic_set(item: Any, where: str, ids: set[str]) -> SyntheticSet:
+    if not isinstance(item, dict):
+        raise ManifestError(f"{where}: expected a mapping")
+    fields = {"background", "target", "studies", "negatives", "lesions", "seed"}
+    extra = sorted(set(item) - fields)
+    if extra:
+        raise ManifestError(f"{where}: unknown key(s) {extra}")
+    if item.get("background") not in ids:
+        raise ManifestError(f"{where}: background {item.get('background')!r} is not a study id of the manifest")
+    if item.get("target") not in ("head", "chest"):
+        raise ManifestError(f"{where}: target must be head or chest, got {item.get('target')!r}")
+    counts = {k: item.get(k, default) for k, default in (("studies", 1), ("negatives", 0), ("lesions", 2),
+                                                         ("seed", 0))}
+    bad = [k for k, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < (1 if k == "lesions"
+                                                                                                   else 0)]
+    if bad:
+        raise ManifestError(f"{where}: {', '.join(bad)} must be whole numbers (lesions at least 1)")
+    return SyntheticSet(background=str(item["background"]), target=str(item["target"]), **counts)

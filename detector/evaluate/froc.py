@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from detector.evaluate.lesions import LesionRecord
+from detector.labels.lesions import LesionRecord
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 """False positives per scan at which CPM averages the sensitivity (the LUNA16 points)."""

@@ -13,9 +13,9 @@ import numpy as np
 from rich.table import Table
 
 from detector.evaluate.froc import FP_RATES, Froc, Interval, Outcome
-from detector.evaluate.lesions import LesionRecord
 from detector.evaluate.studies import LabelledStudy
 from detector.findings import Finding
+from detector.labels.lesions import LesionRecord
 from detector.registry import EvaluationFigure, ModelCard, TrainedStudy
 
 

@@ -8,18 +8,30 @@ from dataclasses import dataclass
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from detector.data import StudyEntry
 from detector.evaluate.froc import Froc, Outcome, StudyCurve, classify, study_curve
-from detector.evaluate.labels import LabelError, read_labels
-from detector.evaluate.lesions import planes_from_headers
 from detector.evaluate.report import EvaluationReport, StudyResult
 from detector.evaluate.studies import LabelledStudy, studies_in
 from detector.findings import Finding
-from detector.infer import InferenceOptions, LoadedModel, default_device, findings_at, slice_detections
+from detector.infer import (
+    InferenceOptions,
+    LoadedModel,
+    default_device,
+    findings_at,
+    slice_detections,
+)
 from detector.infer.engine import CANDIDATE_FRACTION, capped
 from detector.io import HeaderScan, SeriesInputError, load_volume, select_series
+from detector.labels import LabelError, read_labels
+from detector.labels.lesions import planes_from_headers
 from detector.registry import TrainingRecord
 
 GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.99, 0.01), 2))

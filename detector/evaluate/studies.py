@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detector.data import ManifestError, StudyEntry, load_manifest
-from detector.evaluate.labels import label_files, xml_references
 from detector.io import InstanceHeader, read_headers
+from detector.labels import label_files, xml_references
+from detector.synth.sets import synthetic_entries
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
+SYNTHETIC_CACHE = Path("var") / "synthetic"
+"""Where a manifest's synthetic sets are written (one folder per manifest name), relative to the working folder."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,13 +86,16 @@ def studies_in(entry: StudyEntry) -> list[LabelledStudy]:
     return out
 
 
-def entries_from(data: Sequence[Path], roles: Sequence[str] = ("test",)) -> list[StudyEntry]:
-    """Manifest files give their studies of ``roles``; any other path is one entry named after the folder."""
+def entries_from(data: Sequence[Path], roles: Sequence[str] = ("test",), cache: Path = SYNTHETIC_CACHE
+                 ) -> list[StudyEntry]:
+    """Manifest files give their studies of ``roles`` and the synthetic sets over them (written under ``cache``
+    the first time); any other path is one entry named after the folder."""
     entries: list[StudyEntry] = []
     for path in data:
         if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             manifest = load_manifest(path)
             entries += [s for role in roles for s in manifest.role(role)]
+            entries += synthetic_entries(manifest, roles, cache)
         elif not path.exists():
             raise ManifestError(f"{path} does not exist")
         else:

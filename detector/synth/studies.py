@@ -21,10 +21,10 @@ from pydicom.sequence import Sequence as Sequence_
 from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
-from detector.evaluate.labels import read_labels, xml_references
-from detector.evaluate.lesions import LesionRecord, planes_from_headers
 from detector.io import Volume, read_ct_volume
 from detector.io.pixels import rescale
+from detector.labels import read_labels, xml_references
+from detector.labels.lesions import LesionRecord, planes_from_headers
 from detector.synth.lesions import InsertedLesion, Lesion, insert_lesions
 from detector.synth.placement import Target, random_lesion
 

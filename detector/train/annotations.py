@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from detector.evaluate.labels.voc import read_boxes
 from detector.io import Volume
+from detector.labels.voc import read_boxes
 
 Box = tuple[float, float, float, float]
 REACH_SLICES = 1

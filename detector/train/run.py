@@ -17,8 +17,15 @@ from detector.evaluate import EvaluationReport, evaluate_studies
 from detector.infer import LoadedModel
 from detector.io import read_headers
 from detector.models import RetinaNet
+from detector.registry import (
+    EvaluationFigure,
+    ModelCard,
+    TrainedStudy,
+    TrainingRecord,
+    save_card,
+    sha256_file,
+)
 from detector.synth.studies import JSON_NAME, read_background, write_synthetic_study
-from detector.registry import EvaluationFigure, ModelCard, TrainedStudy, TrainingRecord, save_card, sha256_file
 from detector.train.checkpoint import CheckpointError, TrainLog
 from detector.train.config import TrainConfig, TrainConfigError, load_train_config
 from detector.train.loop import TrainSettings, train

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detector.evaluate import Froc, ImagePlane, LesionOutline, LesionRecord, candidates_curve, classify
-from detector.evaluate.lesions import box_polygon
+from detector.evaluate import (
+    Froc,
+    ImagePlane,
+    LesionOutline,
+    LesionRecord,
+    candidates_curve,
+    classify,
+)
+from detector.labels.lesions import box_polygon
 
 
 def lesion(x: float, diameter: float, ignore: bool = False) -> LesionRecord:

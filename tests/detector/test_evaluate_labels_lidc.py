@@ -1,4 +1,4 @@
-"""detector.evaluate.labels.lidc: the real LIDC-IDRI reads as targets and ignore regions, the z fallback, bad files."""
+"""detector.labels.lidc: the real LIDC-IDRI reads as targets and ignore regions, the z fallback, bad files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.evaluate.labels.lidc import is_lidc, read_lidc
-from detector.evaluate.lesions import ImagePlane, LabelError, planes_from_headers
 from detector.io import read_headers
+from detector.labels.lesions import ImagePlane, LabelError, planes_from_headers
+from detector.labels.lidc import is_lidc, read_lidc
 
 NS = "{http://www.nih.gov}"
 Study = tuple[Path, dict[str, ImagePlane]]

@@ -13,9 +13,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from detector.evaluate.labels.seg import components, is_seg, read_seg
-from detector.evaluate.lesions import ImagePlane, LabelError, planes_from_headers
 from detector.io import read_headers
+from detector.labels.lesions import ImagePlane, LabelError, planes_from_headers
+from detector.labels.seg import components, is_seg, read_seg
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent:UserWarning")
 

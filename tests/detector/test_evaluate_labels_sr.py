@@ -15,10 +15,15 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code as DicomCode
 
-from detector.evaluate.labels.sr import is_measurement_report, read_sr
-from detector.evaluate.lesions import MIN_TARGET_DIAMETER_MM, ImagePlane, LabelError, planes_from_headers
 from detector.findings import Code, Finding, SliceBox
 from detector.io import read_headers
+from detector.labels.lesions import (
+    MIN_TARGET_DIAMETER_MM,
+    ImagePlane,
+    LabelError,
+    planes_from_headers,
+)
+from detector.labels.sr import is_measurement_report, read_sr
 from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_sr
 
 CHEST = "chest_lung_pet_ct_dx_A0001"

@@ -1,4 +1,4 @@
-"""detector.evaluate.labels.voc: the real Lung-PET-CT-Dx tumour boxes as one 3D lesion, slice gaps, names, bad files."""
+"""detector.labels.voc: the real Lung-PET-CT-Dx tumour boxes as one 3D lesion, slice gaps, names, bad files."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detector.evaluate.labels.voc import is_voc, read_boxes, read_voc
-from detector.evaluate.lesions import ImagePlane, LabelError, planes_from_headers
 from detector.io import read_headers
+from detector.labels.lesions import ImagePlane, LabelError, planes_from_headers
+from detector.labels.voc import is_voc, read_boxes, read_voc
 
 Study = tuple[list[Path], dict[str, ImagePlane]]
 

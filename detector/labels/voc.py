@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from detector.evaluate.labels.files import xml_root
-from detector.evaluate.lesions import (
+from detector.labels.files import xml_root
+from detector.labels.lesions import (
     ImagePlane,
     LabelError,
     LesionOutline,

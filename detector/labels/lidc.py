@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from detector.evaluate.labels.files import xml_root
-from detector.evaluate.lesions import (
+from detector.labels.files import xml_root
+from detector.labels.lesions import (
     MIN_TARGET_DIAMETER_MM,
     ImagePlane,
     LabelError,

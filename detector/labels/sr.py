@@ -10,8 +10,8 @@ import numpy as np
 from numpy.typing import NDArray
 from pydicom.dataset import Dataset
 
-from detector.evaluate.labels.files import one_line, read_dicom
-from detector.evaluate.lesions import (
+from detector.labels.files import one_line, read_dicom
+from detector.labels.lesions import (
     MIN_TARGET_DIAMETER_MM,
     ImagePlane,
     LabelError,

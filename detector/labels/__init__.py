@@ -1,4 +1,5 @@
-"""Label readers, one per format (PASCAL-VOC, LIDC-IDRI XML, DICOM SR TID 1500, DICOM SEG), and their dispatch."""
+"""Labels in every format a site has (PASCAL-VOC, LIDC-IDRI XML, DICOM SR TID 1500, DICOM SEG), read into one
+lesion record in patient space; the readers and their dispatch."""
 
 from __future__ import annotations
 
@@ -6,14 +7,13 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-
-from detector.evaluate.labels.files import read_dicom, xml_root
-from detector.evaluate.labels.lidc import is_lidc, read_lidc
-from detector.evaluate.labels.seg import is_seg, read_seg
-from detector.evaluate.labels.sr import is_measurement_report, read_sr
-from detector.evaluate.labels.voc import is_voc, read_voc
-from detector.evaluate.lesions import ImagePlane, LabelError, LesionRecord
 from detector.io import InstanceHeader
+from detector.labels.files import read_dicom, xml_root
+from detector.labels.lesions import ImagePlane, LabelError, LesionRecord
+from detector.labels.lidc import is_lidc, read_lidc
+from detector.labels.seg import is_seg, read_seg
+from detector.labels.sr import is_measurement_report, read_sr
+from detector.labels.voc import is_voc, read_voc
 
 __all__ = ["LabelError", "label_files", "read_labels", "read_lidc", "read_seg", "read_sr", "read_voc",
            "xml_references"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from detector.evaluate.lesions import LabelError
+from detector.labels.lesions import LabelError
 
 
 def one_line(error: Exception) -> str:

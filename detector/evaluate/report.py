@@ -33,6 +33,8 @@ class StudyResult:
     seconds: float = 0.0
     error: str | None = None
     trained_on: TrainedStudy | None = field(default=None)
+    refused: str = ""
+    """Why the domain gate refused the study (the node reports nothing for it, so it counts with no finding)."""
 
     def flagged(self, trained: TrainedStudy | None) -> StudyResult:
         return replace(self, trained_on=trained)
@@ -58,6 +60,7 @@ class StudyResult:
             "slices": self.slices,
             "label_files": [str(p) for p in self.study.labels],
             "error": self.error,
+            "refused_by_domain_gate": self.refused or None,
             "used_in_training": None if self.trained_on is None else
             {"id": self.trained_on.id, "use": self.trained_on.use},
             "lesions": [lesion.summary() for lesion in self.lesions],
@@ -171,6 +174,7 @@ class EvaluationReport:
             table.add_column(column, justify="left" if column in ("study", "note") else "right")
         for r in self.results:
             note = r.error or ("TRAINED ON (" + r.trained_on.use + ")" if r.trained_on else "")
+            note += f" refused: {r.refused}" if r.refused else ""
             table.add_row(r.study.id, str(r.slices), str(r.targets), str(len(r.lesions) - r.targets),
                           str(len(r.findings)), str(r.hits), str(r.false_positives), f"{r.seconds:.1f}", note)
         return table

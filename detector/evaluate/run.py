@@ -25,6 +25,7 @@ from detector.infer import (
     InferenceOptions,
     LoadedModel,
     default_device,
+    domain_reasons,
     findings_at,
     slice_detections,
 )
@@ -64,8 +65,10 @@ def _evaluate_study(study: LabelledStudy, model: LoadedModel, grid: Sequence[flo
         volume = load_volume(selection.chosen)
     except (LabelError, SeriesInputError) as exc:
         return StudyResult(study=study, error=str(exc), seconds=time.monotonic() - started), None
+    refused = domain_reasons(volume, model.card)
     inference_started = time.monotonic()
-    detections = slice_detections(volume, model, options.inference, floor=min(grid) * CANDIDATE_FRACTION)
+    detections = [] if refused else slice_detections(volume, model, options.inference,
+                                                     floor=min(grid) * CANDIDATE_FRACTION)
     inference_s = time.monotonic() - inference_started
     per_threshold: list[list[Finding] | None] = [None] * len(grid)
     for k in reversed(range(len(grid))):
@@ -88,6 +91,7 @@ def _evaluate_study(study: LabelledStudy, model: LoadedModel, grid: Sequence[flo
         outcomes=tuple(outcomes),
         inference_s=inference_s,
         seconds=time.monotonic() - started,
+        refused="; ".join(refused),
     )
     return result, curve
 

@@ -9,16 +9,19 @@ from detector.infer.engine import (
     findings_at,
     slice_detections,
 )
+from detector.infer.gate import OutOfDomainError, domain_reasons
 from detector.infer.models import LoadedModel, card_path, load_model, shipped_cards
 
 __all__ = [
     "DetectionResult",
     "InferenceOptions",
     "LoadedModel",
+    "OutOfDomainError",
     "card_path",
     "default_device",
     "detect_series",
     "detect_volume",
+    "domain_reasons",
     "findings_at",
     "load_model",
     "shipped_cards",

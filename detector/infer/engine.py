@@ -11,6 +11,7 @@ import torch
 from rich.progress import Progress
 
 from detector.findings import Finding
+from detector.infer.gate import OutOfDomainError, domain_reasons
 from detector.infer.models import LoadedModel
 from detector.io import SelectionPolicy, SeriesSelection, Volume, read_ct_volume
 from detector.postprocess import SliceDetection, decode_slice, merge_findings
@@ -139,9 +140,13 @@ def detect_series(
     policy: SelectionPolicy | None = None,
     options: InferenceOptions | None = None,
     max_findings: int | None = None,
+    gate: bool = True,
 ) -> DetectionResult:
-    """The whole detect stage: select and load the series to read from ``source``, find its findings (at most
-    ``max_findings``, default the card's)."""
+    """The whole detect stage: select and load the series to read from ``source``, check it is in the model's
+    domain (``OutOfDomainError`` with the reasons when not; ``gate`` False skips the check), find its findings
+    (at most ``max_findings``, default the card's)."""
     volume, selection = read_ct_volume(source, policy)
+    if gate and (reasons := domain_reasons(volume, model.card)):
+        raise OutOfDomainError(reasons)
     findings, dropped = detect_volume(volume, model, options, max_findings)
     return DetectionResult(findings, volume, selection, model, dropped)

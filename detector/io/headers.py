@@ -38,6 +38,9 @@ class InstanceHeader:
     orientation: tuple[float, float, float, float, float, float] | None
     pixel_spacing: tuple[float, float] | None
     slice_thickness_mm: float | None
+    body_part_examined: str | None = None
+    contrast_agent: str | None = None
+    """Contrast/Bolus Agent: None when the attribute is absent, "" when present and empty (no agent said)."""
     related_series: tuple[tuple[str, str], ...] = ()
     """(Study, Series Instance UID) of each Related Series Sequence item, e.g. the real series a synthetic one
     was made from."""
@@ -86,6 +89,8 @@ def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:
         orientation=_floats(ds, "ImageOrientationPatient", 6),  # type: ignore[arg-type]
         pixel_spacing=_floats(ds, "PixelSpacing", 2),  # type: ignore[arg-type]
         slice_thickness_mm=thickness[0] if thickness else None,
+        body_part_examined=str(ds.BodyPartExamined).strip() or None if "BodyPartExamined" in ds else None,
+        contrast_agent=str(ds.ContrastBolusAgent or "").strip() if "ContrastBolusAgent" in ds else None,
         related_series=tuple((str(item.get("StudyInstanceUID", "")), str(item.get("SeriesInstanceUID", "")))
                              for item in ds.get("RelatedSeriesSequence", [])),
     )

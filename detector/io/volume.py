@@ -36,6 +36,9 @@ class Volume:
     frame_of_reference_uid: str | None
     sop_class_uid: str
     slice_thickness_mm: float | None
+    body_part_examined: str | None = None
+    contrast_agent: str | None = None
+    """As the first image's Contrast/Bolus Agent: None absent, "" present but empty."""
 
 
 def _sorted_instances(series: Series) -> list[InstanceHeader]:
@@ -103,6 +106,8 @@ def load_volume(series: Series) -> Volume:
         frame_of_reference_uid=first.frame_of_reference_uid,
         sop_class_uid=first.sop_class_uid,
         slice_thickness_mm=series.slice_thickness_mm,
+        body_part_examined=first.body_part_examined,
+        contrast_agent=first.contrast_agent,
     )
 
 

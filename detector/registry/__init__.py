@@ -2,6 +2,7 @@
 
 from detector.registry.card import (
     SCHEMA_VERSION,
+    Domain,
     EvaluationFigure,
     ModelCard,
     ModelCardError,
@@ -17,6 +18,7 @@ from detector.registry.weights import WeightsMismatchError, load_state_dict, sha
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Domain",
     "EvaluationFigure",
     "ModelCard",
     "ModelCardError",

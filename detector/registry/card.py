@@ -75,6 +75,24 @@ class TrainingRecord:
 
 
 @dataclass(frozen=True)
+class Domain:
+    """What series the model may read (the domain gate): contrast phase, slice thickness, coverage along the table."""
+
+    contrast: str = "any"
+    """"non-contrast", "contrast" or "any"."""
+    slice_thickness_mm: tuple[float, float] = (0.5, 5.5)
+    min_coverage_mm: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.contrast not in ("non-contrast", "contrast", "any"):
+            raise ModelCardError(f"domain.contrast must be non-contrast, contrast or any, got {self.contrast!r}")
+        low, high = self.slice_thickness_mm
+        if not 0 < low <= high:
+            raise ModelCardError(f"domain.slice_thickness_mm must be [low, high] with 0 < low <= high, got "
+                                 f"{list(self.slice_thickness_mm)}")
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A model's identity, weights (file next to the card, and its sha256), classes, input and operating point."""
 
@@ -90,6 +108,7 @@ class ModelCard:
     training: TrainingRecord | None = None
     max_findings: int = 10
     """At most this many findings per study are reported (the best ones); the rest are dropped and audited."""
+    domain: Domain = Domain()
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -234,6 +253,17 @@ def _training(data: Any, where: str) -> TrainingRecord:
                           samples=f.get("samples", int, 0), iterations=f.get("iterations", int, 0))
 
 
+def _domain(data: Any, where: str) -> Domain:
+    if data is None:
+        return Domain()
+    f = _Fields(data, where, {"contrast", "slice_thickness_mm", "min_coverage_mm"}, set())
+    span = f.get("slice_thickness_mm", list, [0.5, 5.5])
+    if len(span) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in span):
+        raise ModelCardError(f"{f.at('slice_thickness_mm')}: expected [low, high], got {json.dumps(span)}")
+    return Domain(contrast=f.get("contrast", str, "any"), slice_thickness_mm=(float(span[0]), float(span[1])),
+                  min_coverage_mm=f.number("min_coverage_mm", 0.0))
+
+
 def _training_dict(record: TrainingRecord) -> dict[str, Any]:
     return {
         "manifest": record.manifest,
@@ -250,14 +280,14 @@ def _training_dict(record: TrainingRecord) -> dict[str, Any]:
 
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
-    "classes", "input", "operating_threshold", "evaluation", "training", "max_findings",
+    "classes", "input", "operating_threshold", "evaluation", "training", "max_findings", "domain",
 }
 
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
-        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training", "max_findings"})
+        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training", "max_findings", "domain"})
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
             raise ModelCardError(f"schema_version: {version} is not supported, expected {SCHEMA_VERSION}")
@@ -274,6 +304,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             evaluation=tuple(_figure(item, where) for where, item in f.items("evaluation")),
             training=None if data.get("training") is None else _training(data["training"], f.at("training")),
             max_findings=f.get("max_findings", int, 10),
+            domain=_domain(data.get("domain"), f.at("domain")),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
@@ -305,6 +336,8 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         },
         "operating_threshold": card.operating_threshold,
         "max_findings": card.max_findings,
+        "domain": {"contrast": card.domain.contrast, "slice_thickness_mm": list(card.domain.slice_thickness_mm),
+                   "min_coverage_mm": card.domain.min_coverage_mm},
         "evaluation": [
             {
                 "metric": e.metric,

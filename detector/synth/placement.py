@@ -9,15 +9,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detector.io import Volume
+from detector.preprocess.anatomy import enclosed, outside_air
 from detector.synth.lesions import Lesion
 
 Target = Literal["head", "chest"]
 BONE_HU = 300.0
 BODY_HU = -300.0
 LUNG_HU = -500.0
-AIR_HU = -500.0
-_OUTSIDE_BLOCK = 4
-"""Pixels per side of the blocks the outside-air flood runs on (a block is air only when all of it is)."""
 
 
 @dataclass(frozen=True)
@@ -34,52 +32,6 @@ RANGES: dict[str, LesionRange] = {
 }
 
 
-def _enclosed(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """Pixels lying between the first and last ``mask`` pixel of both their row and their column."""
-    rows = np.cumsum(mask, axis=1) > 0
-    rows &= np.cumsum(mask[:, ::-1], axis=1)[:, ::-1] > 0
-    columns = np.cumsum(mask, axis=0) > 0
-    columns &= np.cumsum(mask[::-1], axis=0)[::-1] > 0
-    return rows & columns
-
-
-def outside_air(hu_slice: NDArray, max_tissue: float = 0.5) -> NDArray[np.bool_]:
-    """The room around the patient: what a flood from the image border reaches without crossing the body.
-
-    The flood runs on blocks of ``_OUTSIDE_BLOCK`` pixels and passes every block whose fraction of
-    pixels that are not air (``AIR_HU`` and above) is at most ``max_tissue``. With 0.5 thin things (the table's shells,
-    blankets, cables) cannot stop it, so the air pockets they enclose on a row and a column are
-    outside, while the thick chest wall keeps the lungs in; with 0 only air blocks pass (a thin
-    phantom skull keeps its air cavity in, a head holder's pocket still opens to the room). Air
-    pixels next to a reached block are outside too.
-    """
-    b = _OUTSIDE_BLOCK
-    rows, columns = hu_slice.shape
-    padded = np.zeros((-(-rows // b) * b, -(-columns // b) * b), dtype=np.float32)
-    padded[:rows, :columns] = hu_slice >= AIR_HU
-    passable = padded.reshape(padded.shape[0] // b, b, padded.shape[1] // b, b).mean(axis=(1, 3)) <= max_tissue
-    reached = np.zeros_like(passable)
-    reached[0], reached[-1] = passable[0], passable[-1]
-    reached[:, 0], reached[:, -1] = passable[:, 0], passable[:, -1]
-    while True:
-        grown = reached.copy()
-        grown[1:] |= reached[:-1]
-        grown[:-1] |= reached[1:]
-        grown[:, 1:] |= reached[:, :-1]
-        grown[:, :-1] |= reached[:, 1:]
-        grown &= passable
-        if (grown == reached).all():
-            break
-        reached = grown
-    full = np.repeat(np.repeat(reached, b, axis=0), b, axis=1)[:rows, :columns]
-    near = full.copy()
-    near[1:] |= full[:-1]
-    near[:-1] |= full[1:]
-    near[:, 1:] |= full[:, :-1]
-    near[:, :-1] |= full[:, 1:]
-    return (full | near) & (hu_slice < AIR_HU)
-
-
 def candidate_mask(target: Target, hu_slice: NDArray) -> NDArray[np.bool_]:
     """Pixels of one slice where a lesion centre may lie: anywhere inside the skull but bone, or in the lungs.
 
@@ -88,8 +40,8 @@ def candidate_mask(target: Target, hu_slice: NDArray) -> NDArray[np.bool_]:
     around the head or the chest (:func:`outside_air`), which a holder or the table can enclose.
     """
     if target == "head":
-        return _enclosed(hu_slice > BONE_HU) & (hu_slice < 100) & ~outside_air(hu_slice, max_tissue=0.0)
-    return _enclosed(hu_slice > BODY_HU) & (hu_slice < LUNG_HU) & ~outside_air(hu_slice, max_tissue=0.5)
+        return enclosed(hu_slice > BONE_HU) & (hu_slice < 100) & ~outside_air(hu_slice, max_tissue=0.0)
+    return enclosed(hu_slice > BODY_HU) & (hu_slice < LUNG_HU) & ~outside_air(hu_slice, max_tissue=0.5)
 
 
 def _fits(target: Target, volume: Volume, z: int, y: int, x: int, radius_mm: float) -> bool:

@@ -18,10 +18,13 @@ from detector.infer import (
     DetectionResult,
     InferenceOptions,
     LoadedModel,
+    OutOfDomainError,
     card_path,
     detect_series,
+    domain_reasons,
     load_model,
 )
+from detector.infer.gate import read_pixels, sampled_files
 from detector.io import InstanceHeader, SeriesInputError, read_headers
 from detector.registry import ModelCardError
 from node.cli.options import ConfigOpt, settings_from
@@ -116,8 +119,14 @@ def _int(value: object) -> int | None:
 
 
 def _route(path: Path, routes: Sequence[Route]) -> tuple[RoutingDecision, dict[str, list[Path]]]:
-    facts, files = series_facts(read_headers(path).headers)
-    return route_study(routes, facts), files
+    headers = read_headers(path).headers
+    facts, files = series_facts(headers)
+
+    def pixels(series: SeriesFacts) -> tuple[str | None, str]:
+        reading = read_pixels(sampled_files([h for h in headers if h.series_instance_uid == series.series_instance_uid]))
+        return reading.body_part, reading.evidence
+
+    return route_study(routes, facts, pixels), files
 
 
 def _chosen_runs(path: Path, model: str | None, routes: Sequence[Route]) -> list[tuple[str, Path | list[Path]]]:
@@ -161,15 +170,23 @@ def detect(
         runs = _chosen_runs(path, model, settings.pipeline.routes)
         for name, source in runs:
             folder = out if out is None or len(runs) == 1 else out / card_path(name).stem
-            _detect_one(source, load_model(name), folder, dicom, settings.reports)
+            _detect_one(source, load_model(name), folder, dicom, settings.reports, forced=model is not None)
+    except OutOfDomainError as exc:
+        console.print(f"[red]refused by the model's domain gate[/red] (the node would skip this run): {exc}; "
+                      "name the model with -m to read it anyway")
+        raise typer.Exit(1) from exc
     except (SeriesInputError, ModelCardError, LookupError) as exc:
         console.print(f"[red]cannot detect:[/red] {exc}")
         raise typer.Exit(1) from exc
 
 
 def _detect_one(source: Path | list[Path], loaded: LoadedModel, out: Path | None, dicom: bool,
-                report_options: ReportOptions) -> None:
-    result = detect_series(source, loaded, options=InferenceOptions(progress=True))
+                report_options: ReportOptions, forced: bool) -> None:
+    """One model on one source; ``forced`` (the user named the model) reads past the domain gate, with a warning."""
+    result = detect_series(source, loaded, options=InferenceOptions(progress=True), gate=not forced)
+    if forced and (reasons := domain_reasons(result.volume, loaded.card)):
+        console.print(f"[yellow]warning:[/yellow] the model's domain gate would refuse this series "
+                      f"({'; '.join(reasons)}); reading it because -m says so")
     for line in result.selection.reasons:
         console.print(line)
     console.print(findings_table(result))

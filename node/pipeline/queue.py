@@ -133,6 +133,19 @@ def fail_run(engine: Engine, run: ClaimedRun, error: str, retryable: bool, confi
     return status
 
 
+def skip_run(engine: Engine, run: ClaimedRun, reason: str) -> RunStatus | None:
+    """End the run as skipped (its model must not read the series), with the reason; None if the claim was lost."""
+    with engine.begin() as conn:
+        held = conn.execute(update(Run).where(Run.id == run.id, Run.claim_token == run.token).values(
+            status=str(RunStatus.SKIPPED), error=reason, claim_token=None, lease_until=None,
+            finished_at=utcnow())).rowcount
+        if held:
+            audit.record(conn, AuditKind.RUN_SKIPPED, study_instance_uid=run.study_instance_uid,
+                         detail={"run_id": run.id, "reason": reason})
+    log.info("run skipped", run_id=run.id, reason=reason)
+    return RunStatus.SKIPPED if held else None
+
+
 def release_run(engine: Engine, run: ClaimedRun) -> bool:
     """Give an interrupted run back to the queue at once (the attempt does not count); False if not held."""
     with engine.begin() as conn:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from node.config import Route
 
@@ -71,21 +71,42 @@ def _match(route: Route, series: SeriesFacts) -> str | None:
     return ", ".join(why) or "the route has no criteria"
 
 
-def route_study(routes: Sequence[Route], series: Sequence[SeriesFacts]) -> RoutingDecision:
-    """Give each CT series to the first route that matches it; one model run per matched model."""
+PixelReader = Callable[[SeriesFacts], tuple[str | None, str]]
+"""Reads a series' body part from its pixels: (HEAD, CHEST or None, the evidence in words)."""
+
+
+def _first_match(routes: Sequence[Route], facts: SeriesFacts) -> tuple[Route, str] | None:
+    for route in routes:
+        why = _match(route, facts)
+        if why is not None:
+            return route, why
+    return None
+
+
+def route_study(routes: Sequence[Route], series: Sequence[SeriesFacts],
+                pixels: PixelReader | None = None) -> RoutingDecision:
+    """Give each CT series to the first route that matches it; one model run per matched model.
+
+    A CT series without Body Part Examined that no route matches by its tags is read by ``pixels`` (when given),
+    and routed by the body part its pixels show.
+    """
     by_model: dict[str, tuple[list[str], list[str]]] = {}
     unrouted = []
     for facts in series:
         if (facts.modality or "").upper() != "CT":
             unrouted.append(f"{facts.label}: modality {facts.modality or 'absent'}, not CT")
             continue
-        for route in routes:
-            why = _match(route, facts)
-            if why is not None:
-                uids, reasons = by_model.setdefault(route.model, ([], []))
-                uids.append(facts.series_instance_uid)
-                reasons.append(f"{facts.label} -> {route.model}: {why}")
-                break
+        match = _first_match(routes, facts)
+        if match is None and pixels is not None and not (facts.body_part or "").strip():
+            part, evidence = pixels(facts)
+            if part is not None:
+                found = _first_match(routes, replace(facts, body_part=part))
+                match = None if found is None else (found[0], f"{found[1]} from the pixels ({evidence})")
+        if match is not None:
+            route, why = match
+            uids, reasons = by_model.setdefault(route.model, ([], []))
+            uids.append(facts.series_instance_uid)
+            reasons.append(f"{facts.label} -> {route.model}: {why}")
         else:
             unrouted.append(
                 f"{facts.label}: no route matches (body part {facts.body_part or 'absent'}, series description "

@@ -24,7 +24,7 @@ from node.db.schema import Association, Instance, Run, RunInput, Series, Study, 
 from node.events import AssociationOutcome, AuditKind, RunStatus
 from node.logging import get_logger
 from node.pipeline.evidence import SeriesEvidence, series_evidence
-from node.pipeline.routing import RoutedModel, SeriesFacts, route_study
+from node.pipeline.routing import PixelReader, RoutedModel, SeriesFacts, route_study
 
 log = get_logger(__name__)
 
@@ -150,8 +150,25 @@ class Stabilizer:
                                    for uid, files in sorted(paths.items())]
         return self._evidence[key]
 
+    def _pixel_body_part(self, candidate: Candidate) -> PixelReader:
+        """Reads an untagged series' body part from a few of its stored images (only when tags route nothing)."""
+
+        def read(facts: SeriesFacts) -> tuple[str | None, str]:
+            from detector.infer.gate import read_pixels, sampled_files
+            from detector.io import SeriesInputError, read_headers
+
+            files = [self.store_dir / i.path for i in candidate.instances
+                     if i.series_instance_uid == facts.series_instance_uid]
+            try:
+                reading = read_pixels(sampled_files(read_headers(files).headers))
+            except (SeriesInputError, OSError, ValueError) as exc:
+                return None, f"unreadable: {exc}"
+            return reading.body_part, reading.evidence
+
+        return read
+
     def _settle(self, candidate: Candidate, trigger: str, now: datetime) -> list[int]:
-        decision = route_study(self.config.routes, candidate.series)
+        decision = route_study(self.config.routes, candidate.series, self._pixel_body_part(candidate))
         created = []
         with self.engine.begin() as conn:
             won = conn.execute(update(Study).where(Study.id == candidate.study_id,

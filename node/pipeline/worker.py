@@ -19,11 +19,11 @@ from pydicom.dataset import Dataset
 from sqlalchemy import Engine, select
 
 from node.config import Settings
+from node.db.audit import record
 from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
 from node.db.upsert import insert_ignore
 from node.delivery import enqueue
 from node.delivery.routing import destinations_for_study
-from node.db.audit import record
 from node.events import AuditKind, RunStatus
 from node.logging import get_logger
 from node.pipeline.queue import (
@@ -33,6 +33,7 @@ from node.pipeline.queue import (
     finish_run,
     heartbeat,
     release_run,
+    skip_run,
     update_run,
     worker_name,
 )
@@ -119,6 +120,7 @@ class Worker:
 
     def process(self, run: ClaimedRun) -> RunStatus | None:
         """All stages of one claimed run; returns where it ended (None when the claim was lost)."""
+        from detector.infer import OutOfDomainError
         from detector.io import SeriesInputError
         from detector.registry import ModelCardError
 
@@ -133,6 +135,8 @@ class Worker:
         except ClaimLost:
             log.warning("run abandoned: another worker holds it", run_id=run.id)
             return None
+        except OutOfDomainError as exc:
+            return skip_run(self.engine, run, f"refused by the model's domain gate: {exc}")
         except (SeriesInputError, ModelCardError, LookupError) as exc:
             return fail_run(self.engine, run, f"{type(exc).__name__}: {exc}", False, self.settings.pipeline)
         except Exception as exc:  # anything else may be passing (memory, a file system hiccup): retried
@@ -154,10 +158,10 @@ class Worker:
             raise ClaimLost(run.id)
 
     def _stages(self, run: ClaimedRun, beat: Heartbeat) -> None:
+        import torch
+
         from detector.infer import InferenceOptions, detect_series
         from detector.infer.engine import default_device
-
-        import torch
 
         config = self.settings.pipeline
         model = self._model(run.model)

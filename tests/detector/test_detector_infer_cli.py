@@ -103,9 +103,24 @@ def test_without_a_model_detect_routes_like_the_node_and_warns_when_told_otherwi
                 if keyword in ds:
                     delattr(ds, keyword)
             ds.save_as(stripped / path.name)
-    untagged = runner.invoke(app, [str(stripped)])
-    assert untagged.exit_code == 1 and "no route applies to this study" in " ".join(untagged.output.split())
+    untagged = runner.invoke(app, [str(stripped)])  # no tag says head: the pixels do
+    said = " ".join(untagged.output.split())
+    assert untagged.exit_code == 0, untagged.output
+    assert "-> head: body part HEAD from the pixels (body 196 mm wide" in said and "finding(s), ctnode-head" in said
     forced = runner.invoke(app, [str(ct_data("head_ge_patient")), "-m", "chest"])
     assert forced.exit_code == 0, forced.output
-    assert "warning: the node would not run chest on this study (it routes it to head)" in \
-        " ".join(forced.output.split())
+    said = " ".join(forced.output.split())
+    assert "warning: the node would not run chest on this study (it routes it to head)" in said
+    assert "warning: the model's domain gate would refuse this series (body part HEAD from the pixels" in said
+
+
+def test_detect_refuses_a_series_outside_the_model_domain_with_the_reason(
+    ct_data: Callable[[str], Path], tmp_path: Path
+) -> None:
+    from tests.support import write_contrast_enhanced
+
+    enhanced = write_contrast_enhanced(ct_data("head_ge_patient"), tmp_path / "enhanced")[0].parent
+    refused = CliRunner().invoke(app, [str(enhanced)])
+    said = " ".join(refused.output.split())
+    assert refused.exit_code == 1
+    assert "refused by the model's domain gate (the node would skip this run): contrast-enhanced series" in said

@@ -26,7 +26,7 @@ from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
 from node.storage.ingest import Ingestor, Received
 from node.storage.store import InstanceStore
-from tests.support import require_ct
+from tests.support import dicom_files, require_ct, write_contrast_enhanced
 
 CHEST = "chest_lung_pet_ct_dx_A0001"
 
@@ -345,3 +345,42 @@ def test_a_series_without_frame_of_reference_still_delivers_its_reports_and_audi
     assert {o["kind"] for o in record["outputs"]} == {"SR", "SC"}
     [degraded] = [a for a in record["audit"] if a["kind"] == "run.degraded"]
     assert degraded["detail"]["omitted"][0].startswith("3D finding centres (SCOORD3D)")
+
+
+def test_a_series_outside_the_model_domain_gets_a_skipped_run_with_the_reason(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    files = write_contrast_enhanced(require_ct("head_ge_patient"), tmp_path / "enhanced", agent="IOMERON 350")
+    sender = Sender(engine, settings)
+    sender.send(files)
+    sender.release()
+    stabilizer = Stabilizer(engine, settings)
+    stabilizer.config = stabilizer.config.model_copy(update={"quiet_s": 0})  # its slice gaps are uneven
+    [run_id] = stabilizer.poll()
+    assert Worker(engine, settings, threading.Event()).run_once()
+    record = run_record(engine, run_id)
+    assert record is not None and record["status"] == RunStatus.SKIPPED and record["findings"] in (None, [])
+    assert record["error"] == ("refused by the model's domain gate: contrast-enhanced series by Contrast/Bolus Agent "
+                               "'IOMERON 350'; the model reads non-contrast CT")
+    assert [a["kind"] for a in record["audit"]] == ["run.queued", "run.skipped"] and record["outputs"] == []
+
+
+def test_an_untagged_head_series_reaches_the_head_model_by_its_pixels(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    files = []
+    for path in dicom_files(require_ct("head_ge_patient")):
+        ds = pydicom.dcmread(path)
+        for keyword in ("BodyPartExamined", "StudyDescription", "SeriesDescription"):
+            ds.pop(keyword, None)
+        ds.save_as(tmp_path / path.name)
+        files.append(tmp_path / path.name)
+    sender = Sender(engine, settings)
+    sender.send(files)
+    sender.release()
+    stabilizer = Stabilizer(engine, settings)
+    stabilizer.config = stabilizer.config.model_copy(update={"quiet_s": 0})
+    [run_id] = stabilizer.poll()
+    record = run_record(engine, run_id)
+    assert record is not None and record["model"] == "head" and record["status"] == RunStatus.QUEUED
+    assert any("-> head: body part HEAD from the pixels" in line for line in record["routing"])

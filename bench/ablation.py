@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,30 @@ def train_arm(arm: str, out: Path) -> int:
         command = [sys.executable, "-m", "node", "train", "-c", str(CONFIGS / f"chest-{arm}.yaml"), "-o", str(out),
                    "--no-resume"]
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+
+
+def reevaluate_arm(arm: str, out: Path) -> None:
+    """Choose the arm's threshold on its validation studies and measure its test studies again with the code as it
+    is now (the arms of one table must share the evaluator); the card and the reports are rewritten."""
+    from detector.data import load_manifest
+    from detector.infer import load_model
+    from detector.registry import save_card
+    from detector.train.config import load_train_config
+    from detector.train.run import evaluated_card, select_studies, synthetic_studies
+
+    path = CONFIGS / f"chest-{arm}.yaml"
+    config = load_train_config(path)
+    manifest = load_manifest(config.data.manifest)
+    studies = select_studies(config, manifest, path)
+    studies = replace(studies, validation=(*studies.validation, *synthetic_studies(
+        config, studies.validation, "validation", out / "synthetic")), test=(*studies.test, *synthetic_studies(
+        config, studies.test, "test", out / "synthetic")))
+    card_file = out / f"{config.name}.json"
+    loaded = load_model(card_file)
+    card = evaluated_card(config, manifest.name, studies, loaded.network, out / loaded.card.weights_file,
+                          loaded.card.training, out / "evaluation")  # type: ignore[arg-type]
+    save_card(replace(card, evaluation=(*card.evaluation, *(e for e in loaded.card.evaluation
+                                                          if e.dataset == "synthetic training pool"))), card_file)
 
 
 def _interval(metric: dict[str, Any]) -> str:
@@ -98,8 +123,13 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "evaluation")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--summarise-only", action="store_true")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="no training: choose every trained arm's threshold and measure it again with this code")
     args = parser.parse_args()
-    if not args.summarise_only:
+    if args.reevaluate:
+        for arm in ARMS:
+            reevaluate_arm(arm, args.out / arm)
+    elif not args.summarise_only:
         shared_synthetic(args.out)
         with ThreadPoolExecutor(args.parallel) as pool:
             codes = dict(zip(ARMS, pool.map(lambda arm: train_arm(arm, args.out / arm), ARMS), strict=True))

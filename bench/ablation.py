@@ -29,25 +29,6 @@ LABELS = {"plain": "plain backbone, focal", "fpn": "+FPN, focal", "fpn-dcn": "+F
 console = Console()
 
 
-def shared_synthetic(root: Path) -> None:
-    """The arms share one split, so their synthetic validation and test studies are written once (the writer is
-    deterministic) under ``root/synthetic`` and linked into each arm's folder."""
-    from detector.data import load_manifest
-    from detector.train.config import load_train_config
-    from detector.train.run import select_studies, synthetic_studies
-
-    path = CONFIGS / f"chest-{ARMS[0]}.yaml"
-    config = load_train_config(path)
-    studies = select_studies(config, load_manifest(config.data.manifest), path)
-    for role, entries in (("validation", studies.validation), ("test", studies.test)):
-        synthetic_studies(config, entries, role, root / "synthetic")
-    for arm in ARMS:
-        (root / arm).mkdir(parents=True, exist_ok=True)
-        link = root / arm / "synthetic"
-        if not link.exists():
-            link.symlink_to(Path("..") / "synthetic")
-
-
 def train_arm(arm: str, out: Path) -> int:
     """One arm's `ctnode train` (its log beside its output folder); the exit status."""
     out.mkdir(parents=True, exist_ok=True)
@@ -64,15 +45,12 @@ def reevaluate_arm(arm: str, out: Path) -> None:
     from detector.infer import load_model
     from detector.registry import save_card
     from detector.train.config import load_train_config
-    from detector.train.run import evaluated_card, select_studies, synthetic_studies
+    from detector.train.run import evaluated_card, select_studies
 
     path = CONFIGS / f"chest-{arm}.yaml"
     config = load_train_config(path)
     manifest = load_manifest(config.data.manifest)
     studies = select_studies(config, manifest, path)
-    studies = replace(studies, validation=(*studies.validation, *synthetic_studies(
-        config, studies.validation, "validation", out / "synthetic")), test=(*studies.test, *synthetic_studies(
-        config, studies.test, "test", out / "synthetic")))
     card_file = out / f"{config.name}.json"
     loaded = load_model(card_file)
     card = evaluated_card(config, manifest.name, studies, loaded.network, out / loaded.card.weights_file,
@@ -130,7 +108,6 @@ def main() -> None:
         for arm in ARMS:
             reevaluate_arm(arm, args.out / arm)
     elif not args.summarise_only:
-        shared_synthetic(args.out)
         with ThreadPoolExecutor(args.parallel) as pool:
             codes = dict(zip(ARMS, pool.map(lambda arm: train_arm(arm, args.out / arm), ARMS), strict=True))
         console.print(f"exit statuses: {codes}")

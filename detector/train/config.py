@@ -78,22 +78,11 @@ class Augmentation(_Section):
         return value
 
 
-class Synthetic(_Section):
-    """Labelled studies written (``ctnode synth``) over every validation and test background, beside the real ones:
-    per background, ``studies`` with 1..``lesions`` lesions and ``negatives`` lesion-free copies."""
-
-    studies: int = Field(0, ge=0)
-    lesions: int = Field(2, ge=1)
-    negatives: int = Field(0, ge=0)
-    seed: int = 1000
-
-
 class Evaluation(_Section):
-    """The operating point: the lowest threshold with at most ``fp_per_scan`` false positives per validation scan;
-    the held-out studies may be joined by synthetic ones."""
+    """The operating point: the lowest threshold with at most ``fp_per_scan`` false positives per validation scan
+    (the manifest's validation studies and the synthetic sets over them)."""
 
     fp_per_scan: float = Field(1.0, gt=0.0)
-    synthetic: Synthetic = Synthetic()
 
 
 class TrainConfig(_Section):

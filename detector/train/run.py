@@ -14,6 +14,7 @@ from rich.console import Console
 
 from detector.data import Manifest, ManifestError, StudyEntry, load_manifest
 from detector.evaluate import EvaluationReport, evaluate_studies
+from detector.evaluate.studies import SYNTHETIC_CACHE
 from detector.infer import LoadedModel
 from detector.io import read_headers
 from detector.models import RetinaNet
@@ -25,7 +26,7 @@ from detector.registry import (
     save_card,
     sha256_file,
 )
-from detector.synth.studies import JSON_NAME, read_background, write_synthetic_study
+from detector.synth.sets import synthetic_entries
 from detector.train.checkpoint import CheckpointError, TrainLog
 from detector.train.config import TrainConfig, TrainConfigError, load_train_config
 from detector.train.loop import TrainSettings, train
@@ -46,9 +47,10 @@ class Studies:
     test: tuple[StudyEntry, ...]
 
 
-def select_studies(config: TrainConfig, manifest: Manifest, source: Path) -> Studies:
-    """``data.backgrounds`` (default: the train studies of the target's body part) and the validation and test
-    studies of that body part; a study without a body part counts for any. ``source``: the config, for errors."""
+def select_studies(config: TrainConfig, manifest: Manifest, source: Path, cache: Path = SYNTHETIC_CACHE) -> Studies:
+    """``data.backgrounds`` (default: the train studies of the target's body part), and the validation and test
+    studies of that body part with the manifest's synthetic sets over them (written under ``cache`` the first
+    time); a study without a body part counts for any. ``source``: the config, for errors."""
     body_part = config.spec.body_part
 
     def of_body_part(studies: Sequence[StudyEntry]) -> tuple[StudyEntry, ...]:
@@ -65,11 +67,15 @@ def select_studies(config: TrainConfig, manifest: Manifest, source: Path) -> Stu
         backgrounds = tuple(train_studies[i] for i in config.data.backgrounds)
     if not backgrounds:
         raise TrainConfigError(f"{source}: data: manifest {manifest.source} has no {body_part} train study")
-    validation = of_body_part(manifest.role("validation"))
+
+    def held_out(role: str) -> tuple[StudyEntry, ...]:
+        return of_body_part([*manifest.role(role), *synthetic_entries(manifest, (role,), cache)])
+
+    validation = held_out("validation")
     if not validation:
         raise TrainConfigError(f"{source}: data: manifest {manifest.source} has no {body_part} validation study "
                                "to choose the operating threshold on")
-    return Studies(backgrounds, validation, of_body_part(manifest.role("test")))
+    return Studies(backgrounds, validation, held_out("test"))
 
 
 def _trained_study(study: StudyEntry, use: str) -> TrainedStudy:
@@ -113,28 +119,6 @@ def write_log(log: TrainLog, path: Path) -> None:
         "loss_last_100": _loss(log, -100, None),
     }
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-
-
-def synthetic_studies(config: TrainConfig, studies: Sequence[StudyEntry], role: str, out: Path) -> list[StudyEntry]:
-    """``evaluation.synthetic`` studies over each of ``studies`` under ``out/ROLE`` (kept from an earlier run: the
-    writer is deterministic), each one an entry of its background's patient."""
-    synthetic = config.evaluation.synthetic
-    count = synthetic.studies + synthetic.negatives
-    entries: list[StudyEntry] = []
-    offset = {"validation": 0, "test": 500}[role]
-    for n, study in enumerate(studies):
-        background = None
-        for k in range(count):
-            seed = synthetic.seed + offset + 50 * n + k
-            folder = out / role / f"{study.id}-{seed}"
-            if not (folder / "labels" / JSON_NAME).exists():
-                background = background or read_background(study.path)
-                lesions = int(np.random.default_rng(seed).integers(1, synthetic.lesions + 1))
-                write_synthetic_study(background, folder, config.target, lesions if k < synthetic.studies else 0,
-                                      seed)
-            entries.append(StudyEntry(id=folder.name, path=folder, patient=study.patient, role=role,
-                                      body_part=study.body_part))
-    return entries
 
 
 def _evaluate(card: ModelCard, model: RetinaNet, studies: Sequence[StudyEntry], record: TrainingRecord,
@@ -186,9 +170,6 @@ def run_training(config_path: Path, out: Path | None = None, resume: bool | None
     if checkpoint.exists() and resume is None:
         raise CheckpointError(f"{checkpoint} exists: --resume to continue that run, --no-resume to start over")
     out.mkdir(parents=True, exist_ok=True)
-    studies = replace(studies, validation=(*studies.validation, *synthetic_studies(
-        config, studies.validation, "validation", out / "synthetic")), test=(*studies.test, *synthetic_studies(
-        config, studies.test, "test", out / "synthetic")))
     if not torch.cuda.is_available():
         torch.set_num_threads(config.schedule.threads)
     spec = config.spec

@@ -263,24 +263,3 @@ def test_rendered_head_samples_split_lesion_poles_into_ignore_boxes(ct_data: Cal
     for s in samples:
         assert s.image.shape == (spec.input_spec.channels, 256, 256)
         assert len(s.labels) == len(s.boxes)
-
-
-def test_synthetic_held_out_studies_are_written_once_per_background_and_role(
-    ct_data: Callable[[str], Path], tmp_path: Path
-) -> None:
-    from detector.data import StudyEntry
-    from detector.train.run import synthetic_studies
-
-    config_file = tmp_path / "c.yaml"
-    config_file.write_text("name: t\nversion: '1'\ntarget: head\ndata: {manifest: m.yaml}\n"
-                           "evaluation: {synthetic: {studies: 1, lesions: 2, negatives: 1}}\n")
-    config = load_train_config(config_file)
-    ge = StudyEntry(id="ge", path=ct_data("head_ge_patient"), patient="GE", role="test")
-    entries = synthetic_studies(config, [ge], "test", tmp_path / "synthetic")
-    assert [(e.id, e.patient, e.role) for e in entries] == [("ge-1500", "GE", "test"), ("ge-1501", "GE", "test")]
-    assert (entries[0].path / "labels" / "lesions.seg.dcm").exists()
-    assert not (entries[1].path / "labels" / "lesions.seg.dcm").exists()  # the lesion-free control
-    written = (entries[0].path / "CT0001.dcm").stat().st_mtime_ns
-    again = synthetic_studies(config, [ge], "test", tmp_path / "synthetic")
-    assert [e.path for e in again] == [e.path for e in entries]
-    assert (entries[0].path / "CT0001.dcm").stat().st_mtime_ns == written

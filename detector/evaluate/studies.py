@@ -86,16 +86,17 @@ def studies_in(entry: StudyEntry) -> list[LabelledStudy]:
     return out
 
 
-def entries_from(data: Sequence[Path], roles: Sequence[str] = ("test",), cache: Path = SYNTHETIC_CACHE
-                 ) -> list[StudyEntry]:
+def entries_from(data: Sequence[Path], roles: Sequence[str] = ("test",), cache: Path = SYNTHETIC_CACHE,
+                 body_part: str | None = None) -> list[StudyEntry]:
     """Manifest files give their studies of ``roles`` and the synthetic sets over them (written under ``cache``
-    the first time); any other path is one entry named after the folder."""
+    the first time), less those of another body part than ``body_part`` (a study without one stays); any other
+    path is one entry named after the folder."""
     entries: list[StudyEntry] = []
     for path in data:
         if path.is_file() and path.suffix.lower() in MANIFEST_SUFFIXES:
             manifest = load_manifest(path)
-            entries += [s for role in roles for s in manifest.role(role)]
-            entries += synthetic_entries(manifest, roles, cache)
+            listed = [*(s for role in roles for s in manifest.role(role)), *synthetic_entries(manifest, roles, cache)]
+            entries += [s for s in listed if body_part is None or s.body_part in (None, body_part.upper())]
         elif not path.exists():
             raise ManifestError(f"{path} does not exist")
         else:

@@ -22,7 +22,7 @@ def evaluate(model: str, data: list[Path], out: Path | None, roles: list[str], t
     """Evaluate, print the per-study and metrics tables, write the report; exit 1 when a study could not be read."""
     try:
         loaded = load_model(model)
-        entries = entries_from(data, roles)
+        entries = entries_from(data, roles, body_part=loaded.card.body_part)
     except (ModelCardError, LookupError, ManifestError, ValueError) as exc:
         console.print(f"[red]cannot evaluate:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -72,3 +72,16 @@ def test_a_manifest_that_splits_a_patient_across_roles_is_refused(tmp_path: Path
     result = runner.invoke(app, ["evaluate", "-m", "head", "-d", str(manifest)])
     assert result.exit_code == 2
     assert "patient 'p' is in both train and test" in result.output
+
+
+def test_a_manifest_gives_a_model_only_the_studies_of_its_body_part(tmp_path: Path) -> None:
+    from detector.evaluate import entries_from
+
+    for name in ("h", "c", "u"):
+        (tmp_path / name).mkdir()
+    manifest = tmp_path / "set.yaml"
+    manifest.write_text("root_env: false\nstudies:\n  - {id: h, path: h, patient: a, role: test, body_part: HEAD}\n"
+                        "  - {id: c, path: c, patient: b, role: test, body_part: CHEST}\n"
+                        "  - {id: u, path: u, patient: c, role: test}\n")
+    assert [e.id for e in entries_from([manifest], ["test"], body_part="HEAD")] == ["h", "u"]
+    assert [e.id for e in entries_from([manifest], ["test"])] == ["h", "c", "u"]

@@ -129,9 +129,10 @@ class EvaluationReport:
                 continue
             ci = None if interval.ci95 is None else (round(interval.ci95[0], 4), round(interval.ci95[1], 4))
             out.append(EvaluationFigure(metric, round(interval.value, 4), dataset, ci))
-        flagged = ", ".join(r.study.id for r in self.flagged)
-        if flagged:
-            out = [replace(f, dataset=f"{f.dataset} (NOT held out: trained on {flagged})") for f in out]
+        if self.flagged:
+            seen = ", ".join(sorted({r.trained_on.id for r in self.flagged if r.trained_on is not None}))
+            note = f"NOT held out: {len(self.flagged)} of {len(self.results)} studies come from {seen}, which it saw"
+            out = [replace(f, dataset=f"{f.dataset} ({note})") for f in out]
         return tuple(out)
 
     def to_dict(self) -> dict[str, Any]:

@@ -114,8 +114,14 @@ def evaluate_studies(
     options = options or EvaluationOptions()
     training = training if training is not None else model.card.training
     grid = threshold_grid(model.card.operating_threshold)
-    labelled = [s for entry in studies for s in studies_in(entry)]
+    labelled: list[LabelledStudy] = []
     results: list[StudyResult] = []
+    for entry in studies:
+        try:
+            labelled += studies_in(entry)
+        except SeriesInputError as exc:  # a folder without a DICOM image: reported with the others
+            empty = LabelledStudy(entry.id, entry.patient, entry.path, "", (), ())
+            results.append(StudyResult(study=empty, error=str(exc)))
     curves: list[StudyCurve] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not progress, transient=True) as bar:

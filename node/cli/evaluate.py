@@ -23,15 +23,11 @@ def evaluate(model: str, data: list[Path], out: Path | None, roles: list[str], t
     try:
         loaded = load_model(model)
         entries = entries_from(data, roles, body_part=loaded.card.body_part)
-    except (ModelCardError, LookupError, ManifestError, ValueError) as exc:
+    except (ModelCardError, LookupError, ManifestError, SeriesInputError, ValueError) as exc:
         console.print(f"[red]cannot evaluate:[/red] {exc}")
         raise typer.Exit(2) from exc
     options = EvaluationOptions(inference=InferenceOptions(threads=threads), bootstrap_rounds=bootstrap)
-    try:
-        report = evaluate_studies(loaded, entries, options=options, console=console)
-    except SeriesInputError as exc:
-        console.print(f"[red]cannot evaluate:[/red] {exc}")
-        raise typer.Exit(2) from exc
+    report = evaluate_studies(loaded, entries, options=options, console=console)
     console.print(report.study_table())
     if report.froc.studies:
         console.print(report.metrics_table())

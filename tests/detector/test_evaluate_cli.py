@@ -57,6 +57,11 @@ def test_a_manifest_selects_its_role_and_a_malformed_label_is_one_line(
     assert result.exit_code == 1
     assert "broken:" in result.output and f"{bad}: not well-formed XML" in result.output.replace("\n", "")
     assert "Traceback" not in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = runner.invoke(app, ["evaluate", "-m", "head", "-d", str(manifest), "--role", "validation",
+                                 "--bootstrap", "50", "-d", str(empty)])
+    assert result.exit_code == 1 and "empty: no DICOM image instance" in " ".join(result.output.split())
     result = runner.invoke(app, ["evaluate", "-m", "head", "-d", str(manifest), "--role", "validation",
                                  "--bootstrap", "50"])
     assert result.exit_code == 0, result.output

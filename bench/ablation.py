@@ -59,6 +59,42 @@ def reevaluate_arm(arm: str, out: Path) -> None:
                                                           if e.dataset == "synthetic training pool"))), card_file)
 
 
+PAIRS = (("plain", "fpn"), ("fpn", "fpn-dcn"), ("fpn-dcn-ce", "fpn-dcn"))
+"""(without, with) the part each seed claim is about: FPN, DCN, focal loss (against cross-entropy)."""
+
+
+def paired(root: Path, rounds: int = 2000) -> list[str]:
+    """CPM differences of the claims' pairs on the same test studies, with paired bootstrap 95% intervals (both arms
+    resampled with the same study weights), so that the spread shared by the two arms cancels."""
+    import numpy as np
+
+    from detector.data import load_manifest
+    from detector.evaluate import EvaluationOptions, evaluate_studies
+    from detector.infer import load_model
+    from detector.train.config import load_train_config
+    from detector.train.run import select_studies
+
+    path = CONFIGS / f"chest-{ARMS[0]}.yaml"
+    config = load_train_config(path)
+    test = select_studies(config, load_manifest(config.data.manifest), path).test
+    frocs = {}
+    for arm in ARMS:
+        card = next(c for c in sorted((root / arm).glob("*.json")) if c.name != "training.json")
+        report = evaluate_studies(load_model(card), test, options=EvaluationOptions(bootstrap_rounds=10))
+        frocs[arm] = report.froc
+    ids = {arm: [c.study for c in froc.curves] for arm, froc in frocs.items()}
+    assert all(v == ids[ARMS[0]] for v in ids.values()), "the arms were not measured on the same studies"
+    weights = frocs[ARMS[0]].study_weights(rounds)
+    lines = []
+    for without, with_ in PAIRS:
+        samples = frocs[with_].cpm_of(weights) - frocs[without].cpm_of(weights)
+        samples = samples[~np.isnan(samples)]
+        low, high = np.percentile(samples, [2.5, 97.5])
+        lines.append(f"{LABELS[with_]} minus {LABELS[without]}: CPM {frocs[with_].cpm() - frocs[without].cpm():+.3f} "
+                     f"(paired 95% CI {low:+.3f} to {high:+.3f}; better in {np.mean(samples > 0):.0%} of rounds)")
+    return lines
+
+
 def _interval(metric: dict[str, Any]) -> str:
     value, ci = metric["value"], metric["ci95"]
     if value is None:
@@ -128,9 +164,15 @@ def main() -> None:
     parser.add_argument("--timing-series", type=Path, default=REPO.parent / "shared" / "ct" / "lidc_idri_0001",
                         help="the series every arm's inference is timed on, side by side")
     parser.add_argument("--summarise-only", action="store_true")
+    parser.add_argument("--paired", action="store_true",
+                        help="no training: paired bootstrap of the CPM differences each claim is about")
     parser.add_argument("--reevaluate", action="store_true",
                         help="no training: choose every trained arm's threshold and measure it again with this code")
     args = parser.parse_args()
+    if args.paired:
+        for line in paired(args.out):
+            console.print(line)
+        return
     if args.reevaluate:
         for arm in ARMS:
             reevaluate_arm(arm, args.out / arm)

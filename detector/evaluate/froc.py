@@ -185,14 +185,23 @@ class Froc:
         ok = np.nonzero(fps <= fp_per_scan + 1e-12)[0]
         return float(self.thresholds[ok[0]] if ok.size else self.thresholds[-1])
 
+    def study_weights(self, rounds: int, seed: int = 0) -> NDArray[np.float64]:
+        """(rounds, studies): how often each study is drawn in each bootstrap round (studies with replacement).
+        The same weights applied to two models' curves over the same studies give a paired comparison."""
+        rng = np.random.default_rng(seed)
+        return np.stack([np.bincount(rng.integers(self.studies, size=self.studies), minlength=self.studies)
+                         for _ in range(rounds)]).astype(np.float64)
+
+    def cpm_of(self, weights: NDArray[np.float64]) -> NDArray[np.float64]:
+        """The CPM under each row of study ``weights`` (see :meth:`study_weights`)."""
+        return self._at_rates(weights).mean(axis=1)
+
     def summary(self, threshold: float, rounds: int = 2000, seed: int = 0) -> dict[str, Interval]:
         """CPM, sensitivity at each FP rate, and sensitivity / FP per scan / size bands at ``threshold``, with
         95% percentile-bootstrap intervals over studies (each round resamples the studies with replacement)."""
         k = self.index(threshold)
         estimate = self._weights(None)
-        rng = np.random.default_rng(seed)
-        boot = (np.stack([np.bincount(rng.integers(self.studies, size=self.studies), minlength=self.studies)
-                          for _ in range(rounds)]).astype(np.float64) if self.studies > 1 else None)
+        boot = self.study_weights(rounds, seed) if self.studies > 1 else None
 
         def interval(metric: NDArray[np.float64] | float, samples: NDArray[np.float64] | None) -> Interval:
             value = float(metric)
@@ -207,7 +216,7 @@ class Froc:
             return interval(fn(estimate)[0], None if boot is None else fn(boot))
 
         out = {
-            "cpm": both(lambda w: self._at_rates(w).mean(axis=1)),
+            "cpm": both(self.cpm_of),
             "sensitivity": both(lambda w: self._sensitivity(w)[:, k]),
             "fp_per_scan": both(lambda w: self._fp_per_scan(w)[:, k]),
         }

@@ -111,3 +111,14 @@ def test_saturated_thresholds_count_as_unbounded_false_positives() -> None:
     assert fps.tolist() == [float("inf"), 0.0, 0.0]
     assert froc.sensitivity_at_rates().tolist() == [1.0] * 7
     assert froc.summary(0.8, rounds=200)["fp_per_scan"].ci95 == (0.0, 0.0)
+
+
+def test_paired_bootstrap_weights_compare_two_models_on_the_same_studies() -> None:
+    better, worse = two_studies(), Froc(THRESHOLDS, [
+        candidates_curve("a", [((50, 0, 0), 0.9)], [lesion(0, 10)], THRESHOLDS),
+        candidates_curve("b", [], [], THRESHOLDS)])
+    weights = better.study_weights(300, seed=1)
+    assert weights.shape == (300, 2) and (weights.sum(axis=1) == 2).all()
+    difference = better.cpm_of(weights) - worse.cpm_of(weights)
+    assert worse.cpm() == 0.0 and better.cpm_of(np.ones((1, 2)))[0] == pytest.approx(better.cpm())
+    assert np.nanmin(difference) >= 0.0

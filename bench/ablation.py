@@ -53,8 +53,7 @@ def reevaluate_arm(arm: str, out: Path) -> None:
     studies = select_studies(config, manifest, path)
     card_file = out / f"{config.name}.json"
     loaded = load_model(card_file)
-    card = evaluated_card(config, manifest.name, studies, loaded.network, out / loaded.card.weights_file,
-                          loaded.card.training, out / "evaluation")  # type: ignore[arg-type]
+    card = evaluated_card(config, manifest.name, studies, loaded, out / "evaluation")
     save_card(replace(card, evaluation=(*card.evaluation, *(e for e in loaded.card.evaluation
                                                           if e.dataset == "synthetic training pool"))), card_file)
 

@@ -27,6 +27,7 @@ from detector.infer import (
     default_device,
     domain_reasons,
     findings_at,
+    scored_findings,
     slice_detections,
 )
 from detector.infer.engine import CANDIDATE_FRACTION, capped
@@ -67,12 +68,13 @@ def _evaluate_study(study: LabelledStudy, model: LoadedModel, grid: Sequence[flo
         return StudyResult(study=study, error=str(exc), seconds=time.monotonic() - started), None
     refused = domain_reasons(volume, model.card)
     inference_started = time.monotonic()
-    detections = [] if refused else slice_detections(volume, model, options.inference,
-                                                     floor=min(grid) * CANDIDATE_FRACTION)
+    floor = (min(grid) if model.refiner is None else model.refiner.candidate_threshold) * CANDIDATE_FRACTION
+    detections = [] if refused else slice_detections(volume, model, options.inference, floor=floor)
+    scored = scored_findings(detections, volume, model, options.inference.device)
     inference_s = time.monotonic() - inference_started
     per_threshold: list[list[Finding] | None] = [None] * len(grid)
     for k in reversed(range(len(grid))):
-        found = findings_at(detections, volume, model, grid[k])
+        found = findings_at(detections, volume, model, grid[k], scored)
         per_threshold[k] = capped(found, model.card.max_findings)[0]
         if len(found) > SATURATED_FINDINGS:
             break

@@ -7,6 +7,7 @@ from detector.infer.engine import (
     detect_series,
     detect_volume,
     findings_at,
+    scored_findings,
     slice_detections,
 )
 from detector.infer.gate import OutOfDomainError, domain_reasons
@@ -23,6 +24,7 @@ __all__ = [
     "detect_volume",
     "domain_reasons",
     "findings_at",
+    "scored_findings",
     "load_model",
     "shipped_cards",
     "slice_detections",

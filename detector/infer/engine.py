@@ -16,6 +16,7 @@ from detector.infer.models import LoadedModel
 from detector.io import SelectionPolicy, SeriesSelection, Volume, read_ct_volume
 from detector.postprocess import SliceDetection, decode_slice, merge_findings
 from detector.preprocess import model_input
+from detector.refine import refined
 
 CANDIDATE_FRACTION = 0.5
 """Per-slice boxes down to this fraction of the operating threshold may extend a finding whose peak passes it."""
@@ -83,7 +84,7 @@ def slice_detections(
     batch_slices = options.batch_slices
     card = model.card
     network = model.network.to(device)
-    threshold = card.operating_threshold * CANDIDATE_FRACTION if floor is None else floor
+    threshold = candidate_threshold(model) * CANDIDATE_FRACTION if floor is None else floor
     depth = volume.geometry.shape[0]
     out: list[SliceDetection] = []
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext()
@@ -108,16 +109,44 @@ def slice_detections(
     return out
 
 
+def candidate_threshold(model: LoadedModel) -> float:
+    """The first-stage score a finding's peak needs: the second stage's candidate threshold when the model has one,
+    else the operating threshold."""
+    return model.refiner.candidate_threshold if model.refiner else model.card.operating_threshold
+
+
+def _merged(detections: Sequence[SliceDetection], volume: Volume, model: LoadedModel, threshold: float) -> list[Finding]:
+    """First-stage 3D findings whose peak reaches ``threshold``; boxes down to ``CANDIDATE_FRACTION`` of it may
+    extend them."""
+    candidates = [d for d in detections if d.score >= threshold * CANDIDATE_FRACTION]
+    return merge_findings(candidates, volume.geometry, model.card.classes, threshold)
+
+
+def scored_findings(detections: Sequence[SliceDetection], volume: Volume, model: LoadedModel,
+                    device: torch.device | None = None) -> list[Finding] | None:
+    """With a second stage, every candidate with its final score, best first (a threshold then only filters);
+    None for a one-stage model, whose findings depend on the threshold they are merged at."""
+    if model.refiner is None:
+        return None
+    return refined(model.refiner, volume, _merged(detections, volume, model, model.refiner.candidate_threshold),
+                   device)
+
+
 def findings_at(
-    detections: Sequence[SliceDetection], volume: Volume, model: LoadedModel, threshold: float | None = None
+    detections: Sequence[SliceDetection], volume: Volume, model: LoadedModel, threshold: float | None = None,
+    scored: list[Finding] | None = None,
 ) -> list[Finding]:
     """The 3D findings the node reports at ``threshold`` (default: the card's operating threshold), best first.
 
-    Boxes down to ``CANDIDATE_FRACTION`` of the threshold may extend a finding whose peak reaches it.
+    One-stage model: boxes down to ``CANDIDATE_FRACTION`` of the threshold may extend a finding whose peak reaches
+    it. Two-stage model: the candidates whose second-stage score reaches it (``scored``, from
+    :func:`scored_findings`, saves re-scoring at every threshold).
     """
     threshold = model.card.operating_threshold if threshold is None else threshold
-    candidates = [d for d in detections if d.score >= threshold * CANDIDATE_FRACTION]
-    return merge_findings(candidates, volume.geometry, model.card.classes, threshold)
+    if model.refiner is None:
+        return _merged(detections, volume, model, threshold)
+    scored = scored if scored is not None else scored_findings(detections, volume, model)
+    return [f for f in scored or [] if f.score >= threshold]
 
 
 def capped(findings: list[Finding], limit: int) -> tuple[list[Finding], list[Finding]]:
@@ -130,7 +159,10 @@ def detect_volume(
 ) -> tuple[list[Finding], list[Finding]]:
     """(3D findings in ``volume`` at the card's operating threshold, best first, at most ``max_findings`` (default
     the card's), the findings the cap dropped)."""
-    found = findings_at(slice_detections(volume, model, options), volume, model)
+    options = options or InferenceOptions()
+    detections = slice_detections(volume, model, options)
+    scored = scored_findings(detections, volume, model, options.device or default_device())
+    found = findings_at(detections, volume, model, scored=scored)
     return capped(found, max_findings or model.card.max_findings)
 
 

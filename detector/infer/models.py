@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detector.models import RetinaNet
-from detector.registry import ModelCard, load_card, load_state_dict
+from detector.refine import PatchNet, PatchSpec, Refiner
+from detector.registry import ModelCard, ModelCardError, load_card, load_state_dict
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "registry" / "models"
 
@@ -17,6 +18,8 @@ class LoadedModel:
 
     card: ModelCard
     network: RetinaNet
+    refiner: Refiner | None = None
+    """The second stage, when the card has one: it re-scores the first stage's candidates."""
 
 
 def shipped_cards() -> dict[str, Path]:
@@ -37,13 +40,36 @@ def card_path(model: str | Path) -> Path:
 
 
 def load_model(model: str | Path) -> LoadedModel:
-    """Load a card (see :func:`card_path`) and its sha256-verified weights into an eval-mode network."""
+    """Load a card (see :func:`card_path`) and its sha256-verified weights into an eval-mode network.
+
+    Every way a card or its weights can be unusable raises ``ModelCardError`` with a sentence naming the model.
+    """
     path = card_path(model)
     card = load_card(path)
-    network = RetinaNet.from_state(load_state_dict(card, path.parent))
+    state = load_state_dict(card, path.parent)
+    try:
+        network = RetinaNet.from_state(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ModelCardError(f"model {card.name} {card.version}: weights {card.weights_file} do not fit the "
+                             f"network: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if network.config.in_channels != card.input_spec.channels or network.config.num_classes != len(card.classes):
-        raise ValueError(
+        raise ModelCardError(
             f"model {card.name} {card.version}: network takes {network.config.in_channels} channels and "
             f"{network.config.num_classes} classes, the card says {card.input_spec.channels} and {len(card.classes)}"
         )
-    return LoadedModel(card=card, network=network.eval())
+    return LoadedModel(card=card, network=network.eval(), refiner=_refiner(card, path.parent))
+
+
+def _refiner(card: ModelCard, folder: Path) -> Refiner | None:
+    stage = card.second_stage
+    if stage is None:
+        return None
+    state = load_state_dict(card, folder, second_stage=True)
+    try:
+        network = PatchNet.from_state(state)
+    except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+        raise ModelCardError(f"model {card.name} {card.version}: second-stage weights {stage.weights_file} do not "
+                             f"fit its network: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    spec = PatchSpec(windows=card.input_spec.windows, side_mm=stage.side_mm, voxels=stage.voxels, scale=stage.scale)
+    return Refiner(spec=spec, network=network.eval(), candidate_threshold=stage.candidate_threshold,
+                   max_candidates=stage.max_candidates)

@@ -93,6 +93,33 @@ class Domain:
 
 
 @dataclass(frozen=True)
+class SecondStage:
+    """The second stage (see :mod:`detector.refine`): its weights next to the card, the first-stage score that
+    makes a candidate, how many of the best candidates it reads, and its patch (cube side, voxels per axis, and
+    how much larger than the candidate the cube grows). The card's operating threshold applies to its scores."""
+
+    weights_file: str
+    weights_sha256: str
+    candidate_threshold: float
+    max_candidates: int = 200
+    side_mm: float = 48.0
+    voxels: int = 24
+    scale: float = 1.5
+
+    def __post_init__(self) -> None:
+        if Path(self.weights_file).name != self.weights_file:
+            raise ModelCardError(f"second_stage.weights.file {self.weights_file!r} must be a bare file name")
+        if not _SHA256.fullmatch(self.weights_sha256):
+            raise ModelCardError(f"second_stage.weights.sha256 must be 64 lowercase hex digits, "
+                                 f"got {self.weights_sha256!r}")
+        if not 0.0 < self.candidate_threshold < 1.0:
+            raise ModelCardError(f"second_stage.candidate_threshold must be in (0, 1), got {self.candidate_threshold}")
+        if self.max_candidates < 1 or self.voxels < 8 or self.side_mm <= 0 or self.scale <= 0:
+            raise ModelCardError("second_stage: max_candidates >= 1, voxels >= 8, side_mm > 0 and scale > 0 "
+                                 "are required")
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A model's identity, weights (file next to the card, and its sha256), classes, input and operating point."""
 
@@ -109,6 +136,7 @@ class ModelCard:
     max_findings: int = 10
     """At most this many findings per study are reported (the best ones); the rest are dropped and audited."""
     domain: Domain = Domain()
+    second_stage: SecondStage | None = None
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -264,6 +292,18 @@ def _domain(data: Any, where: str) -> Domain:
                   min_coverage_mm=f.number("min_coverage_mm", 0.0))
 
 
+def _second_stage(data: Any, where: str) -> SecondStage | None:
+    if data is None:
+        return None
+    keys = {"weights", "candidate_threshold", "max_candidates", "side_mm", "voxels", "scale"}
+    f = _Fields(data, where, keys, {"weights", "candidate_threshold"})
+    weights = _Fields(data["weights"], f.at("weights"), {"file", "sha256"}, {"file", "sha256"})
+    return SecondStage(weights_file=weights.get("file", str), weights_sha256=weights.get("sha256", str),
+                       candidate_threshold=f.number("candidate_threshold"),
+                       max_candidates=f.get("max_candidates", int, 200), side_mm=f.number("side_mm", 48.0),
+                       voxels=f.get("voxels", int, 24), scale=f.number("scale", 1.5))
+
+
 def _training_dict(record: TrainingRecord) -> dict[str, Any]:
     return {
         "manifest": record.manifest,
@@ -281,13 +321,14 @@ def _training_dict(record: TrainingRecord) -> dict[str, Any]:
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
     "classes", "input", "operating_threshold", "evaluation", "training", "max_findings", "domain",
+    "second_stage",
 }
 
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
-        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training", "max_findings", "domain"})
+        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training", "max_findings", "domain", "second_stage"})
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
             raise ModelCardError(f"schema_version: {version} is not supported, expected {SCHEMA_VERSION}")
@@ -305,6 +346,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             training=None if data.get("training") is None else _training(data["training"], f.at("training")),
             max_findings=f.get("max_findings", int, 10),
             domain=_domain(data.get("domain"), f.at("domain")),
+            second_stage=_second_stage(data.get("second_stage"), f.at("second_stage")),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
@@ -312,6 +354,12 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
 
 def _code_dict(code: Code | None) -> dict[str, str] | None:
     return None if code is None else {"value": code.value, "scheme": code.scheme, "meaning": code.meaning}
+
+
+def _second_stage_dict(stage: SecondStage) -> dict[str, Any]:
+    return {"weights": {"file": stage.weights_file, "sha256": stage.weights_sha256},
+            "candidate_threshold": stage.candidate_threshold, "max_candidates": stage.max_candidates,
+            "side_mm": stage.side_mm, "voxels": stage.voxels, "scale": stage.scale}
 
 
 def card_to_dict(card: ModelCard) -> dict[str, Any]:
@@ -348,6 +396,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
             for e in card.evaluation
         ],
         **({} if card.training is None else {"training": _training_dict(card.training)}),
+        **({} if card.second_stage is None else {"second_stage": _second_stage_dict(card.second_stage)}),
     }
 
 
@@ -358,6 +407,8 @@ def load_card(path: Path) -> ModelCard:
     except json.JSONDecodeError as exc:
         where = f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
         raise ModelCardError(f"model card {path}: not valid JSON ({where})") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelCardError(f"model card {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     return card_from_dict(data, source=f"model card {path}")
 
 

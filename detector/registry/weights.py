@@ -26,30 +26,44 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _checked_bytes(card: ModelCard, folder: Path) -> bytes:
-    path = Path(folder) / card.weights_file
+def _checked_bytes(card: ModelCard, folder: Path, file: str, sha256: str) -> bytes:
+    path = Path(folder) / file
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
         raise WeightsMismatchError(f"model {card.name} {card.version}: weights file {path} not found") from exc
     actual = hashlib.sha256(data).hexdigest()
-    if actual != card.weights_sha256:
+    if actual != sha256:
         raise WeightsMismatchError(
-            f"model {card.name} {card.version}: weights {card.weights_file} have sha256 {actual}, "
-            f"the card requires {card.weights_sha256}; refusing to load them"
+            f"model {card.name} {card.version}: weights {file} have sha256 {actual}, "
+            f"the card requires {sha256}; refusing to load them"
         )
     return data
 
 
 def verify_weights(card: ModelCard, folder: Path) -> Path:
     """The path of the card's weights in ``folder`` once their sha256 matches; else ``WeightsMismatchError``."""
-    _checked_bytes(card, folder)
+    _checked_bytes(card, folder, card.weights_file, card.weights_sha256)
+    if card.second_stage is not None:
+        _checked_bytes(card, folder, card.second_stage.weights_file, card.second_stage.weights_sha256)
     return Path(folder) / card.weights_file
 
 
-def load_state_dict(card: ModelCard, folder: Path) -> dict[str, torch.Tensor]:
-    """The card's state dict, deserialised (tensors only) from the very bytes whose sha256 was checked."""
-    state = torch.load(io.BytesIO(_checked_bytes(card, folder)), map_location="cpu", weights_only=True)
+def load_state_dict(card: ModelCard, folder: Path, second_stage: bool = False) -> dict[str, torch.Tensor]:
+    """The card's state dict (the second stage's with ``second_stage``), deserialised (tensors only) from the very
+    bytes whose sha256 was checked."""
+    stage = card.second_stage
+    if second_stage and stage is None:
+        raise ModelCardError(f"model {card.name} {card.version} has no second stage")
+    file, sha256 = (stage.weights_file, stage.weights_sha256) if second_stage and stage else (
+        card.weights_file, card.weights_sha256)
+    data = _checked_bytes(card, folder, file, sha256)
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged archive; each means "not loadable"
+        raise ModelCardError(f"model {card.name} {card.version}: weights {file} do not load "
+                             f"(sha256 matches the card, the file is damaged or not a PyTorch archive): "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelCardError(f"model {card.name} {card.version}: {card.weights_file} is not a state dict of tensors")
+        raise ModelCardError(f"model {card.name} {card.version}: {file} is not a state dict of tensors")
     return state

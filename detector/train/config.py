@@ -85,6 +85,22 @@ class Evaluation(_Section):
     fp_per_scan: float = Field(1.0, gt=0.0)
 
 
+class SecondStageConfig(_Section):
+    """Train only a second stage over an existing detector: its candidates mined on the train studies (and the
+    manifest's synthetic sets over them), then a patch network fitted to them (see detector/refine)."""
+
+    first_stage: str
+    """The detector's card: a path relative to the config, or a shipped model's name."""
+    candidate_threshold: float = Field(0.1, gt=0.0, lt=1.0)
+    max_candidates: int = Field(200, gt=0)
+    side_mm: float = Field(48.0, gt=0.0)
+    voxels: int = Field(24, ge=8)
+    scale: float = Field(1.5, gt=0.0)
+    iterations: int = Field(500, gt=0)
+    batch: int = Field(48, ge=3)
+    lr: float = Field(2e-3, gt=0.0)
+
+
 class TrainConfig(_Section):
     """One training run: the model's identity, its target and architecture, data, schedule and evaluation."""
 
@@ -97,6 +113,7 @@ class TrainConfig(_Section):
     schedule: Schedule = Field(default_factory=Schedule)
     augmentation: Augmentation = Field(default_factory=Augmentation)
     evaluation: Evaluation = Field(default_factory=Evaluation)
+    second_stage: SecondStageConfig | None = None
 
     @property
     def spec(self) -> TargetSpec:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -15,12 +16,16 @@ from rich.console import Console
 from detector.data import Manifest, ManifestError, StudyEntry, load_manifest
 from detector.evaluate import EvaluationReport, evaluate_studies
 from detector.evaluate.studies import SYNTHETIC_CACHE
-from detector.infer import LoadedModel
+from detector.evaluate.studies import studies_in
+from detector.infer import LoadedModel, card_path, load_model
 from detector.io import read_headers
 from detector.models import RetinaNet
+from detector.refine import PatchNet, PatchSpec, Refiner
+from detector.refine.network import PatchNetConfig
 from detector.registry import (
     EvaluationFigure,
     ModelCard,
+    SecondStage,
     TrainedStudy,
     TrainingRecord,
     save_card,
@@ -31,6 +36,7 @@ from detector.train.checkpoint import CheckpointError, TrainLog
 from detector.train.config import TrainConfig, TrainConfigError, load_train_config
 from detector.train.loop import TrainSettings, train
 from detector.train.pool import read_backgrounds, sample_pool
+from detector.train.second_stage import StageSettings, fit, mine
 
 DEFAULT_OUT = Path("var") / "train"
 CHECKPOINT = "checkpoint.pt"
@@ -121,34 +127,92 @@ def write_log(log: TrainLog, path: Path) -> None:
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
 
 
-def _evaluate(card: ModelCard, model: RetinaNet, studies: Sequence[StudyEntry], record: TrainingRecord,
-              out: Path) -> EvaluationReport:
-    report = evaluate_studies(LoadedModel(card=card, network=model), studies, training=record)
+def _evaluate(model: LoadedModel, studies: Sequence[StudyEntry], out: Path) -> EvaluationReport:
+    report = evaluate_studies(model, studies, training=model.card.training)
     report.write(out)
     return report
 
 
-def evaluated_card(config: TrainConfig, dataset: str, studies: Studies, model: RetinaNet, weights: Path,
-                   record: TrainingRecord, out: Path) -> ModelCard:
-    """The card of ``weights``: its threshold the lowest with at most ``evaluation.fp_per_scan`` false positives
-    per validation scan, its figures those of the test studies at that threshold; reports under ``out``."""
+def first_stage_card(config: TrainConfig, weights: Path, record: TrainingRecord) -> ModelCard:
+    """The card of freshly trained detector ``weights``, with a provisional threshold (see :func:`evaluated_card`)."""
     spec = config.spec
-    # a provisional threshold: the validation evaluation scores every detection and the real one comes from it
-    card = ModelCard(name=config.name, version=config.version, weights_file=weights.name,
+    return ModelCard(name=config.name, version=config.version, weights_file=weights.name,
                      weights_sha256=sha256_file(weights), body_part=spec.body_part, classes=spec.classes,
                      input_spec=spec.input_spec, operating_threshold=0.5, training=record)
-    validation = _evaluate(card, model, studies.validation, record, out / "validation")
-    card = replace(card, operating_threshold=validation.threshold_at(config.evaluation.fp_per_scan))
+
+
+def evaluated_card(config: TrainConfig, dataset: str, studies: Studies, model: LoadedModel, out: Path) -> ModelCard:
+    """``model``'s card with its threshold the lowest with at most ``evaluation.fp_per_scan`` false positives per
+    validation scan, its figures those of the test studies at that threshold; reports under ``out``. The card's
+    own threshold is provisional: the validation evaluation scores every finding and the real one comes from it."""
+    spec = config.spec
+    validation = _evaluate(model, studies.validation, out / "validation")
+    card = replace(model.card, operating_threshold=validation.threshold_at(config.evaluation.fp_per_scan))
     console.print(f"operating threshold {card.operating_threshold:.4f}: <= {config.evaluation.fp_per_scan:g} "
                   f"false positive(s) per scan on {', '.join(s.id for s in studies.validation)}")
     if not studies.test:
         console.print(f"manifest {dataset} has no {spec.body_part} test study: the card carries no test figures")
         return card
-    test = _evaluate(card, model, studies.test, record, out / "test")
+    test = _evaluate(replace(model, card=card), studies.test, out / "test")
     backgrounds = sorted({s.patient for s in studies.test})
     return replace(card, evaluation=test.figures(
         f"{dataset}: {len(studies.test)} test studies of patient(s) {', '.join(backgrounds)} (real, and synthetic "
         "lesions inserted into them); threshold chosen on the validation studies"))
+
+
+def _first_stage_path(config: TrainConfig, config_path: Path) -> Path:
+    """The first stage's card: beside the config, else a shipped model's name."""
+    assert config.second_stage is not None
+    beside = config_path.parent / config.second_stage.first_stage
+    return beside if beside.is_file() else card_path(config.second_stage.first_stage)
+
+
+def train_second_stage(config: TrainConfig, config_path: Path, manifest: Manifest, studies: Studies,
+                       out: Path) -> Path:
+    """Fit a second stage over ``second_stage.first_stage`` on the candidates it finds in the train studies and the
+    manifest's synthetic sets over them; write both weights and the two-stage card (threshold on the validation
+    studies, figures on the test studies) under ``out``. Returns the card's path."""
+    stage = config.second_stage
+    assert stage is not None
+    first = load_model(_first_stage_path(config, config_path))
+    if first.card.body_part != config.spec.body_part:
+        raise TrainConfigError(f"{config_path}: second_stage.first_stage is a {first.card.body_part} model, the "
+                               f"target is {config.spec.body_part}")
+    names = {s.id for s in studies.backgrounds}
+    entries = [*studies.backgrounds, *(s for s in synthetic_entries(manifest, ("train",), SYNTHETIC_CACHE)
+                                       if s.id.split("+", 1)[0] in names)]
+    labelled = [study for entry in entries for study in studies_in(entry)]
+    spec = PatchSpec(windows=first.card.input_spec.windows, side_mm=stage.side_mm, voxels=stage.voxels,
+                     scale=stage.scale)
+    samples = mine(labelled, first, spec, stage.candidate_threshold, stage.max_candidates, config.data.seed)
+    torch.manual_seed(config.data.seed)
+    network = PatchNet(PatchNetConfig(in_channels=len(spec.windows)))
+    losses = fit(samples, network, StageSettings(iterations=stage.iterations, batch=stage.batch, lr=stage.lr,
+                                                 seed=config.data.seed))
+    detector_weights = out / first.card.weights_file
+    shutil.copyfile(_first_stage_path(config, config_path).parent / first.card.weights_file, detector_weights)
+    weights = out / f"{config.name}-{config.version}-second-stage.pt"
+    torch.save(network.flat_state(), weights)
+    earlier = first.card.training.studies if first.card.training else ()
+    mined = tuple(_trained_study(e, "labelled") for e in entries)
+    calibration = tuple(_trained_study(s, "calibration") for s in studies.validation)
+    record = TrainingRecord(manifest=manifest.name, studies=(*earlier, *mined, *calibration),
+                            seeds=(config.data.seed,), samples=len(samples.labels), iterations=stage.iterations)
+    second = SecondStage(weights_file=weights.name, weights_sha256=sha256_file(weights),
+                         candidate_threshold=stage.candidate_threshold, max_candidates=stage.max_candidates,
+                         side_mm=stage.side_mm, voxels=stage.voxels, scale=stage.scale)
+    card = replace(first.card, name=config.name, version=config.version, evaluation=(), training=record,
+                   second_stage=second)
+    refiner = Refiner(spec=spec, network=network, candidate_threshold=stage.candidate_threshold,
+                      max_candidates=stage.max_candidates)
+    card = evaluated_card(config, manifest.name, studies, LoadedModel(card, first.network, refiner),
+                          out / "evaluation")
+    loss = EvaluationFigure("second stage: final training loss (mean of the last 50 iterations)",
+                            round(float(np.mean(losses[-50:])), 4), "candidates mined on the train studies")
+    card = replace(card, evaluation=(*card.evaluation, loss))
+    card_file = out / f"{config.name}.json"
+    save_card(card, card_file)
+    return card_file
 
 
 def run_training(config_path: Path, out: Path | None = None, resume: bool | None = None) -> Path:
@@ -172,6 +236,8 @@ def run_training(config_path: Path, out: Path | None = None, resume: bool | None
     out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
         torch.set_num_threads(config.schedule.threads)
+    if config.second_stage is not None:
+        return train_second_stage(config, Path(config_path), manifest, studies, out)
     spec = config.spec
     torch.manual_seed(config.data.seed)
     model = RetinaNet(config.detector_config())
@@ -188,7 +254,8 @@ def run_training(config_path: Path, out: Path | None = None, resume: bool | None
     record = training_record(config, manifest, studies, len(pool), len(log.cls))
     loss = EvaluationFigure("final training loss (mean of the last 100 iterations)", _loss(log, -100, None),
                             TRAINING_POOL)
-    card = evaluated_card(config, manifest.name, studies, model, weights, record, out / "evaluation")
+    card = evaluated_card(config, manifest.name, studies,
+                          LoadedModel(first_stage_card(config, weights, record), model.eval()), out / "evaluation")
     card = replace(card, evaluation=(*card.evaluation, loss))
     card_file = out / f"{config.name}.json"
     save_card(card, card_file)

@@ -7,7 +7,8 @@ storescu over one association and over 4 concurrent associations, to:
   bare    - pynetdicom SCP writing event.encoded_dataset() to a file, no fsync, no database;
   orthanc - Debian's Orthanc with default storage.
 Prints instances/s (median of --repeats) and ends with:
-  single_vs_bare=R1 multi_vs_single=R2 vs_orthanc=R3
+  single_vs_bare=R1 multi_vs_bare_multi=R2 vs_orthanc=R3 multi_vs_orthanc_multi=R4
+(ctnode over the bare SCP at 1 and at 4 associations, over Orthanc at 1 and at 4).
 """
 
 from __future__ import annotations
@@ -103,11 +104,29 @@ class Receiver:
         return len(files) / seconds
 
 
-def ctnode_starter(processes: int) -> Callable[[Path], tuple[int, Callable[[], None]]]:
+def ctnode_starter(processes: int, postgres: str | None = None) -> Callable[[Path], tuple[int, Callable[[], None]]]:
+    """ctnode on a fresh SQLite file, or (``postgres``: an admin URL) on a fresh PostgreSQL database each time."""
     def start(work: Path) -> tuple[int, Callable[[], None]]:
-        node = NodeProcess(work, f"sqlite:///{work / 'ctnode.sqlite'}", max_pdu_bytes=MAX_PDU,
+        if postgres is None:
+            node = NodeProcess(work, f"sqlite:///{work / 'ctnode.sqlite'}", max_pdu_bytes=MAX_PDU,
+                               processes=processes).start()
+            return node.port, node.stop
+        import uuid
+
+        import psycopg
+
+        name = f"ctnode_bench_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        node = NodeProcess(work, postgres.rsplit("/", 1)[0] + f"/{name}", max_pdu_bytes=MAX_PDU,
                            processes=processes).start()
-        return node.port, node.stop
+
+        def stop() -> None:
+            node.stop()
+            with psycopg.connect(postgres, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        return node.port, stop
 
     return start
 
@@ -131,6 +150,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "ct" / "head_ge_patient")
     parser.add_argument("--skip-orthanc", action="store_true")
     parser.add_argument("--processes", type=int, default=1, help="ctnode receiver processes (dicom.processes)")
+    parser.add_argument("--postgres", metavar="ADMIN_URL",
+                        help="ctnode on PostgreSQL (a fresh database per run, created with this URL) instead of SQLite")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_scp:
@@ -141,7 +162,7 @@ def main() -> None:
     from rich.table import Table
 
     console = Console(stderr=True)
-    receivers = [Receiver("ctnode", ctnode_starter(args.processes), "CTNODE"),
+    receivers = [Receiver("ctnode", ctnode_starter(args.processes, args.postgres), "CTNODE"),
                  Receiver("bare pynetdicom", start_bare, "CTNODE")]
     if not args.skip_orthanc:
         receivers.append(Receiver("orthanc", start_orthanc, "ORTHANC"))
@@ -172,8 +193,11 @@ def main() -> None:
         figures["vs_orthanc"] = median[("ctnode", 1)] / median[("orthanc", 1)]
         figures["multi_vs_orthanc_multi"] = median[("ctnode", 4)] / median[("orthanc", 4)]
     console.print(json.dumps({k: round(v, 3) for k, v in figures.items()}))
+    multi_vs_bare_multi = median[("ctnode", 4)] / median[("bare pynetdicom", 4)]
     vs_orthanc = f"{figures['vs_orthanc']:.2f}" if "vs_orthanc" in figures else "nan"
-    print(f"single_vs_bare={single_vs_bare:.2f} multi_vs_single={multi_vs_single:.2f} vs_orthanc={vs_orthanc}")
+    multi_vs_orthanc = f"{figures['multi_vs_orthanc_multi']:.2f}" if "vs_orthanc" in figures else "nan"
+    print(f"single_vs_bare={single_vs_bare:.2f} multi_vs_bare_multi={multi_vs_bare_multi:.2f} "
+          f"vs_orthanc={vs_orthanc} multi_vs_orthanc_multi={multi_vs_orthanc}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from contextvars import ContextVar
 from pathlib import Path
@@ -15,6 +16,8 @@ DEFAULT_UID_ROOT = "2.25.275020071003996822760402709912833401401"
 DEFAULT_BANNER = "AI result - not for diagnosis"
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                        r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 1-16 chars, no backslash or control chars
 
 
@@ -26,6 +29,46 @@ def check_ae_title(value: str) -> str:
     return title
 
 
+def peer_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """A peer's address, an IPv4-mapped IPv6 address (::ffff:a.b.c.d, as a dual-stack socket reports it) as IPv4."""
+    address = ipaddress.ip_address(text.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def host_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An allow-list host: an address (a one-address network) or a CIDR network, mapped IPv6 normalised to IPv4."""
+    if "/" not in text:
+        return ipaddress.ip_network(peer_address(text))
+    network = ipaddress.ip_network(text, strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.network_address.ipv4_mapped is not None:
+        mapped = network.network_address.ipv4_mapped
+        return ipaddress.ip_network(f"{mapped}/{max(0, network.prefixlen - 96)}", strict=False)
+    return network
+
+
+def check_host_name(value: str) -> str:
+    """``value`` if it is an IP address or a DNS host name, else ValueError."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not _HOST_NAME.match(value):
+        raise ValueError(f"{value!r} is neither an IP address nor a host name")
+    return value
+
+
+def check_bind_address(value: str) -> str:
+    """``value`` if it is an IP address a socket can bind to (0.0.0.0 = every interface), else ValueError."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address to listen on (e.g. 0.0.0.0 or 127.0.0.1)") from None
+    return value
+
+
 class _Section(BaseModel):
     """A configuration section: unknown keys are errors, not silently ignored typos."""
 
@@ -33,12 +76,34 @@ class _Section(BaseModel):
 
 
 class AllowedPeer(_Section):
-    """A calling AE allowed to associate; ``host`` (an IP address) narrows it to one source."""
+    """A calling AE allowed to associate; ``host`` (an IP address or CIDR network) narrows it to those sources,
+    ``max_associations`` caps how many it may hold open at once (per receiver process)."""
 
     ae_title: str
     host: str | None = None
+    max_associations: int | None = Field(None, ge=1)
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            host_network(value)
+        except ValueError:
+            raise ValueError(f"host {value!r} is not an IP address or CIDR network (e.g. 10.1.2.3 or 10.1.0.0/16)")
+        return value
+
+    def admits(self, address: str) -> bool:
+        """Whether a peer at ``address`` matches this entry's host (any host when none is pinned)."""
+        if self.host is None:
+            return True
+        try:
+            return peer_address(address) in host_network(self.host)
+        except ValueError:
+            return False
 
     @classmethod
     def parse(cls, spec: str) -> AllowedPeer:
@@ -74,6 +139,11 @@ class DicomConfig(_Section):
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(120.0, gt=0)
+    max_pending_connections: int = Field(32, ge=1)  # connected but not yet associated; the oldest is dropped
+    pending_timeout_s: float = Field(5.0, gt=0)  # a connection must send its A-ASSOCIATE-RQ within this
+    max_request_pdu_bytes: int = Field(262144, ge=1024)  # largest A-ASSOCIATE-RQ (and other non-P-DATA PDU)
+    association_deadline_s: float = Field(14400.0, gt=0)  # an association is aborted after this long
+    instance_deadline_s: float = Field(600.0, gt=0)  # one data set must arrive within this
     accept_any: bool = False
     allowed: list[AllowedPeer] = Field(default_factory=list)
     tls: TLSConfig = Field(default_factory=TLSConfig)
@@ -86,6 +156,7 @@ class StorageConfig(_Section):
 
     data_dir: Path = Path("var/ctnode")
     min_free_bytes: int = Field(2 * 1024**3, ge=0)
+    quarantine_max_bytes: int = Field(10 * 1024**3, ge=0)  # refused bytes kept beyond this are not kept
 
     @property
     def store_dir(self) -> Path:
@@ -105,6 +176,13 @@ class DatabaseConfig(_Section):
 
     url: str = ""
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        if url and not re.match(r"^(sqlite|postgres|postgresql)(\+\w+)?://", url):
+            raise ValueError("must be empty (SQLite in the data directory), sqlite:///PATH or postgresql://...")
+        return url
 
 
 class LoggingConfig(_Section):
@@ -141,6 +219,7 @@ class Destination(_Section):
     tls: ClientTLSConfig = Field(default_factory=ClientTLSConfig)
 
     _check_ae = field_validator("ae_title")(classmethod(lambda cls, v: check_ae_title(v)))
+    _check_host = field_validator("host")(classmethod(lambda cls, v: check_host_name(v)))
     _check_calling = field_validator("calling_ae_title")(
         classmethod(lambda cls, v: None if v is None else check_ae_title(v))
     )
@@ -287,6 +366,10 @@ class MetricsConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(9110, ge=0, le=65535)
+
+    _check_host = field_validator("host")(classmethod(lambda cls, v: check_bind_address(v)))
+    request_timeout_s: float = Field(10.0, gt=0)  # a client that sends nothing for this long is dropped
+    stall_s: float = Field(300.0, gt=0)  # /readyz fails when a loop (completion, worker, delivery) made no progress
 
 
 _yaml_file: ContextVar[Path | None] = ContextVar("ctnode_yaml_file", default=None)

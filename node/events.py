@@ -15,6 +15,9 @@ class AuditKind(StrEnum):
     INSTANCE_CONFLICT = "instance.conflict"
     STORE_REFUSED = "store.refused"
     SPOOL_RECOVERED = "spool.recovered"
+    CONNECTION_REFUSED = "connection.refused"  # dropped before associating: silent, not an A-ASSOCIATE-RQ, too long
+    STORE_ORPHAN = "store.orphan"  # a store file no instance row names, moved aside by reconciliation
+    STORE_MISSING = "store.missing"  # an instance row whose file is not in the store
     DELIVERY_WARNING = "delivery.warning"
     DELIVERY_DEAD_LETTER = "delivery.dead_letter"
     DELIVERY_REQUEUED = "delivery.requeued"
@@ -29,6 +32,8 @@ class AuditKind(StrEnum):
     RUN_DEGRADED = "run.degraded"  # the objects leave out what the source images lack (e.g. 3D coordinates)
     RUN_TRUNCATED = "run.truncated"  # more findings passed the operating point than the per-study cap reports
     RUN_REQUEUED = "run.requeued"
+    LOOP_FAILED = "loop.failed"  # a round of a long-lived loop raised; the loop backed off and went on
+    LEASE_LOST = "lease.lost"  # a run's lease could not be renewed in time: its worker stopped writing
 
 
 class AssociationOutcome(StrEnum):

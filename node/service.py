@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 
 from node.config import Settings
 from node.db.engine import make_engine
@@ -21,6 +21,7 @@ from node.db.migrate import upgrade
 from node.delivery import run_delivery
 from node.dicom.scp import StorageSCP
 from node.logging import configure_logging, get_logger
+from node.loops import LoopHealth, Progress, backoff_s, run_guarded
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker, WorkerShutdown
 from node.signals import Termination
@@ -28,6 +29,9 @@ from node.storage.store import InstanceStore
 from node.web.server import start_http
 
 log = get_logger(__name__)
+
+FILE_UMASK = 0o027
+"""Every file a node process writes is 0640 and every folder 0750 (group read for backup/audit, no others)."""
 
 
 @dataclass
@@ -44,10 +48,25 @@ class Node:
         """Create data folders, bring the database schema up to date (unless told not to), build the receiver."""
         settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
         if migrate:
-            upgrade(settings.database_url)
+            _upgrade_when_reachable(settings.database_url)
         engine = make_engine(settings.database_url, settings.database.sqlite_synchronous)
         store = InstanceStore(settings.storage)
         return cls(settings, engine, store, StorageSCP(settings.dicom, store, engine))
+
+
+def _upgrade_when_reachable(url: str) -> None:
+    """Migrate the database, waiting (with a growing pause) while it cannot be reached: a node started during a
+    database restart waits for it instead of exiting."""
+    failures = 0
+    while True:
+        try:
+            upgrade(url)
+            return
+        except OperationalError as exc:
+            failures += 1
+            delay = backoff_s(1.0, failures)
+            log.warning("database unreachable at start, waiting", error=type(exc).__name__, retry_in_s=delay)
+            time.sleep(delay)
 
 
 class Role(StrEnum):
@@ -63,7 +82,7 @@ def _orphaned(parent_pid: int) -> bool:
     return os.getppid() != parent_pid
 
 
-def _receiver_process(settings: Settings, parent_pid: int) -> None:
+def _receiver_process(settings: Settings, parent_pid: int, progress: Progress) -> None:
     """A sibling receiver: the same port (SO_REUSEPORT), store and database; no delivery loop.
 
     It stops on SIGTERM, and by itself when its parent is gone (even after a kill -9 of the parent).
@@ -73,12 +92,12 @@ def _receiver_process(settings: Settings, parent_pid: int) -> None:
     termination = Termination()
     server = node.scp.start()
     while not termination.wait(1.0) and not _orphaned(parent_pid):
-        pass
+        progress.beat()
     server.shutdown()
     node.engine.dispose()
 
 
-def _worker_process(settings: Settings, parent_pid: int) -> None:
+def _worker_process(settings: Settings, parent_pid: int, progress: Progress) -> None:
     """A detection worker: claims runs until SIGTERM, or until its parent is gone.
 
     SIGTERM during a run interrupts it and gives it back to the queue, so that shutting down never
@@ -87,7 +106,7 @@ def _worker_process(settings: Settings, parent_pid: int) -> None:
     configure_logging(settings.logging.format, settings.logging.level)
     engine = make_engine(settings.database_url, settings.database.sqlite_synchronous)
     stop = threading.Event()
-    worker = Worker(engine, settings, stop)
+    worker = Worker(engine, settings, stop, progress)
 
     def interrupt_run() -> None:
         if worker.busy:
@@ -111,14 +130,16 @@ def _watch(termination: Termination, stop: threading.Event, parent_pid: int) -> 
     stop.set()
 
 
-def _stabilize(engine: Engine, settings: Settings, stop: threading.Event) -> None:
-    """Settle ready studies every poll interval; a database outage is logged and waited out."""
+def _stabilize(engine: Engine, settings: Settings, stop: threading.Event, progress: Progress) -> None:
+    """Settle ready studies every poll interval; any error (a database outage, a bad file) is audited and
+    waited out with a growing pause."""
     stabilizer = Stabilizer(engine, settings)
-    while not stop.wait(settings.pipeline.poll_interval_s):
-        try:
-            stabilizer.poll()
-        except SQLAlchemyError as exc:
-            log.error("study completion check failed", error=type(exc).__name__)
+
+    def settle() -> bool:
+        stabilizer.poll()
+        return False
+
+    run_guarded("stabilize", settle, stop, settings.pipeline.poll_interval_s, progress, engine)
 
 
 class _Children:
@@ -126,14 +147,16 @@ class _Children:
 
     RESTART_PAUSE_S = 2.0
 
-    def __init__(self, name: str, target: Callable[[Settings, int], None], settings: Settings, count: int) -> None:
+    def __init__(self, name: str, target: Callable[[Settings, int, Progress], None], settings: Settings, count: int,
+                 health: LoopHealth) -> None:
         self._name, self._target, self._settings = name, target, settings
         self._spawn = multiprocessing.get_context("spawn")
+        self._progress = [health.register(f"{name}-{i}", settings.metrics.stall_s) for i in range(count)]
         self.processes = [self._start(i) for i in range(count)]
         self._died_at: dict[int, float] = {}
 
     def _start(self, index: int) -> multiprocessing.process.BaseProcess:
-        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid()),
+        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid(), self._progress[index]),
                                       name=f"{self._name}-{index}")
         process.start()
         return process
@@ -170,19 +193,23 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     stop = threading.Event()  # set by this thread, never by a signal handler (see node.signals)
     children: list[_Children] = []
     threads: list[threading.Thread] = []
+    health = LoopHealth()
     server = None
     if Role.RECEIVER in wanted:
-        children.append(_Children("receiver", _receiver_process, settings, settings.dicom.processes - 1))
+        children.append(_Children("receiver", _receiver_process, settings, settings.dicom.processes - 1, health))
         server = node.scp.start()
     if Role.WORKER in wanted:
-        threads.append(threading.Thread(target=_stabilize, args=(node.engine, settings, stop), name="stabilize"))
-        children.append(_Children("worker", _worker_process, settings, settings.pipeline.workers))
+        stabilize = health.register("stabilize", settings.metrics.stall_s)
+        threads.append(threading.Thread(target=_stabilize, args=(node.engine, settings, stop, stabilize),
+                                        name="stabilize"))
+        children.append(_Children("worker", _worker_process, settings, settings.pipeline.workers, health))
     if Role.DELIVERY in wanted:
-        threads.append(threading.Thread(target=run_delivery, args=(settings, stop), name="delivery"))
+        threads.append(threading.Thread(target=run_delivery, args=(settings, stop, health), name="delivery"))
     for thread in threads:
         thread.daemon = True
         thread.start()
-    http = start_http(settings, node.engine, "+".join(sorted(wanted)))
+    models = [route.model for route in settings.pipeline.routes] if Role.WORKER in wanted and settings.pipeline.workers else []
+    http = start_http(settings, node.engine, "+".join(sorted(wanted)), health, models)
     log.info("node running", roles=sorted(wanted))
     try:
         while not termination.wait(1.0):

@@ -102,7 +102,8 @@ class NodeProcess:
         self.data_dir = data_dir
         self.port = dicom.pop("port", None) or free_port()
         self.ae_title = dicom.get("ae_title", "CTNODE")
-        storage = {"data_dir": str(data_dir), "min_free_bytes": dicom.pop("min_free_bytes", 0)}
+        storage = {"data_dir": str(data_dir), "min_free_bytes": dicom.pop("min_free_bytes", 0),
+                   **dicom.pop("storage", {})}
         self.config = {
             "dicom": {"host": "127.0.0.1", "port": self.port, "accept_any": accept_any,
                       "allowed": allowed or [{"ae_title": "STORESCU"}, {"ae_title": "ECHOSCU"}], **dicom},

@@ -25,6 +25,7 @@ MEASUREMENT_GROUP = ("125007", "DCM")
 TRACKING_UID = ("112040", "DCM")
 TRACKING_IDENTIFIER = ("112039", "DCM")
 FINDING = ("121071", "DCM")
+ALGORITHM_NAME = ("111001", "DCM")
 DIAMETERS = {("81827009", "SCT"), ("103339001", "SCT")}
 """Diameter and Long Axis: the numeric measurements that size a lesion marked only by a point."""
 DIAMETER_MEANINGS = {"diameter", "long axis"}
@@ -157,13 +158,21 @@ def _referenced_images(item: Dataset) -> list[str]:
 
 
 def _tracking_key(group: Dataset) -> tuple[str, str] | None:
-    """("tracking UID", uid) or ("tracking identifier", text) from the group's own items."""
-    text = None
+    """How the group's lesion is known: ("algorithm finding", algorithm + tracking identifier) for a group an
+    algorithm made (it tracks each image region on its own, and names all groups of one finding alike),
+    else ("tracking UID", uid), else ("tracking identifier", text), from the group's own items."""
+    text = uid = algorithm = None
     for item in group.get("ContentSequence", []):
         if _concept(item) == TRACKING_UID and item.get("UID"):
-            return "tracking UID", str(item.UID)
-        if _concept(item) == TRACKING_IDENTIFIER and item.get("TextValue"):
+            uid = str(item.UID)
+        elif _concept(item) == TRACKING_IDENTIFIER and item.get("TextValue"):
             text = str(item.TextValue)
+        elif _concept(item) == ALGORITHM_NAME and item.get("TextValue"):
+            algorithm = str(item.TextValue)
+    if algorithm and text:
+        return "algorithm finding", f"{algorithm}: {text}"
+    if uid:
+        return "tracking UID", uid
     return ("tracking identifier", text) if text else None
 
 

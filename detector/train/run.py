@@ -174,7 +174,7 @@ def train_second_stage(config: TrainConfig, config_path: Path, manifest: Manifes
     studies, figures on the test studies) under ``out``. Returns the card's path."""
     stage = config.second_stage
     assert stage is not None
-    first = load_model(_first_stage_path(config, config_path))
+    first = replace(load_model(_first_stage_path(config, config_path)), refiner=None)  # its detector alone
     if first.card.body_part != config.spec.body_part:
         raise TrainConfigError(f"{config_path}: second_stage.first_stage is a {first.card.body_part} model, the "
                                f"target is {config.spec.body_part}")

@@ -30,11 +30,11 @@ from detector.registry import ModelCardError
 from node.cli.options import ConfigOpt, settings_from
 from node.config import ReportOptions, Route
 from node.pipeline.routing import RoutingDecision, SeriesFacts, route_study
-from node.reports import build_report_objects, write_report_objects
+from node.reports import report_stage
+from node.reports.findings import finding_caption, key_slice
 from node.reports.from_detection import options_for, report_run
 from node.reports.options import DEFAULT_BANNER
 from node.reports.render import DrawnBox, render_slice, windowed_gray
-from node.reports.sc import finding_caption, key_slice
 
 console = Console()
 
@@ -89,10 +89,11 @@ def detection_run_id(result: DetectionResult) -> str:
 
 def write_dicom(result: DetectionResult, options: ReportOptions, out: Path) -> list[Path]:
     """Every object the node would send to the PACS for this detection (SR, SCs, optional GSPS/KOS) under ``out``."""
-    objects = build_report_objects(report_run(result, detection_run_id(result)), options_for(result.model.card, options))
+    objects, written = report_stage(report_run(result, detection_run_id(result)),
+                                    options_for(result.model.card, options), out)
     for omission in objects.omissions:
         console.print(f"[yellow]left out:[/yellow] {omission}")
-    return write_report_objects(objects, out)
+    return [w.path for w in written]
 
 
 def series_facts(headers: Sequence[InstanceHeader]) -> tuple[list[SeriesFacts], dict[str, list[Path]]]:

@@ -1,7 +1,8 @@
-"""`ctnode`: init, serve, detect, train, evaluate, synth, db, studies, runs, deliveries."""
+"""`ctnode`: init, serve, detect, train, evaluate, synth, db, studies, runs, deliveries, store."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -9,10 +10,13 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from node.cli.checks import config_app, models_app
 from node.cli.deliveries import app as deliveries_app
 from node.cli.runs import app as runs_app
+from node.cli.store import app as store_app
 from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.config import AllowedPeer
+from node.config_check import environment_problems
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
 from node.db.studies import list_studies
@@ -25,6 +29,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(runs_app, name="runs")
+app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
+app.add_typer(store_app, name="store")
 
 
 @app.command()
@@ -63,7 +70,7 @@ def serve(
         help="Run only these roles: receiver, worker, delivery (repeatable); default all of them.")] = None,
 ) -> None:
     """Run the node (receiver, study completion and detection workers, delivery) until SIGTERM/SIGINT."""
-    from node.service import Node, Role, run_forever
+    from node.service import FILE_UMASK, Node, Role, run_forever
 
     try:
         roles = [Role(r) for r in role or ["all"]]
@@ -88,6 +95,12 @@ def serve(
     if data_dir is not None:
         overrides["storage"] = {"data_dir": data_dir.resolve()}
     settings = settings_from(config, overrides)
+    problems = environment_problems(settings, models=bool({Role.ALL, Role.WORKER} & set(roles)))
+    for line in problems:
+        typer.echo(f"configuration error: {line}", err=True)
+    if problems:
+        raise typer.Exit(2)
+    os.umask(FILE_UMASK)  # inherited by every child process
     run_forever(Node.build(settings), roles)
 
 

@@ -7,12 +7,14 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings, load_settings
+from node.config_check import problem_lines
 from node.db.engine import make_engine
 from node.db.migrate import is_current
 from node.logging import configure_logging
@@ -27,8 +29,9 @@ def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) 
     """Load settings and configure logging; a bad file or value exits with status 2 and the reason."""
     try:
         settings = load_settings(config, overrides)
-    except (FileNotFoundError, ValidationError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+    except (FileNotFoundError, ValidationError, ValueError, yaml.YAMLError) as exc:
+        for line in problem_lines(exc, config):
+            typer.echo(f"configuration error: {line}", err=True)
         raise typer.Exit(2) from exc
     configure_logging(settings.logging.format, settings.logging.level)
     return settings

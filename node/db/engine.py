@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -26,8 +28,12 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
 
+        database = engine.url.database
+
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            if database not in (None, "", ":memory:"):
+                private_sqlite_files(Path(database))
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={sqlite_synchronous}")
@@ -36,6 +42,15 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
             cur.close()
 
     return engine
+
+
+def private_sqlite_files(path: Path) -> None:
+    """Make a SQLite database (and its WAL and shared-memory files) readable and writable by its owner only."""
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        try:
+            os.chmod(path.with_name(name), 0o600)
+        except (FileNotFoundError, PermissionError):
+            pass
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

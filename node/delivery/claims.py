@@ -13,6 +13,7 @@ from sqlalchemy import Engine, insert, or_, select, update
 
 from node.config import DeliveryConfig
 from node.db import audit
+from node.db.clock import db_now
 from node.db.schema import Delivery, DeliveryAttempt, utcnow
 from node.delivery.backoff import retry_delay_s
 from node.delivery.outbox import OutputObject
@@ -54,14 +55,14 @@ def claim(engine: Engine, destination: str, limit: int, lease_s: float) -> Claim
     PostgreSQL skips rows another sender has locked; on SQLite the single guarded UPDATE is atomic. A row
     whose lease ran out (its sender died) is due again.
     """
-    now = utcnow()
     token = uuid.uuid4().hex
-    free = or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now)
-    due = (select(Delivery.id)
-           .where(Delivery.destination == destination, Delivery.state == str(DeliveryState.PENDING),
-                  Delivery.next_attempt_at <= now, free)
-           .order_by(Delivery.id).limit(limit).with_for_update(skip_locked=True))
     with engine.begin() as conn:
+        now = db_now(conn)
+        free = or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now)
+        due = (select(Delivery.id)
+               .where(Delivery.destination == destination, Delivery.state == str(DeliveryState.PENDING),
+                      Delivery.next_attempt_at <= now, free)
+               .order_by(Delivery.id).limit(limit).with_for_update(skip_locked=True))
         ids = list(conn.execute(due).scalars())
         if not ids:
             return Claim(token, ())
@@ -71,6 +72,18 @@ def claim(engine: Engine, destination: str, limit: int, lease_s: float) -> Claim
     return Claim(token, tuple(Claimed(r.id, OutputObject(Path(r.path), r.sop_class_uid, r.sop_instance_uid,
                                                          r.study_instance_uid, r.transfer_syntax_uid), r.attempts)
                               for r in rows))
+
+
+def renew(engine: Engine, claim: Claim, items: Sequence[Claimed], lease_s: float) -> set[int]:
+    """Extend the lease of ``items`` to ``lease_s`` from now (database clock); the ids still held."""
+    if not items:
+        return set()
+    with engine.begin() as conn:
+        until = db_now(conn) + timedelta(seconds=lease_s)
+        held = conn.execute(update(Delivery).where(Delivery.id.in_([i.id for i in items]),
+                                                   Delivery.claim_token == claim.token)
+                            .values(claimed_until=until).returning(Delivery.id)).scalars()
+        return set(held)
 
 
 def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed, result: AttemptResult,

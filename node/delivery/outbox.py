@@ -37,12 +37,13 @@ class OutputObject:
                    str(ds.file_meta.TransferSyntaxUID))
 
 
-def enqueue(engine: Engine, object_path: Path, destinations: Sequence[str], run_id: int | None) -> list[int]:
-    """Queue the object at ``object_path`` for each destination; returns the delivery ids in that order.
+def enqueue(engine: Engine, output: Path | OutputObject, destinations: Sequence[str], run_id: int | None) -> list[int]:
+    """Queue the object (a file, or the identity of one already written) for each destination; returns the
+    delivery ids in that order.
 
     Idempotent: an object already queued for a destination (same SOP Instance UID) keeps its row and state.
     """
-    obj = OutputObject.read(Path(object_path))
+    obj = output if isinstance(output, OutputObject) else OutputObject.read(Path(output))
     ids = []
     for destination in dict.fromkeys(destinations):
         ids.append(_existing(engine, obj, destination) or _insert(engine, obj, destination, run_id))

@@ -1,4 +1,4 @@
-"""Who may associate: the calling-AE allow-list (AE title, optionally source host) and our called AE title."""
+"""Who may associate: the calling-AE allow-list (AE title, optionally source addresses), per-AE limits, our AE title."""
 
 from __future__ import annotations
 
@@ -6,36 +6,51 @@ from dataclasses import dataclass
 
 from node.config import DicomConfig
 
-# A-ASSOCIATE-RJ source 0x01 (service user) reasons, PS3.8 9.3.4.
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): result 1 permanent / 2 transient; source 1 service user / 3 service provider
+# (presentation); reasons: user 3 calling AE not recognised, 7 called AE not recognised; provider 2 local limit.
+PERMANENT, TRANSIENT = 0x01, 0x02
+SERVICE_USER, SERVICE_PROVIDER_PRESENTATION = 0x01, 0x03
 CALLING_AE_NOT_RECOGNISED = 0x03
 CALLED_AE_NOT_RECOGNISED = 0x07
+LOCAL_LIMIT_EXCEEDED = 0x02
 
 
 @dataclass(frozen=True)
 class Rejection:
+    """Why a peer is refused, and the A-ASSOCIATE-RJ (result, source, reason) that tells it so."""
+
     reason: str
+    result: int
+    source: int
     diagnostic: int
 
 
 class AccessPolicy:
-    """Decides, from the A-ASSOCIATE-RQ alone, whether to accept a peer."""
+    """Decides, from the A-ASSOCIATE-RQ and the associations already open, whether to accept a peer."""
 
     def __init__(self, config: DicomConfig) -> None:
         self.ae_title = config.ae_title
         self.accept_any = config.accept_any
-        self.allowed = [(peer.ae_title, peer.host) for peer in config.allowed]
+        self.allowed = list(config.allowed)
 
-    def check(self, calling_ae: str, called_ae: str, host: str) -> Rejection | None:
-        """None to accept; otherwise why not, and the A-ASSOCIATE-RJ diagnostic to send."""
+    def check(self, calling_ae: str, called_ae: str, host: str, open_by_calling_ae: int = 0) -> Rejection | None:
+        """None to accept; otherwise why not. ``open_by_calling_ae``: associations this AE holds open now."""
         if called_ae.strip() != self.ae_title:
             return Rejection(f"called AE title {called_ae.strip()!r} is not ours ({self.ae_title!r})",
-                             CALLED_AE_NOT_RECOGNISED)
-        if self.accept_any:
-            return None
+                             PERMANENT, SERVICE_USER, CALLED_AE_NOT_RECOGNISED)
         calling = calling_ae.strip()
-        titles = [ae for ae, _ in self.allowed]
-        if calling not in titles:
-            return Rejection(f"calling AE {calling!r} is not on the allow-list", CALLING_AE_NOT_RECOGNISED)
-        if not any(ae == calling and (allowed_host is None or allowed_host == host) for ae, allowed_host in self.allowed):
-            return Rejection(f"calling AE {calling!r} is not allowed from host {host}", CALLING_AE_NOT_RECOGNISED)
+        entries = [peer for peer in self.allowed if peer.ae_title == calling]
+        if self.accept_any and not entries:
+            return None
+        if not entries:
+            return Rejection(f"calling AE {calling!r} is not on the allow-list",
+                             PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        admitting = [peer for peer in entries if peer.admits(host)]
+        if not admitting:
+            return Rejection(f"calling AE {calling!r} is not allowed from host {host}",
+                             PERMANENT, SERVICE_USER, CALLING_AE_NOT_RECOGNISED)
+        limits = [peer.max_associations for peer in admitting]
+        if None not in limits and open_by_calling_ae >= max(limit for limit in limits if limit is not None):
+            return Rejection(f"calling AE {calling!r} already holds {open_by_calling_ae} associations, its limit",
+                             TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
         return None

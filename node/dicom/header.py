@@ -4,13 +4,16 @@ pydicom builds a full element model for every attribute it meets; the receiver o
 dozen values from groups 0008-0020, which come first in every data set. This scanner walks
 the little-endian element headers (explicit or implicit VR), skips sequences, and stops past
 the last wanted tag. Anything it does not handle (deflate, big endian, odd encodings) returns
-None, and the caller falls back to pydicom.
+None, and the caller falls back to pydicom. Text values are decoded with the data set's Specific
+Character Set; UIDs are returned as sent (less a trailing NUL pad), for the receiver to validate.
 """
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
+
+from pydicom.charset import convert_encodings, decode_bytes
 
 # Tag -> keyword for what the index needs (all in groups 0008-0020).
 WANTED = {
@@ -22,6 +25,9 @@ WANTED = {
     0x00200013: "InstanceNumber",
 }
 _LAST = max(WANTED)
+_UIDS = {0x00080016, 0x00080018, 0x0020000D, 0x0020000E}
+_TEXT = {0x00080050, 0x00081030, 0x0008103E, 0x00100010, 0x00100020}  # decoded with the Specific Character Set
+_PN_DELIMITERS = {0x5C, 0x3D, 0x5E}  # \\ = ^: where ISO 2022 escapes reset
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _EXPLICIT_LE, _IMPLICIT_LE = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2"
 _ENCAPSULATED_PREFIXES = ("1.2.840.10008.1.2.4.", "1.2.840.10008.1.2.5")
@@ -74,6 +80,24 @@ def _skip_undefined(buf: bytes, pos: int, explicit: bool, end_tag: int) -> int:
             pos = value + length
 
 
+def _encodings(raw: bytes) -> list[str]:
+    """Python codecs for a Specific Character Set value (PS3.5 6.1; unknown terms raise LookupError)."""
+    terms = [t.strip(" \x00") for t in raw.decode("ascii").split("\\")]
+    return convert_encodings([t or "ISO_IR 6" for t in terms])
+
+
+_DEFAULT_ENCODINGS = convert_encodings(["ISO_IR 6"])
+
+
+def _value(tag: int, raw: bytes, encodings: list[str]) -> str:
+    """A value as the index stores it: UIDs and code strings as sent (less the padding byte), text decoded."""
+    if tag in _UIDS:
+        return raw.decode("latin-1").removesuffix("\x00")
+    if tag in _TEXT:
+        return decode_bytes(raw, encodings, _PN_DELIMITERS).strip(" \x00")
+    return raw.decode("latin-1").strip(" \x00")
+
+
 def scan(path: Path, transfer_syntax: str) -> dict[str, str] | None:
     """The wanted attributes as stripped strings (absent ones omitted), or None if this scanner cannot say."""
     explicit = _explicit_for(transfer_syntax)
@@ -90,6 +114,7 @@ def scan(path: Path, transfer_syntax: str) -> dict[str, str] | None:
             return None
         pos = value + 4 + struct.unpack_from("<I", buf, value)[0]
         found: dict[str, str] = {}
+        encodings = _DEFAULT_ENCODINGS
         while pos < len(buf):
             tag, vr, length, value = _element(buf, pos, explicit)
             if tag > _LAST:
@@ -102,10 +127,13 @@ def scan(path: Path, transfer_syntax: str) -> dict[str, str] | None:
             if tag in WANTED:
                 if value + length > len(buf):
                     return None
-                raw = buf[value:value + length]
-                found[WANTED[tag]] = raw.decode("latin-1" if tag >> 16 != 0x0010 else "utf-8", "replace").strip(
-                    " \x00")
+                raw = bytes(buf[value:value + length])
+                if tag == 0x00080005:
+                    encodings = _encodings(raw)
+                found[WANTED[tag]] = _value(tag, raw, encodings)
             pos = value + length
-    except (_Unsupported, struct.error):
+    except (_Unsupported, struct.error, LookupError, ValueError):
         return None
+    if pos == len(buf) < _HEAD_BYTES:
+        return found  # the whole file was read and ended cleanly inside the wanted groups
     return None  # ran out of the bytes read before the end of group 0020

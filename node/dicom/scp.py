@@ -11,6 +11,7 @@ import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
@@ -24,19 +25,38 @@ from node.db import audit
 from node.db.schema import Association as AssociationRow
 from node.db.schema import utcnow
 from node.dicom.access import AccessPolicy
-from node.dicom.chunked import route_spools, spool_for
+from node.dicom.chunked import SpoolRoute, close_unfinished, route_spools, spool_for
 from node.dicom.contexts import add_scp_contexts
+from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
+from node.dicom.receive import Received, Receiver
+from node.dicom.reconcile import RECONCILE_GRACE_S, Reconciliation, reconcile
 from node.dicom.status import StoreStatus
 from node.events import AssociationOutcome, AuditKind
 from node.logging import get_logger
-from node.storage.ingest import Ingestor, Received
+from node.storage.spool import SpoolError
 from node.storage.store import InstanceStore
 
 log = get_logger(__name__)
 
+
+def _wait_until_sent(assoc: Association, timeout_s: float) -> None:
+    """Block until the DUL has put the queued A-ASSOCIATE-RJ on the wire (state Sta13, or the DUL stopped).
+
+    pynetdicom closes the socket as soon as the EVT_REQUESTED handler returns, which would otherwise
+    race the DUL thread: the peer saw a closed connection ("Peer aborted") instead of the rejection.
+    """
+    deadline = time.monotonic() + timeout_s
+    while assoc.dul.is_alive() and assoc.dul.state_machine.current_state != "Sta13":
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.001)
+
+
 @dataclass
 class _AssociationState:
     row_id: int | None
+    calling_ae: str = ""
+    guard: GuardedSocket | None = None
     outcome: AssociationOutcome = AssociationOutcome.OPEN
     stored: int = 0
     duplicate: int = 0
@@ -46,7 +66,23 @@ class _AssociationState:
 
 
 class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, bound with SO_REUSEPORT so sibling receiver processes share the port."""
+    """pynetdicom's threaded server, bound with SO_REUSEPORT so sibling receiver processes share the port,
+    handing each connection to pynetdicom only once the gate admits it (in the connection's own thread)."""
+
+    gate: ConnectionGate
+    daemon_threads = True  # admission threads: a peer waiting to associate never delays shutdown
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept without a TLS handshake: the gate does it in the connection's thread, under its timer."""
+        client, address = self.socket.accept()  # type: ignore[union-attr]
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        guard = self.gate.admit(request, client_address)
+        if guard is not None:
+            super().finish_request(guard, client_address)  # type: ignore[arg-type]
 
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -55,6 +91,7 @@ class _SharedPortServer(ThreadedAssociationServer):
     def shutdown(self) -> None:
         """Stop serving and close the socket (made with make_server, so not in the AE's own server list)."""
         socketserver.TCPServer.shutdown(self)
+        self.gate.stop()
         self.server_close()
 
 
@@ -78,7 +115,7 @@ class StorageSCP:
         self.store = store
         self.engine = engine
         self.policy = AccessPolicy(config)
-        self.ingestor = Ingestor(store, engine)
+        self.receiver = Receiver(store, engine)
         self.ae = AE(ae_title=config.ae_title)
         self.ae.maximum_pdu_size = config.max_pdu_bytes
         self.ae.maximum_associations = config.max_associations
@@ -86,7 +123,11 @@ class StorageSCP:
         self.ae.dimse_timeout = config.dimse_timeout_s
         self.ae.network_timeout = config.network_timeout_s
         add_scp_contexts(self.ae)
-        route_spools(self.ae, store.incoming)
+        route_spools(self.ae, SpoolRoute(store.incoming, store.spool_refusal))
+        self.limits = GateLimits(
+            max_pending=config.max_pending_connections, pending_timeout_s=config.pending_timeout_s,
+            max_request_pdu_bytes=config.max_request_pdu_bytes, max_pdata_pdu_bytes=config.max_pdu_bytes,
+            association_deadline_s=config.association_deadline_s, instance_deadline_s=config.instance_deadline_s)
         self._states: weakref.WeakKeyDictionary[Association, _AssociationState] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
@@ -107,9 +148,15 @@ class StorageSCP:
         The socket is bound with SO_REUSEPORT, so several receiver processes can share the port.
         """
         self.recover_stale_spools()
+        try:
+            self.reconcile()
+        except SQLAlchemyError as exc:  # serve anyway: every C-STORE then gets its precise 0xA700
+            log.error("store not reconciled: database unavailable", error=type(exc).__name__)
         address = (host or self.config.host, self.config.port if port is None else port)
+        server_class = type("GatedServer", (_SharedPortServer,),
+                            {"gate": ConnectionGate(self.limits, self._on_connection_refused)})
         server = self.ae.make_server(address, evt_handlers=self.handlers,  # type: ignore[arg-type]
-                                     ssl_context=tls_context(self.config.tls), server_class=_SharedPortServer)
+                                     ssl_context=tls_context(self.config.tls), server_class=server_class)
         threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
         log.info("listening", ae_title=self.config.ae_title, host=address[0], port=server.server_address[1],
                  tls=self.config.tls.enabled, pid=os.getpid())
@@ -131,6 +178,23 @@ class StorageSCP:
             moved += 1
         return moved
 
+    def reconcile(self, older_than_s: float = RECONCILE_GRACE_S) -> Reconciliation:
+        """Reconcile the store with the index (see node.dicom.reconcile)."""
+        return reconcile(self.store, self.engine, older_than_s)
+
+    def _on_connection_refused(self, peer: tuple[str, int], reason: str) -> None:
+        log.warning("connection refused before associating", host=peer[0], port=peer[1], reason=reason)
+        try:
+            with self.engine.begin() as conn:
+                audit.record(conn, AuditKind.CONNECTION_REFUSED, detail={"host": peer[0], "port": peer[1],
+                                                                         "reason": reason})
+        except SQLAlchemyError as exc:
+            log.error("audit write failed", kind=str(AuditKind.CONNECTION_REFUSED), error=type(exc).__name__)
+
+    def _open_by(self, calling_ae: str) -> int:
+        with self._lock:
+            return sum(1 for state in self._states.values() if not state.closed and state.calling_ae == calling_ae)
+
     def _state(self, assoc: Association) -> _AssociationState:
         with self._lock:
             state = self._states.get(assoc)
@@ -144,7 +208,7 @@ class StorageSCP:
         calling = str(request.calling_ae_title) if request else ""
         called = str(request.called_ae_title) if request else ""
         host, port = assoc.requestor.address, assoc.requestor.port
-        rejection = self.policy.check(calling, called, host)
+        rejection = self.policy.check(calling, called, host, self._open_by(calling.strip()))
         outcome = AssociationOutcome.REJECTED if rejection else AssociationOutcome.OPEN
         try:
             with self.engine.begin() as conn:
@@ -161,12 +225,15 @@ class StorageSCP:
             log.error("database unavailable, association not audited", error=type(exc).__name__)
             row_id = None
         state = self._state(assoc)
-        state.row_id = row_id
+        state.row_id, state.calling_ae = row_id, calling.strip()
+        sock = getattr(assoc.dul.socket, "socket", None)
+        state.guard = sock if type(sock) is GuardedSocket else None
         if rejection:
             state.outcome, state.closed = AssociationOutcome.REJECTED, True
             log.warning("association rejected", association_id=row_id, calling_ae=calling, host=host,
                         reason=rejection.reason)
-            assoc.acse.send_reject(0x01, 0x01, rejection.diagnostic)
+            assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
+            _wait_until_sent(assoc, self.config.acse_timeout_s)
             return
         log.info("association requested", association_id=row_id, calling_ae=calling, host=host)
 
@@ -176,14 +243,21 @@ class StorageSCP:
     def _on_store(self, event: Event) -> int:
         state = self._state(event.assoc)
         try:
-            path = Path(event.dataset_path)
-            sha256, size = spool_for(path).complete()
             request = event.request
-            outcome = self.ingestor.ingest(Received(
-                path=path, sha256=sha256, size=size, sop_class_uid=str(request.AffectedSOPClassUID),
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                transfer_syntax_uid=str(event.context.transfer_syntax), association_id=state.row_id,
-            ))
+            if event.dataset_path is None:  # the command said no data set follows
+                state.failed += 1
+                return int(self.receiver.refuse_invalid(state.row_id, "C-STORE request without a data set").status)
+            path = Path(event.dataset_path)
+            try:
+                sha256, size = spool_for(path).complete()
+            except SpoolError as exc:  # ENOSPC, EIO, or no room before the first byte: nothing was kept
+                outcome = self.receiver.refuse(state.row_id, str(request.AffectedSOPInstanceUID), exc.reason)
+            else:
+                outcome = self.receiver.receive(Received(
+                    path=path, sha256=sha256, size=size, sop_class_uid=str(request.AffectedSOPClassUID),
+                    sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                    transfer_syntax_uid=str(event.context.transfer_syntax), association_id=state.row_id,
+                ))
         except Exception as exc:  # the node never crashes and never answers Success on an unexpected error
             log.exception("C-STORE failed unexpectedly", association_id=state.row_id, error=type(exc).__name__)
             state.failed += 1
@@ -203,11 +277,36 @@ class StorageSCP:
     def _on_aborted(self, event: Event) -> None:
         self._state(event.assoc).outcome = AssociationOutcome.ABORTED
 
+    def _keep_partials(self, assoc: Association, row_id: int | None) -> None:
+        """Close the spools of data sets cut off mid-transfer and keep their bytes aside (audited)."""
+        for spool in close_unfinished(assoc):
+            if not spool.path.exists():
+                continue
+            size = spool.path.stat().st_size
+            why_not = self.store.quarantine_refusal(size)
+            try:
+                kept = None if why_not else str(self.store.quarantine(spool.path, "incomplete", {"size": size}))
+            except OSError as exc:
+                kept, why_not = None, f"quarantine write failed: {exc.strerror}"
+            if kept is None:
+                self.store.discard(spool.path)
+            try:
+                with self.engine.begin() as conn:
+                    audit.record(conn, AuditKind.SPOOL_RECOVERED, association_id=row_id, path=kept,
+                                 detail={"reason": "incomplete transfer", "size": size, "not_kept": why_not})
+            except SQLAlchemyError as exc:
+                log.error("audit write failed", kind=str(AuditKind.SPOOL_RECOVERED), error=type(exc).__name__)
+
     def _on_close(self, event: Event) -> None:
         state = self._state(event.assoc)
+        self._keep_partials(event.assoc, state.row_id)
         if state.closed or state.row_id is None:
+            state.closed = True
             return
         state.closed = True
+        breach = state.guard.breach if state.guard is not None else None
+        if breach is not None:
+            state.outcome = AssociationOutcome.ABORTED
         if state.outcome is AssociationOutcome.OPEN:  # the connection dropped before the reactor saw why
             released = event.assoc.is_released or event.assoc.acse.is_release_requested()
             state.outcome = AssociationOutcome.RELEASED if released else AssociationOutcome.ABORTED
@@ -219,7 +318,7 @@ class StorageSCP:
                 ))
                 if state.outcome is AssociationOutcome.ABORTED:
                     audit.record(conn, AuditKind.ASSOCIATION_ABORTED, association_id=state.row_id,
-                                 detail={"stored": state.stored, "failed": state.failed})
+                                 detail={"stored": state.stored, "failed": state.failed, "reason": breach})
         except SQLAlchemyError as exc:
             log.error("association audit update failed", association_id=state.row_id, error=type(exc).__name__)
         log.info("association ended", association_id=state.row_id, outcome=str(state.outcome), stored=state.stored,

@@ -26,18 +26,33 @@ class SeriesEvidence:
     reason: str
 
 
+def _vector(ds: pydicom.Dataset, keyword: str, length: int) -> np.ndarray | None:
+    """A finite numeric vector of ``length`` values, or None where absent, malformed or out of range."""
+    try:
+        value = np.asarray(ds[keyword].value, float) if keyword in ds else None
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return value if value is not None and value.shape == (length,) and np.isfinite(value).all() else None
+
+
+def _count(ds: pydicom.Dataset, keyword: str) -> int | None:
+    """A non-negative integer, or None where absent, malformed or out of range (IS "1e400" is infinity)."""
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") and int(value) >= 0 else None
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
 def _slice_facts(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
-    """(position, orientation, ImagesInAcquisition) of one stored instance; None where absent or unreadable."""
+    """(position, orientation, ImagesInAcquisition) of one stored instance; None where absent or unusable, so one
+    bad value costs only its own fact."""
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_TAGS)
-        position = np.asarray(ds.ImagePositionPatient, float) if "ImagePositionPatient" in ds else None
-        orientation = np.asarray(ds.ImageOrientationPatient, float) if "ImageOrientationPatient" in ds else None
-        announced = int(ds.ImagesInAcquisition) if ds.get("ImagesInAcquisition") not in (None, "") else None
-    except (InvalidDicomError, OSError, ValueError, TypeError):
+    except (InvalidDicomError, OSError, ValueError, TypeError, OverflowError):
         return None, None, None
-    if position is not None and position.shape != (3,) or orientation is not None and orientation.shape != (6,):
-        return None, None, None
-    return position, orientation, announced
+    return (_vector(ds, "ImagePositionPatient", 3), _vector(ds, "ImageOrientationPatient", 6),
+            _count(ds, "ImagesInAcquisition"))
 
 
 def series_evidence(series_instance_uid: str, paths: Sequence[Path], max_gap_factor: float) -> SeriesEvidence:

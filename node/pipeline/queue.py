@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, or_, select, update
 
 from node.config import PipelineConfig
 from node.db import audit
+from node.db.clock import db_now
 from node.db.schema import Run, utcnow
 from node.events import AuditKind, RunStatus
 from node.logging import get_logger
@@ -54,8 +55,8 @@ def claim_run(engine: Engine, config: PipelineConfig, worker: str) -> ClaimedRun
     compare-and-set. A reclaimed run that has used up its attempts is failed instead of claimed.
     """
     while True:
-        now = utcnow()
         with engine.begin() as conn:
+            now = db_now(conn)
             row = conn.execute(select(Run.id, Run.status, Run.attempts, Run.worker, Run.study_instance_uid)
                                .where(_claimable(now)).order_by(Run.id).limit(1)
                                .with_for_update(skip_locked=True)).one_or_none()
@@ -95,8 +96,12 @@ def update_run(engine: Engine, run: ClaimedRun, **values: Any) -> bool:
 
 
 def heartbeat(engine: Engine, run: ClaimedRun, lease_s: float) -> bool:
-    """Extend the lease; False when the claim was lost."""
-    return update_run(engine, run, lease_until=utcnow() + timedelta(seconds=lease_s))
+    """Extend the lease to ``lease_s`` from now on the database's clock; False when the claim was lost."""
+    with engine.begin() as conn:
+        until = db_now(conn) + timedelta(seconds=lease_s)
+        return bool(conn.execute(update(Run).where(Run.id == run.id, Run.claim_token == run.token,
+                                                   Run.status == str(RunStatus.RUNNING))
+                                 .values(lease_until=until)).rowcount)
 
 
 def finish_run(engine: Engine, run: ClaimedRun, **values: Any) -> bool:
@@ -114,15 +119,15 @@ def finish_run(engine: Engine, run: ClaimedRun, **values: Any) -> bool:
 
 def fail_run(engine: Engine, run: ClaimedRun, error: str, retryable: bool, config: PipelineConfig) -> RunStatus:
     """Record a failed attempt: queued again after ``retry_delay_s`` while attempts remain, else failed."""
-    now = utcnow()
     retry = retryable and run.attempts < config.max_attempts
     status = RunStatus.QUEUED if retry else RunStatus.FAILED
-    values: dict[str, Any] = {"status": str(status), "error": error, "claim_token": None, "lease_until": None}
-    if retry:
-        values["not_before"] = now + timedelta(seconds=config.retry_delay_s)
-    else:
-        values["finished_at"] = now
     with engine.begin() as conn:
+        now = db_now(conn)
+        values: dict[str, Any] = {"status": str(status), "error": error, "claim_token": None, "lease_until": None}
+        if retry:
+            values["not_before"] = now + timedelta(seconds=config.retry_delay_s)
+        else:
+            values["finished_at"] = now
         held = conn.execute(update(Run).where(Run.id == run.id, Run.claim_token == run.token)
                             .values(**values)).rowcount
         if held:

@@ -17,12 +17,14 @@ from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
 from node.db import audit
 from node.db.schema import Association, Instance, Run, RunInput, Series, Study, utcnow
 from node.events import AssociationOutcome, AuditKind, RunStatus
 from node.logging import get_logger
+from node.loops import report_failure
 from node.pipeline.evidence import SeriesEvidence, series_evidence
 from node.pipeline.routing import PixelReader, RoutedModel, SeriesFacts, route_study
 
@@ -82,9 +84,14 @@ class Stabilizer:
         created: list[int] = []
         candidates = self._candidates()
         for candidate in candidates:
-            trigger = self._ready(candidate, now)
-            if trigger is not None:
-                created += self._settle(candidate, trigger, now)
+            try:
+                trigger = self._ready(candidate, now)
+                if trigger is not None:
+                    created += self._settle(candidate, trigger, now)
+            except SQLAlchemyError:
+                raise  # the database is away: the whole round waits
+            except Exception as exc:  # one study's unforeseen trouble must not hold back the others
+                report_failure(self.engine, f"stabilize study {candidate.study_id}", exc, 1)
         live = {(c.study_id, c.generation) for c in candidates}
         self._evidence = {key: value for key, value in self._evidence.items() if key in live}
         return created

@@ -9,23 +9,26 @@ outbox (unique per object and destination) never sends one twice.
 
 from __future__ import annotations
 
-import hashlib
 import threading
+import time
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
 from node.db.audit import record
 from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
 from node.db.upsert import insert_ignore
 from node.delivery import enqueue
+from node.delivery.outbox import OutputObject
 from node.delivery.routing import destinations_for_study
 from node.events import AuditKind, RunStatus
 from node.logging import get_logger
+from node.loops import Progress, report_failure, run_guarded
 from node.pipeline.queue import (
     ClaimedRun,
     claim_run,
@@ -37,7 +40,7 @@ from node.pipeline.queue import (
     update_run,
     worker_name,
 )
-from node.reports import EarlierReport, build_report_objects, write_report_objects
+from node.reports import EarlierReport, WrittenObject, report_stage
 from node.reports.from_detection import options_for, report_run
 
 if TYPE_CHECKING:
@@ -46,11 +49,12 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-OUTPUT_KINDS = {"sr": "SR", "sc": "SC", "gsps": "GSPS", "kos": "KOS"}
-
-
 class ClaimLost(Exception):
     """Another worker holds the run now (this one's lease expired); stop without writing."""
+
+
+class ModelUnavailable(Exception):
+    """A routed model's card or weights do not load; the message says which and why."""
 
 
 class WorkerShutdown(BaseException):
@@ -61,10 +65,16 @@ class WorkerShutdown(BaseException):
 
 
 class Heartbeat:
-    """Renews a claimed run's lease every ``heartbeat_s`` until stopped; remembers a lost claim."""
+    """Renews a claimed run's lease every ``heartbeat_s`` until stopped; remembers a lost claim.
 
-    def __init__(self, engine: Engine, run: ClaimedRun, settings: Settings) -> None:
+    A renewal that fails (the database is away) is retried at the next beat; once the last renewal is so
+    old that the lease may run out before the next beat, the claim counts as lost, so that this worker
+    stops writing before another one can reclaim the run.
+    """
+
+    def __init__(self, engine: Engine, run: ClaimedRun, settings: Settings, progress: Progress | None = None) -> None:
         self._engine, self._run, self._config = engine, run, settings.pipeline
+        self._progress = progress
         self._stop = threading.Event()
         self.lost = False
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run.id}", daemon=True)
@@ -77,38 +87,65 @@ class Heartbeat:
         self._stop.set()
         self._thread.join()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _beat(self) -> None:
+        renewed = time.monotonic()
+        failures = 0
         while not self._stop.wait(self._config.heartbeat_s):
-            if not heartbeat(self._engine, self._run, self._config.lease_s):
+            try:
+                held = heartbeat(self._engine, self._run, self._config.lease_s)
+            except Exception as exc:
+                failures += 1
+                report_failure(None, f"heartbeat-{self._run.id}", exc, failures)
+                if time.monotonic() - renewed + self._config.heartbeat_s < self._config.lease_s:
+                    continue
+                held = False  # the lease may end before the next beat: another worker may take the run
+            else:
+                renewed, failures = time.monotonic(), 0
+                if self._progress is not None:
+                    self._progress.beat()
+            if not held:
                 self.lost = True
-                log.warning("run claim lost", run_id=self._run.id)
+                log.warning("run claim lost", run_id=self._run.id, renewal_failures=failures)
+                self._audit_lost(failures)
                 return
+
+    def _audit_lost(self, failures: int) -> None:
+        try:
+            with self._engine.begin() as conn:
+                record(conn, AuditKind.LEASE_LOST, study_instance_uid=self._run.study_instance_uid,
+                       detail={"run_id": self._run.id, "worker": worker_name(), "renewal_failures": failures})
+        except SQLAlchemyError as exc:
+            log.warning("lost claim not audited", run_id=self._run.id, error=type(exc).__name__)
 
 
 class Worker:
     """Runs queued runs one at a time until ``stop`` is set; models are loaded once and kept."""
 
-    def __init__(self, engine: Engine, settings: Settings, stop: threading.Event) -> None:
+    def __init__(self, engine: Engine, settings: Settings, stop: threading.Event,
+                 progress: Progress | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.stop = stop
+        self.progress = progress
         self.name = worker_name()
         self.busy = False  # a run is in progress (a shutdown must interrupt it, not wait for it)
         self._models: dict[str, LoadedModel] = {}
 
     def run_forever(self) -> None:
         """Load the routed models (so the first study does not wait for them), then work the queue."""
-        from detector.registry import ModelCardError
 
         for model in dict.fromkeys(route.model for route in self.settings.pipeline.routes):
             try:
                 self._model(model)
-            except (ModelCardError, LookupError, OSError) as exc:  # its runs will fail with this error, audited
-                log.error("model cannot be loaded", model=model, error=f"{type(exc).__name__}: {exc}")
+            except ModelUnavailable as exc:  # its runs will fail with this error, audited
+                log.error("model cannot be loaded", model=model, error=str(exc))
         log.info("worker running", worker=self.name, models=sorted(self._models))
-        while not self.stop.is_set():
-            if not self.run_once():
-                self.stop.wait(self.settings.pipeline.poll_interval_s)
+        run_guarded("worker", self.run_once, self.stop, self.settings.pipeline.poll_interval_s, self.progress,
+                    self.engine)
 
     def run_once(self) -> bool:
         """Claim and process one run; False when none was due."""
@@ -126,7 +163,7 @@ class Worker:
 
         try:
             self.busy = True
-            with Heartbeat(self.engine, run, self.settings) as beat:
+            with Heartbeat(self.engine, run, self.settings, self.progress) as beat:
                 self._stages(run, beat)
         except WorkerShutdown:
             release_run(self.engine, run)
@@ -137,6 +174,8 @@ class Worker:
             return None
         except OutOfDomainError as exc:
             return skip_run(self.engine, run, f"refused by the model's domain gate: {exc}")
+        except ModelUnavailable as exc:  # the operator may fix the model: retried, then failed with the reason
+            return fail_run(self.engine, run, str(exc), True, self.settings.pipeline)
         except (SeriesInputError, ModelCardError, LookupError) as exc:
             return fail_run(self.engine, run, f"{type(exc).__name__}: {exc}", False, self.settings.pipeline)
         except Exception as exc:  # anything else may be passing (memory, a file system hiccup): retried
@@ -147,10 +186,15 @@ class Worker:
         return RunStatus.DONE
 
     def _model(self, name: str) -> LoadedModel:
+        """The routed model, loaded once; a model that does not load is tried again at its next run."""
         from detector.infer import load_model
+        from detector.registry import ModelCardError
 
         if name not in self._models:
-            self._models[name] = load_model(name)
+            try:
+                self._models[name] = load_model(name)
+            except (ModelCardError, LookupError, OSError) as exc:
+                raise ModelUnavailable(f"model {name} cannot be loaded: {exc}") from exc
         return self._models[name]
 
     def _stage(self, run: ClaimedRun, beat: Heartbeat, **values: object) -> None:
@@ -176,19 +220,23 @@ class Worker:
                     selection=list(result.selection.reasons), findings=[asdict(f) for f in result.findings])
         if result.dropped:
             self._audit_truncation(run, result.findings, result.dropped)
-        objects = build_report_objects(report_run(result, f"run-{run.id}", self._earlier_reports(run)),
-                                       options_for(card, self.settings.reports))
-        folder = self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
+        # one folder per attempt: a worker that lost its claim never writes into the files of the one holding it
+        folder = (self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
+                  / f"attempt-{run.attempts}")
+        objects, written = report_stage(
+            report_run(result, f"run-{run.id}", self._earlier_reports(run), self._ready_at(run)),
+            options_for(card, self.settings.reports), folder)
         if objects.omissions:
             with self.engine.begin() as conn:
                 record(conn, AuditKind.RUN_DEGRADED, study_instance_uid=run.study_instance_uid,
                        detail={"run_id": run.id, "omitted": list(objects.omissions)})
-        written = write_report_objects(objects, folder)
-        self._record_outputs(run, objects.named(), written)
+        self._record_outputs(run, written)
         self._stage(run, beat, reports_built_at=utcnow())
         destinations = destinations_for_study(self.engine, self.settings.delivery, run.study_instance_uid)
-        for path in written:
-            enqueue(self.engine, path, destinations, run.id)
+        for output in written:
+            enqueue(self.engine, OutputObject(output.path, output.sop_class_uid, output.sop_instance_uid,
+                                              output.study_instance_uid, output.transfer_syntax_uid),
+                    destinations, run.id)
         if beat.lost or not finish_run(self.engine, run):
             raise ClaimLost(run.id)
         log.info("run done", run_id=run.id, findings=len(result.findings), outputs=len(written),
@@ -223,12 +271,16 @@ class Worker:
         return [EarlierReport(run.study_instance_uid, row.series_instance_uid, row.sop_instance_uid,
                               row.sop_class_uid)]
 
-    def _record_outputs(self, run: ClaimedRun, named: list[tuple[str, Dataset]], written: list[Path]) -> None:
+    def _ready_at(self, run: ClaimedRun) -> datetime:
+        """When the study was found ready for this run: the time every object of the run carries."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(Run.ready_at).where(Run.id == run.id)).scalar_one()
+
+    def _record_outputs(self, run: ClaimedRun, written: list[WrittenObject]) -> None:
         with self.engine.begin() as conn:
-            for (name, dataset), path in zip(named, written, strict=True):
+            for output in written:
                 insert_ignore(conn, RunOutput, "sop_instance_uid", {
-                    "run_id": run.id, "kind": OUTPUT_KINDS[name.split("-")[0].split(".")[0]],
-                    "sop_class_uid": str(dataset.SOPClassUID), "sop_instance_uid": str(dataset.SOPInstanceUID),
-                    "series_instance_uid": str(dataset.SeriesInstanceUID), "path": str(path.resolve()),
-                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+                    "run_id": run.id, "kind": str(output.kind), "sop_class_uid": output.sop_class_uid,
+                    "sop_instance_uid": output.sop_instance_uid, "series_instance_uid": output.series_instance_uid,
+                    "path": str(output.path), "sha256": output.sha256,
                 })

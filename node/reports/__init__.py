@@ -1,9 +1,22 @@
 """Report stage: the DICOM objects (TID 1500 SR, Secondary Capture, GSPS, KOS) a run sends back to the PACS."""
 
-from node.reports.bundle import ReportObjects, build_report_objects, write_report_objects
+from node.reports.bundle import (
+    OutputKind,
+    ReportObjects,
+    WrittenObject,
+    build_report_objects,
+    report_stage,
+    write_report_objects,
+)
 from node.reports.gsps import build_gsps
 from node.reports.kos import build_kos
-from node.reports.options import AlgorithmIdentity, EarlierReport, ReportOptions, ReportRun
+from node.reports.options import (
+    AlgorithmIdentity,
+    EarlierReport,
+    ReportOptions,
+    ReportRun,
+)
+from node.reports.prepared import PreparedReport
 from node.reports.sc import build_secondary_captures
 from node.reports.sr import ReportedFinding, build_sr, read_findings
 from node.reports.uids import ObjectKind, RunUids, derive_uid
@@ -12,11 +25,14 @@ __all__ = [
     "AlgorithmIdentity",
     "EarlierReport",
     "ObjectKind",
+    "OutputKind",
+    "PreparedReport",
     "ReportObjects",
     "ReportOptions",
     "ReportRun",
     "ReportedFinding",
     "RunUids",
+    "WrittenObject",
     "build_gsps",
     "build_kos",
     "build_report_objects",
@@ -24,5 +40,6 @@ __all__ = [
     "build_sr",
     "derive_uid",
     "read_findings",
+    "report_stage",
     "write_report_objects",
 ]

@@ -1,23 +1,36 @@
-"""All objects of one run in one place: build them (SR, SCs, optional GSPS and KOS) and write them to a folder."""
+"""The report stage of a run: build all its objects (SR, SCs, optional GSPS and KOS) from one prepared input and
+write them to a folder, returning what the audit and the outbox record about each."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
+from enum import StrEnum
+from io import BytesIO
 from pathlib import Path
 
 import structlog
 from pydicom.dataset import Dataset
 
-from node.storage.durable import fsync_dir, fsync_file
 from node.reports.gsps import build_gsps
 from node.reports.kos import build_kos
 from node.reports.options import ReportOptions, ReportRun
+from node.reports.prepared import PreparedReport
 from node.reports.sc import build_secondary_captures
-from node.reports.sources import SourceSeries
 from node.reports.sr import build_sr
+from node.storage.durable import fsync_dir, fsync_file
 
 log = structlog.get_logger(__name__)
+
+
+class OutputKind(StrEnum):
+    """The kinds of object a run emits, as the audit records them."""
+
+    SR = "SR"
+    SC = "SC"
+    GSPS = "GSPS"
+    KOS = "KOS"
 
 
 @dataclass(frozen=True)
@@ -33,47 +46,72 @@ class ReportObjects:
     kos: Dataset | None = None
     omissions: tuple[str, ...] = ()
 
-    def named(self) -> list[tuple[str, Dataset]]:
-        """(file name, object) pairs in sending order: SR, SCs (summary last), GSPS, KOS."""
-        pairs = [("sr.dcm", self.sr)]
-        pairs += [(f"sc-{n + 1:03d}.dcm", sc) for n, sc in enumerate(self.secondary_captures)]
+    def named(self) -> list[tuple[str, OutputKind, Dataset]]:
+        """(file name, kind, object) in sending order: SR, SCs (summary last), GSPS, KOS."""
+        items = [("sr.dcm", OutputKind.SR, self.sr)]
+        items += [(f"sc-{n + 1:03d}.dcm", OutputKind.SC, sc) for n, sc in enumerate(self.secondary_captures)]
         if self.gsps is not None:
-            pairs.append(("gsps.dcm", self.gsps))
+            items.append(("gsps.dcm", OutputKind.GSPS, self.gsps))
         if self.kos is not None:
-            pairs.append(("kos.dcm", self.kos))
-        return pairs
+            items.append(("kos.dcm", OutputKind.KOS, self.kos))
+        return items
+
+
+@dataclass(frozen=True)
+class WrittenObject:
+    """One object as written: its file, kind, identity and the sha256 of the bytes written."""
+
+    path: Path
+    kind: OutputKind
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    sha256: str
 
 
 def build_report_objects(run: ReportRun, options: ReportOptions) -> ReportObjects:
-    """Every object the run emits under ``options``; the same run and options always give the same UIDs."""
+    """Every object the run emits under ``options``; the same run and options always give the same bytes."""
+    report = PreparedReport.of(run, options)
     with_findings = bool(run.findings)
     objects = ReportObjects(
-        sr=build_sr(run, options),
-        secondary_captures=tuple(build_secondary_captures(run, options)),
-        gsps=build_gsps(run, options) if options.enable_gsps and with_findings else None,
-        kos=build_kos(run, options) if options.enable_kos and with_findings else None,
-        omissions=SourceSeries(run.sources).omissions,
+        sr=build_sr(report),
+        secondary_captures=tuple(build_secondary_captures(report)),
+        gsps=build_gsps(report) if options.enable_gsps and with_findings else None,
+        kos=build_kos(report) if options.enable_kos and with_findings else None,
+        omissions=report.series.omissions,
     )
-    log.info(
-        "report objects built",
-        run_id=run.run_id,
-        findings=len(run.findings),
-        objects=[name for name, _ in objects.named()],
-    )
+    log.info("report objects built", run_id=run.run_id, findings=len(run.findings),
+             objects=[name for name, _, _ in objects.named()])
     return objects
 
 
-def write_report_objects(objects: ReportObjects, folder: Path) -> list[Path]:
-    """Write each object as a DICOM Part 10 file under ``folder`` (created), atomically and durably; the paths."""
+def write_report_objects(objects: ReportObjects, folder: Path) -> list[WrittenObject]:
+    """Write each object as a DICOM Part 10 file under ``folder`` (created), atomically and durably."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, dataset in objects.named():
+    written = []
+    for name, kind, dataset in objects.named():
+        buffer = BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
         path = folder / name
         partial = folder / f".{name}.partial"
-        dataset.save_as(partial, enforce_file_format=True)
+        partial.write_bytes(data)
         fsync_file(partial)
         os.replace(partial, path)
-        paths.append(path)
+        written.append(WrittenObject(
+            path=path.resolve(), kind=kind, sop_class_uid=str(dataset.SOPClassUID),
+            sop_instance_uid=str(dataset.SOPInstanceUID), series_instance_uid=str(dataset.SeriesInstanceUID),
+            study_instance_uid=str(dataset.StudyInstanceUID),
+            transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID), sha256=hashlib.sha256(data).hexdigest(),
+        ))
     fsync_dir(folder)
-    log.info("report objects written", folder=str(folder), files=len(paths))
-    return paths
+    log.info("report objects written", folder=str(folder), files=len(written))
+    return written
+
+
+def report_stage(run: ReportRun, options: ReportOptions, folder: Path) -> tuple[ReportObjects, list[WrittenObject]]:
+    """The report stage, as the worker and ``ctnode detect --dicom`` run it: build every object, write them."""
+    objects = build_report_objects(run, options)
+    return objects, write_report_objects(objects, folder)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import pydicom
 
-from node.reports.options import AlgorithmIdentity, EarlierReport, ReportOptions, ReportRun
-from node.reports.sc import key_slice
+from node.reports.findings import key_slice
+from node.reports.options import (
+    AlgorithmIdentity,
+    EarlierReport,
+    ReportOptions,
+    ReportRun,
+)
 
 if TYPE_CHECKING:  # the detector (and torch) is only loaded where detection runs
     from detector.infer import DetectionResult
@@ -30,8 +36,10 @@ def options_for(card: ModelCard, options: ReportOptions) -> ReportOptions:
     })
 
 
-def report_run(result: DetectionResult, run_id: str, earlier: Sequence[EarlierReport] = ()) -> ReportRun:
-    """The report run of a detection: the read series' images and its findings.
+def report_run(result: DetectionResult, run_id: str, earlier: Sequence[EarlierReport] = (),
+               created: datetime | None = None) -> ReportRun:
+    """The report run of a detection: the read series' images and its findings, at ``created`` (None: the
+    newest time the images state).
 
     Only the findings' key slices, which the overlays draw, are read with their pixels; the SR, GSPS and
     KOS need the other images' headers alone.
@@ -39,4 +47,4 @@ def report_run(result: DetectionResult, run_id: str, earlier: Sequence[EarlierRe
     keys = {key_slice(finding).sop_instance_uid for finding in result.findings}
     sources = [pydicom.dcmread(header.path, stop_before_pixels=header.sop_instance_uid not in keys)
                for header in result.selection.chosen.instances]
-    return ReportRun(run_id, sources, tuple(result.findings), algorithm_of(result.model.card), tuple(earlier))
+    return ReportRun(run_id, sources, tuple(result.findings), algorithm_of(result.model.card), tuple(earlier), created)

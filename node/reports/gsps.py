@@ -5,37 +5,35 @@ from __future__ import annotations
 import highdicom as hd
 
 from node.reports.coordinates import box_polyline
-from node.reports.options import ReportOptions, ReportRun
-from node.reports.sc import finding_caption
-from node.reports.sources import SourceSeries, copy_anatomy, no_identifier_warnings
-from node.reports.uids import ObjectKind, RunUids, object_identity
+from node.reports.findings import finding_caption, finding_name
+from node.reports.prepared import PreparedReport
+from node.reports.sources import copy_anatomy, no_identifier_warnings
+from node.reports.uids import ObjectKind
 
 GSPS_SERIES_DESCRIPTION = "AI findings boxes (not for diagnosis)"
 
 
 @no_identifier_warnings()
-def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcopyPresentationState:
+def build_gsps(report: PreparedReport) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """A GSPS over the read series: every finding's per-slice box (closed polyline) and caption, model's window.
 
-    Raises ValueError for a run without findings: there is nothing to annotate.
+    Each box carries the tracking identifier and UID of the SR's measurement group of that image region. Raises ValueError for
+    a run without findings: there is nothing to annotate.
     """
-    series = SourceSeries(run.sources)
-    series.check_findings(run.findings)
+    series, options, run = report.series, report.options, report.run
     if not run.findings:
         raise ValueError("a presentation state needs at least one finding to annotate")
-    uids = RunUids(options.uid_root, run.run_id)
     layer = hd.pr.GraphicLayer(layer_name=options.gsps_layer_name, order=1, description=options.banner_text)
     annotations = []
     for n, finding in enumerate(run.findings):
-        tracking_uid = uids.instance(ObjectKind.FINDING, n)
-        for box in finding.slices:
+        for k, box in enumerate(finding.slices):
             polyline = box_polyline(box.box_px)
             outline = hd.pr.GraphicObject(
                 graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
                 graphic_data=polyline,
                 units=hd.pr.AnnotationUnitsValues.PIXEL,
-                tracking_id=finding.tracking_id or f"finding {n + 1}",
-                tracking_uid=tracking_uid,
+                tracking_id=finding_name(n, finding),
+                tracking_uid=report.region_uid(n, k),
             )
             caption = hd.pr.TextObject(
                 text_value=f"{finding_caption(n, finding)} - {options.banner_text}",
@@ -53,7 +51,7 @@ def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcop
             )
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=series.headers(),
-        **object_identity(uids, ObjectKind.GSPS, 0, options.series_number_base, options.manufacturer),
+        **report.identity(ObjectKind.GSPS),
         manufacturer_model_name=run.algorithm.name,
         software_versions=run.algorithm.version,
         device_serial_number=run.algorithm.weights_sha256[:16],
@@ -71,4 +69,5 @@ def build_gsps(run: ReportRun, options: ReportOptions) -> hd.pr.GrayscaleSoftcop
         series_description=GSPS_SERIES_DESCRIPTION,
     )
     copy_anatomy(series.first, gsps)
+    report.stamp(gsps)
     return gsps

@@ -5,22 +5,20 @@ from __future__ import annotations
 import highdicom as hd
 from pydicom.sr.codedict import codes
 
-from node.reports.options import ReportOptions, ReportRun
-from node.reports.sc import key_slice
-from node.reports.sources import SourceSeries, no_identifier_warnings
-from node.reports.uids import ObjectKind, RunUids, object_identity
+from node.reports.findings import key_slice
+from node.reports.prepared import PreparedReport
+from node.reports.sources import no_identifier_warnings
+from node.reports.uids import ObjectKind
 
 KOS_SERIES_DESCRIPTION = "AI key slices (not for diagnosis)"
 
 
 @no_identifier_warnings()
-def build_kos(run: ReportRun, options: ReportOptions) -> hd.ko.KeyObjectSelectionDocument:
+def build_kos(report: PreparedReport) -> hd.ko.KeyObjectSelectionDocument:
     """A KOS titled "Of Interest" listing each finding's key slice once; ValueError for a run without findings."""
-    series = SourceSeries(run.sources)
-    series.check_findings(run.findings)
+    series, options, run = report.series, report.options, report.run
     if not run.findings:
         raise ValueError("a key object selection needs at least one finding whose key slice it selects")
-    uids = RunUids(options.uid_root, run.run_id)
     key_uids = list(dict.fromkeys(key_slice(f).sop_instance_uid for f in run.findings))
     keys = series.headers(key_uids)
     content = hd.ko.KeyObjectSelection(
@@ -31,7 +29,7 @@ def build_kos(run: ReportRun, options: ReportOptions) -> hd.ko.KeyObjectSelectio
     document = hd.ko.KeyObjectSelectionDocument(
         evidence=keys,
         content=content,
-        **object_identity(uids, ObjectKind.KOS, 0, options.series_number_base, options.manufacturer),
+        **report.identity(ObjectKind.KOS),
         institution_name=options.institution_name,
         institutional_department_name=options.institutional_department_name,
         series_description=KOS_SERIES_DESCRIPTION,
@@ -39,4 +37,5 @@ def build_kos(run: ReportRun, options: ReportOptions) -> hd.ko.KeyObjectSelectio
     for item in document.ContentSequence:
         if item.ValueType == "IMAGE" and "ConceptNameCodeSequence" in item:
             del item.ConceptNameCodeSequence  # TID 2010 forbids a concept name on the selected IMAGE items
+    report.stamp(document)
     return document

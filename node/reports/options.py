@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -65,13 +66,18 @@ class EarlierReport:
 
 @dataclass(frozen=True)
 class ReportRun:
-    """One detector run to report: its id, the read series (datasets), findings, model and earlier SRs."""
+    """One detector run to report: its id, the read series (datasets), findings, model and earlier SRs.
+
+    ``created``: the run's time, which every date and time of its objects carries (so a rebuild is
+    byte-identical); None takes the newest date and time its source images state.
+    """
 
     run_id: str
     sources: Sequence[Dataset]
     findings: Sequence[Finding]
     algorithm: AlgorithmIdentity
     earlier_reports: Sequence[EarlierReport] = field(default_factory=tuple)
+    created: datetime | None = None
 
     def __post_init__(self) -> None:
         if not self.run_id:

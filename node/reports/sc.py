@@ -8,26 +8,15 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from detector.findings import Finding, SliceBox
-from node.reports.options import ReportOptions, ReportRun
+from detector.findings import Finding
+from node.reports.findings import finding_caption, key_slice
+from node.reports.prepared import PreparedReport
 from node.reports.render import DrawnBox, render_slice, render_summary, windowed_gray
-from node.reports.sources import SourceSeries, copy_anatomy, no_identifier_warnings
-from node.reports.uids import ObjectKind, RunUids, object_identity
+from node.reports.sources import copy_anatomy, no_identifier_warnings
+from node.reports.uids import ObjectKind
 
 SC_SERIES_DESCRIPTION = "AI findings overlay (not for diagnosis)"
 _SUMMARY_LINES = 10
-
-
-def key_slice(finding: Finding) -> SliceBox:
-    """The finding's key slice: its highest-scoring box, the one nearest the middle on ties."""
-    middle = (len(finding.slices) - 1) / 2.0
-    best = max(range(len(finding.slices)), key=lambda i: (finding.slices[i].score, -abs(i - middle)))
-    return finding.slices[best]
-
-
-def finding_caption(n: int, finding: Finding) -> str:
-    """The text drawn next to a finding's box: number, label and score."""
-    return f"#{n + 1} {finding.label} {finding.score:.2f}"
 
 
 def _boxes_on(sop_instance_uid: str, findings: Sequence[Finding]) -> list[DrawnBox]:
@@ -40,8 +29,8 @@ def _boxes_on(sop_instance_uid: str, findings: Sequence[Finding]) -> list[DrawnB
     ]
 
 
-def _footer(run: ReportRun) -> str:
-    return f"ctnode {run.algorithm.name} {run.algorithm.version}"
+def _footer(report: PreparedReport) -> str:
+    return f"ctnode {report.algorithm.name} {report.algorithm.version}"
 
 
 def _references(images: Sequence[Dataset]) -> list[Dataset]:
@@ -55,16 +44,15 @@ def _references(images: Sequence[Dataset]) -> list[Dataset]:
 
 
 def _secondary_capture(
+    report: PreparedReport,
     pixels: np.ndarray,
     sources: Sequence[Dataset],
-    series: SourceSeries,
-    uids: RunUids,
     index: int,
-    options: ReportOptions,
     derivation: str,
     pixel_spacing: tuple[float, float] | None,
 ) -> hd.sc.SCImage:
     """An RGB SC in the source study, referencing ``sources`` and their frame of reference, text burned in."""
+    series = report.series
     header = series.headers([str(sources[0].SOPInstanceUID)])[0]
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
@@ -72,7 +60,7 @@ def _secondary_capture(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        **object_identity(uids, ObjectKind.SC, index, options.series_number_base, options.manufacturer),
+        **report.identity(ObjectKind.SC, index),
         pixel_spacing=pixel_spacing,
         patient_orientation=series.patient_orientation(),
         series_description=SC_SERIES_DESCRIPTION,
@@ -86,35 +74,35 @@ def _secondary_capture(
     sc.SourceImageSequence = _references(sources)
     sc.ReferencedImageSequence = _references(sources)
     copy_anatomy(header, sc)
-    if options.institution_name is not None:
-        sc.InstitutionName = options.institution_name
+    if report.options.institution_name is not None:
+        sc.InstitutionName = report.options.institution_name
+    report.stamp(sc)
     return sc
 
 
 @no_identifier_warnings()
-def build_secondary_captures(run: ReportRun, options: ReportOptions) -> list[hd.sc.SCImage]:
+def build_secondary_captures(report: PreparedReport) -> list[hd.sc.SCImage]:
     """One overlay SC per finding (its key slice, all boxes on it drawn), then the study summary SC last."""
-    series = SourceSeries(run.sources)
-    series.check_findings(run.findings)
-    uids = RunUids(options.uid_root, run.run_id)
+    series, options = report.series, report.options
     captures = []
     crops = []
     centre, width = options.display_window()
-    for n, finding in enumerate(run.findings):
+    for n, finding in enumerate(report.findings):
         key = series.image(key_slice(finding).sop_instance_uid)
         hu = series.hounsfield(str(key.SOPInstanceUID))
         gray = windowed_gray(hu, centre, width)
-        pixels = render_slice(gray, _boxes_on(str(key.SOPInstanceUID), run.findings), options.banner_text, _footer(run))
+        pixels = render_slice(gray, _boxes_on(str(key.SOPInstanceUID), report.findings), options.banner_text,
+                              _footer(report))
         spacing = tuple(float(v) for v in key.PixelSpacing)
         captures.append(
             _secondary_capture(
-                pixels, [key], series, uids, n, options,
+                report, pixels, [key], n,
                 f"AI finding {n + 1} boxes burned into the CT slice, window C{centre:g} W{width:g}",
                 (spacing[0], spacing[1]),
             )
         )
         crops.append(_crop_around(pixels, key_slice(finding).box_px))
-    captures.append(_summary(run, series, uids, options, crops))
+    captures.append(_summary(report, crops))
     return captures
 
 
@@ -128,21 +116,19 @@ def _crop_around(pixels: np.ndarray, box_px: tuple[float, float, float, float]) 
     return pixels[top:top + side, left:left + side]
 
 
-def _summary(
-    run: ReportRun, series: SourceSeries, uids: RunUids, options: ReportOptions, crops: Sequence[np.ndarray]
-) -> hd.sc.SCImage:
+def _summary(report: PreparedReport, crops: Sequence[np.ndarray]) -> hd.sc.SCImage:
     """The study summary page: model, finding count, one line and one crop per finding."""
-    findings = run.findings
-    lines = [_footer(run), f"{len(findings)} finding(s)" if findings else "No finding detected by this model"]
+    findings, series = report.findings, report.series
+    lines = [_footer(report), f"{len(findings)} finding(s)" if findings else "No finding detected by this model"]
     shown = _SUMMARY_LINES - len(lines) - 1
     for n, finding in enumerate(findings[:shown]):
         lines.append(f"{finding_caption(n, finding)}  ({len(finding.slices)} slice(s))")
     if len(findings) > shown:
         lines.append(f"... and {len(findings) - shown} more, see the report")
-    pixels = render_summary(crops, lines, options.banner_text)
+    pixels = render_summary(crops, lines, report.options.banner_text)
     keys = [series.image(key_slice(f).sop_instance_uid) for f in findings] or [series.first]
     unique_keys = list({str(k.SOPInstanceUID): k for k in keys}.values())
     return _secondary_capture(
-        pixels, unique_keys, series, uids, len(findings), options,
+        report, pixels, unique_keys, len(findings),
         "AI findings summary of the study, rendered from the key slices", None,
     )

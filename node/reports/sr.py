@@ -14,9 +14,11 @@ from pydicom.sr.coding import Code
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
 from node.reports.coordinates import box_polyline, from_image
-from node.reports.options import ReportOptions, ReportRun
-from node.reports.sources import SourceSeries, no_identifier_warnings
-from node.reports.uids import ObjectKind, RunUids, derive_uid, object_identity
+from node.reports.findings import finding_name
+from node.reports.options import ReportRun
+from node.reports.prepared import PreparedReport
+from node.reports.sources import no_identifier_warnings
+from node.reports.uids import ObjectKind, derive_uid
 
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 PERCENT = Code("%", "UCUM", "Percent")
@@ -49,62 +51,73 @@ def _certainty(score: float, centre: hd.sr.CoordinatesForMeasurement3D | None = 
     )
 
 
-def _finding_groups(
-    n: int, finding: Finding, series: SourceSeries, uids: RunUids, algorithm: hd.sr.AlgorithmIdentification
-) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """The finding's TID 1411 group (per-slice 2D boxes) and its TID 1501 companion holding the 3D centre
-    (left out when the series has no frame of reference to put it in).
+Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
 
-    TID 1410/1411 admit 2D regions or a 3D region, not both, and their measurements (TID 1419) take no
-    coordinates; TID 1501's measurements may be inferred from SCOORD3D (TID 320). Both groups carry the same
-    tracking identifier and UID, which is how TID 1500 ties groups describing one finding.
+
+def _finding_groups(n: int, finding: Finding, report: PreparedReport,
+                    algorithm: hd.sr.AlgorithmIdentification) -> list[Group]:
+    """The finding's groups: one TID 1410 group per image region (slice), then one TID 1501 group holding its
+    certainty, inferred from its 3D centre when the series has a frame of reference.
+
+    Each region group has a Tracking UID of its own, so a viewer draws and tracks each slice's box; the key
+    slice's group shares the finding's Tracking UID with the certainty group, so a viewer that merges groups
+    by Tracking UID shows the certainty once, on the key slice. All groups of the finding share its Tracking
+    Identifier text and the algorithm's identification, which is how a reader joins them into one finding.
+    The region groups hold no numeric item: TID 1410 measurements (TID 1419) take no coordinates, and a
+    viewer loading a group with a numeric item looks for the group's geometry under that item.
     """
-    tracking = hd.sr.TrackingIdentifier(
-        uid=uids.instance(ObjectKind.FINDING, n), identifier=finding.tracking_id or f"finding {n + 1}"
-    )
-    finding_type = _as_code(finding.finding_type)
-    sites = [hd.sr.FindingSite(_as_code(finding.finding_site))] if finding.finding_site is not None else None
-    regions = [
-        hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=box_polyline(box.box_px),
-            source_image=hd.sr.SourceImageForRegion.from_source_image(series.image(box.sop_instance_uid)),
+    groups: list[Group] = [_region_group(report, n, k, algorithm) for k in range(len(finding.slices))]
+    series = report.series
+    centre = None
+    if series.frame_of_reference_uid is not None:
+        centre = hd.sr.CoordinatesForMeasurement3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+            graphic_data=np.array([finding.centre_mm], dtype=float),
+            frame_of_reference_uid=series.frame_of_reference_uid,
+            purpose=codes.DCM.Center,
         )
-        for box in finding.slices
-    ]
-    roi_group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        referenced_regions=regions,
-        finding_type=finding_type,
-        finding_sites=sites,
-        algorithm_id=algorithm,
-        measurements=[_certainty(finding.score)],
-    )
-    if series.frame_of_reference_uid is None:
-        return [roi_group]
-    centre = hd.sr.CoordinatesForMeasurement3D(
-        graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-        graphic_data=np.array([finding.centre_mm], dtype=float),
-        frame_of_reference_uid=series.frame_of_reference_uid,
-        purpose=codes.DCM.Center,
-    )
-    centre_group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking,
-        finding_type=finding_type,
-        finding_sites=sites,
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=report.uids.instance(ObjectKind.FINDING, n),
+                                                     identifier=finding_name(n, finding)),
+        finding_type=_as_code(finding.finding_type),
+        finding_sites=_sites(finding),
         algorithm_id=algorithm,
         measurements=[_certainty(finding.score, centre)],
+    ))
+    return groups
+
+
+def _sites(finding: Finding) -> list[hd.sr.FindingSite] | None:
+    return [hd.sr.FindingSite(_as_code(finding.finding_site))] if finding.finding_site is not None else None
+
+
+def _region_group(report: PreparedReport, n: int, k: int, algorithm: hd.sr.AlgorithmIdentification,
+                  measurements: list[hd.sr.Measurement] | None = None
+                  ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """The TID 1410 group of the ``k``-th image region (slice) of finding ``n``: its box on its image."""
+    finding = report.findings[n]
+    box = finding.slices[k]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=report.region_uid(n, k), identifier=finding_name(n, finding)),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=box_polyline(box.box_px),
+            source_image=hd.sr.SourceImageForRegion.from_source_image(report.series.image(box.sop_instance_uid)),
+        ),
+        finding_type=_as_code(finding.finding_type),
+        finding_sites=_sites(finding),
+        algorithm_id=algorithm,
+        measurements=measurements,
     )
-    return [roi_group, centre_group]
 
 
 def _no_finding_group(
-    uids: RunUids, algorithm: hd.sr.AlgorithmIdentification
+    report: PreparedReport, algorithm: hd.sr.AlgorithmIdentification
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """A TID 1501 group stating explicitly that the algorithm found nothing in the read series."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.instance(ObjectKind.FINDING, 0), identifier=NO_FINDING_TRACKING_ID
+            uid=report.uids.instance(ObjectKind.FINDING, 0), identifier=NO_FINDING_TRACKING_ID
         ),
         algorithm_id=algorithm,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NO_ABNORMALITY)],
@@ -112,24 +125,21 @@ def _no_finding_group(
 
 
 @no_identifier_warnings()
-def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
-    """The run's Comprehensive 3D SR (TID 1500) in the source study; one finding-group pair per finding."""
-    series = SourceSeries(run.sources)
-    series.check_findings(run.findings)
-    uids = RunUids(options.uid_root, run.run_id)
+def build_sr(report: PreparedReport) -> hd.sr.Comprehensive3DSR:
+    """The run's Comprehensive 3D SR (TID 1500) in the source study: per finding, one group per image region
+    and one with its certainty (and 3D centre); an explicit "no abnormality" group when there is none."""
+    run, options = report.run, report.options
     algorithm = algorithm_identification(run)
-    groups: list[
-        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
-    ] = []
-    for n, finding in enumerate(run.findings):
-        groups.extend(_finding_groups(n, finding, series, uids, algorithm))
+    groups: list[Group]
     if sum(len(f.slices) for f in run.findings) == 1:
         # One 2D region in the whole report: pixelmed's validator then checks every group as TID 1410 and
-        # rejects the TID 1501 centre group, so the lone finding keeps only its region group (its centre is
-        # that box's centre on its one image).
-        groups = groups[:1]
+        # rejects a TID 1501 group, so the lone finding's certainty joins its region's group.
+        groups = [_region_group(report, 0, 0, algorithm, [_certainty(run.findings[0].score)])]
+    else:
+        groups = [group for n, finding in enumerate(run.findings)
+                  for group in _finding_groups(n, finding, report, algorithm)]
     if not groups:
-        groups.append(_no_finding_group(uids, algorithm))
+        groups = [_no_finding_group(report, algorithm)]
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -139,16 +149,16 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
             model_name=f"{run.algorithm.name} {run.algorithm.version}",
         ),
     )
-    report = hd.sr.MeasurementReport(
+    content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
     )
-    return hd.sr.Comprehensive3DSR(
-        evidence=series.headers(),
-        content=report[0],
-        **object_identity(uids, ObjectKind.SR, 0, options.series_number_base, options.manufacturer),
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=report.series.headers(),
+        content=content[0],
+        **report.identity(ObjectKind.SR),
         institution_name=options.institution_name,
         institutional_department_name=options.institutional_department_name,
         is_complete=True,
@@ -156,6 +166,8 @@ def build_sr(run: ReportRun, options: ReportOptions) -> hd.sr.Comprehensive3DSR:
         previous_versions=[e.as_dataset() for e in run.earlier_reports] or None,
         series_description=SR_SERIES_DESCRIPTION,
     )
+    report.stamp(sr)
+    return sr
 
 
 @dataclass(frozen=True)
@@ -186,37 +198,45 @@ def _score(measurements: Sequence[hd.sr.Measurement]) -> float:
 
 
 def read_findings(sr: Dataset) -> list[ReportedFinding]:
-    """The findings of a ctnode TID 1500 SR (an empty list for the explicit no-finding report)."""
+    """The findings of a ctnode TID 1500 SR (an empty list for the explicit no-finding report).
+
+    A finding's groups share its Tracking Identifier text: its image regions' groups give its boxes, its
+    certainty group (or, for a lone region, the region's group) its certainty, tracking UID and 3D centre.
+    """
     report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
     if not isinstance(report, hd.sr.MeasurementReport):
         raise ValueError("the SR's content is not a TID 1500 Measurement Report")
-    centres: dict[str, tuple[float, float, float]] = {}
-    for group in report.get_image_measurement_groups():
-        for m in group.get_measurements(name=CERTAINTY_OF_FINDING):
-            for coords in m.referenced_coordinates or []:
-                if isinstance(coords, hd.sr.Scoord3DContentItem):
-                    x, y, z = coords.value[0]
-                    centres[str(group.tracking_uid)] = (float(x), float(y), float(z))
+    boxes: dict[str, dict[str, tuple[float, float, float, float]]] = {}
+    for group in report.get_planar_roi_measurement_groups():
+        region = group.roi
+        points = region.value
+        x1, y1 = points.min(axis=0)
+        x2, y2 = points.max(axis=0)
+        image = str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        boxes.setdefault(str(group.tracking_identifier), {})[image] = from_image(
+            (float(x1), float(y1), float(x2), float(y2)))
     found = []
-    for group in report.get_volumetric_roi_measurement_groups():
-        boxes = {}
-        for region in group.roi or []:
-            points = region.value
-            x1, y1 = points.min(axis=0)
-            x2, y2 = points.max(axis=0)
-            boxes[str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)] = from_image(
-                (float(x1), float(y1), float(x2), float(y2))
-            )
+    scored = [*report.get_image_measurement_groups(), *report.get_planar_roi_measurement_groups()]
+    for group in scored:
+        certainty = group.get_measurements(name=CERTAINTY_OF_FINDING)
+        if not certainty:
+            continue
+        centre = None
+        for coords in certainty[0].referenced_coordinates or []:
+            if isinstance(coords, hd.sr.Scoord3DContentItem):
+                x, y, z = coords.value[0]
+                centre = (float(x), float(y), float(z))
         sites = group.finding_sites
+        name = str(group.tracking_identifier)
         found.append(
             ReportedFinding(
-                tracking_id=str(group.tracking_identifier),
+                tracking_id=name,
                 tracking_uid=str(group.tracking_uid),
                 finding_type=_code(group.finding_type),
                 finding_site=_code(sites[0].value) if sites else None,
-                score=_score(group.get_measurements()),
-                boxes=boxes,
-                centre_mm=centres.get(str(group.tracking_uid)),
+                score=_score(certainty),
+                boxes=boxes.get(name, {}),
+                centre_mm=centre,
             )
         )
     return found

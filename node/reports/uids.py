@@ -20,6 +20,7 @@ class ObjectKind(str, Enum):
     GSPS = "gsps"
     KOS = "kos"
     FINDING = "finding"
+    REGION = "region"
     DEVICE = "device"
 
 
@@ -53,6 +54,12 @@ class RunUids:
         if index < 0:
             raise ValueError(f"object index must be >= 0, got {index}")
         return derive_uid(self.root, self.run_id, kind.value, str(index))
+
+    def region(self, finding: int, region: int) -> UID:
+        """The tracking UID of the ``region``-th image region (slice) of the ``finding``-th finding."""
+        if finding < 0 or region < 0:
+            raise ValueError(f"finding and region indices must be >= 0, got {finding}, {region}")
+        return derive_uid(self.root, self.run_id, ObjectKind.REGION.value, str(finding), str(region))
 
 
 _SERIES_NUMBER_OFFSET = {ObjectKind.SR: 1, ObjectKind.SC: 2, ObjectKind.GSPS: 3, ObjectKind.KOS: 4}

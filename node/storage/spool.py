@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
 from pathlib import Path
 
+
+class SpoolError(Exception):
+    """The data set could not be spooled: the disk refused a write, or it was refused before the first byte."""
+
+    def __init__(self, reason: str, errno_: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno_
 
 
 class SpoolFile:
@@ -17,29 +26,50 @@ class SpoolFile:
 
     It quacks like the NamedTemporaryFile pynetdicom spools C-STORE data sets into
     (``name``, ``write``, ``file.flush``, ``close``), so it can take that file's place.
+
+    A write that fails (ENOSPC, EIO) never raises into the network layer: the partial file is removed,
+    later fragments are dropped, and ``complete()`` raises SpoolError, so the C-STORE gets a precise
+    status instead of a dead association. ``refused`` spools (no room before the first byte) do the same
+    without touching the disk.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, refused: str | None = None) -> None:
         self.path = directory / f"{uuid.uuid4().hex}.part"
         self.name = str(self.path)
-        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        self._error: SpoolError | None = SpoolError(refused) if refused else None
+        self._fd: int | None = None
+        if refused is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         self._hash = hashlib.sha256()
         self._size = 0
+        self.completed = False
 
     @property
     def file(self) -> SpoolFile:
         return self
 
     def write(self, data: bytes) -> int:
+        if self._error is not None:
+            return len(data)  # dropped: the C-STORE will be answered with the failure
         if self._fd is None:
             raise ValueError(f"spool {self.path.name} is closed")
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            self._fail(exc)
+            return len(data)
         self._hash.update(data)
         self._size += len(data)
         return len(data)
+
+    def _fail(self, exc: OSError) -> None:
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        self._error = SpoolError(f"write failed: {name} ({exc.strerror})", exc.errno)
+        self.close()
+        self.path.unlink(missing_ok=True)  # give the space back at once; the sender still holds the data
 
     def flush(self) -> None:
         """Called by pynetdicom after each P-DATA fragment; writes are unbuffered, so there is nothing to do.
@@ -49,11 +79,18 @@ class SpoolFile:
         """
 
     def complete(self) -> tuple[str, int]:
-        """Close the file (its pages are already on their way to disk); return its sha256 (hex) and size."""
+        """Close the file; return its sha256 (hex) and size, or raise SpoolError if it could not be written."""
+        self.completed = True
         self.close()
+        if self._error is not None:
+            raise self._error
         return self._hash.hexdigest(), self._size
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None

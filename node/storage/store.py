@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class InstanceStore:
         self._lock = threading.Lock()
         for directory in (self.root, self.incoming, self.quarantine_root):
             directory.mkdir(parents=True, exist_ok=True)
+        self._quarantined_bytes = sum(p.stat().st_size for p in self.quarantine_root.rglob("*") if p.is_file())
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str, sha256: str) -> str:
         return f"{study_uid}/{series_uid}/{sop_uid}.{sha256[:12]}.dcm"
@@ -51,10 +53,25 @@ class InstanceStore:
         fsync_dir(target.parent)
         return target
 
-    def quarantine(self, spooled: Path, reason: str, detail: dict[str, object]) -> Path:
-        """Keep bytes we refused, with a JSON note beside them; returns the quarantined file's path."""
+    def spool_refusal(self) -> str | None:
+        """Why a new data set must not be spooled at all (checked before its first byte), or None."""
+        return None if self.has_room() else "disk below the free-space watermark"
+
+    def quarantine_refusal(self, size: int) -> str | None:
+        """Why ``size`` more refused bytes must not be kept (quota, or the free-space watermark), or None."""
+        if not self.has_room():
+            return "disk below the free-space watermark"
+        if self._quarantined_bytes + size > self.config.quarantine_max_bytes:
+            return f"quarantine quota of {self.config.quarantine_max_bytes} bytes reached"
+        return None
+
+    def quarantine(self, spooled: Path, reason: str, detail: dict[str, object], folder: str | None = None) -> Path:
+        """Keep bytes we refused, with a JSON note beside them; returns the quarantined file's path.
+
+        ``folder`` (default: today's date) is the sub-folder of the quarantine they go to.
+        """
         now = datetime.now(timezone.utc)
-        day = self.quarantine_root / now.strftime("%Y%m%d")
+        day = self.quarantine_root / (folder or now.strftime("%Y%m%d"))
         with self._lock:
             make_dirs_durable(day, self._known_dirs)
         target = day / f"{now.strftime('%H%M%S%f')}-{reason}-{spooled.stem}.dcm"
@@ -63,7 +80,25 @@ class InstanceStore:
         note = target.with_suffix(".json")
         note.write_text(json.dumps({"reason": reason, "at": now.isoformat(), **detail}, default=str))
         fsync_dir(day)
+        with self._lock:
+            self._quarantined_bytes += target.stat().st_size + note.stat().st_size
         return target
+
+    def store_files(self, older_than_s: float) -> list[str]:
+        """Paths (relative to the store) of the instance files last written more than ``older_than_s`` ago."""
+        limit = time.time() - older_than_s
+        out = []
+        for path in self.root.rglob("*.dcm"):
+            try:
+                if path.stat().st_mtime <= limit:
+                    out.append(path.relative_to(self.root).as_posix())
+            except FileNotFoundError:
+                continue
+        return sorted(out)
+
+    def set_aside(self, relative: str, reason: str) -> Path:
+        """Move a store file no row names into ``quarantine/orphans/`` (ignoring the quota: these are not new bytes)."""
+        return self.quarantine(self.root / relative, reason, {"store_path": relative}, folder="orphans")
 
     def discard(self, spooled: Path) -> None:
         spooled.unlink(missing_ok=True)

@@ -11,6 +11,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import StorageConfig
 from node.db.migrate import is_current
+from node.loops import LoopHealth
+from node.pipeline.models import ModelChecker
 
 
 @dataclass(frozen=True)
@@ -22,9 +24,31 @@ class Check:
     detail: str
 
 
-def readiness(engine: Engine, storage: StorageConfig) -> list[Check]:
+def readiness(engine: Engine, storage: StorageConfig, loops: LoopHealth | None = None,
+              models: ModelChecker | None = None) -> list[Check]:
     """Every check, in a fixed order; the process is ready when all pass."""
-    return [_database(engine), _writable(storage), _free_space(storage)]
+    checks = [_database(engine), _writable(storage), _free_space(storage)]
+    if loops is not None and loops.loops:
+        checks.append(_loops(loops))
+    if models is not None and models.models:
+        checks.append(_models(models))
+    return checks
+
+
+def _loops(loops: LoopHealth) -> Check:
+    """Every long-lived loop (study completion, workers, delivery senders) finished a round lately."""
+    stalled = loops.stalled()
+    if stalled:
+        return Check("loops", False, "; ".join(stalled))
+    return Check("loops", True, f"{len(loops.loops)} loops making progress")
+
+
+def _models(models: ModelChecker) -> Check:
+    """Every routed model loads (card valid, weights present, sha256 matching, network built)."""
+    bad = [f"{m.model}: {m.detail}" for m in models.check() if not m.ok]
+    if bad:
+        return Check("models", False, "cannot be loaded: " + "; ".join(bad))
+    return Check("models", True, f"{len(models.models)} routed models load")
 
 
 def _database(engine: Engine) -> Check:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,6 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
 from node.logging import get_logger
+from node.loops import LoopHealth, report_failure
+from node.pipeline.models import ModelChecker
 from node.web.health import readiness
 from node.web.metrics import AuditCollector
 
@@ -31,8 +34,11 @@ def _json(status: int, body: dict[str, Any]) -> Response:
 class _App:
     """The three endpoints, as functions of the request's Accept header."""
 
-    def __init__(self, settings: Settings, engine: Engine, role: str) -> None:
+    def __init__(self, settings: Settings, engine: Engine, role: str, loops: LoopHealth | None = None,
+                 models: list[str] | None = None) -> None:
         self.settings, self.engine, self.role = settings, engine, role
+        self.loops = loops
+        self.models = ModelChecker(models or [])
         self.registry = CollectorRegistry()
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
@@ -53,16 +59,21 @@ class _App:
         return _json(200, {"status": "ok", "role": self.role})
 
     def readyz(self, _accept: str) -> Response:
-        checks = readiness(self.engine, self.settings.storage)
+        checks = readiness(self.engine, self.settings.storage, self.loops, self.models)
         ready = all(check.ok for check in checks)
         if not ready:
-            log.warning("not ready", failed=[check.name for check in checks if not check.ok])
+            log.warning("not ready", failed=[check.name for check in checks if not check.ok],
+                        reasons=[check.detail for check in checks if not check.ok])
         return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "role": self.role,
                                              "checks": [asdict(check) for check in checks]})
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+
+    def setup(self) -> None:
+        self.timeout = self.server.app.settings.metrics.request_timeout_s  # a half-sent request is dropped
+        super().setup()
 
     def do_GET(self) -> None:
         route = self.server.app.routes.get(self.path.split("?", 1)[0])
@@ -87,6 +98,14 @@ class _Server(ThreadingHTTPServer):
         self.app = app
         super().__init__(address, _Handler)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A request that failed (a timeout, a reset, a bug) is logged by type and place, never printed."""
+        exc = sys.exc_info()[1]
+        if exc is None or isinstance(exc, (TimeoutError, ConnectionError)):
+            log.info("http request dropped", error=type(exc).__name__ if exc else None)
+            return
+        report_failure(None, "http", exc, 1)
+
 
 class HttpServer:
     """A running endpoint server; ``port`` is the bound port."""
@@ -107,10 +126,11 @@ class HttpServer:
         self._thread.join()
 
 
-def start_http(settings: Settings, engine: Engine, role: str) -> HttpServer | None:
+def start_http(settings: Settings, engine: Engine, role: str, loops: LoopHealth | None = None,
+               models: list[str] | None = None) -> HttpServer | None:
     """Serve the endpoints on ``settings.metrics`` host and port; None when the port is 0 (off)."""
     if settings.metrics.port == 0:
         return None
-    server = HttpServer(_Server((settings.metrics.host, settings.metrics.port), _App(settings, engine, role)))
+    server = HttpServer(_Server((settings.metrics.host, settings.metrics.port), _App(settings, engine, role, loops, models)))
     log.info("http endpoints listening", host=settings.metrics.host, port=server.port, role=role)
     return server

@@ -24,7 +24,13 @@ from detector.labels.lesions import (
     planes_from_headers,
 )
 from detector.labels.sr import is_measurement_report, read_sr
-from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_sr
+from node.reports import (
+    AlgorithmIdentity,
+    PreparedReport,
+    ReportOptions,
+    ReportRun,
+    build_sr,
+)
 
 CHEST = "chest_lung_pet_ct_dx_A0001"
 NEOPLASM = Code("108369006", "SCT", "Neoplasm")
@@ -76,7 +82,7 @@ def _write(ds: Dataset, path: Path) -> Path:
 
 
 def _ctnode_sr(series: list[Dataset], findings: list[Finding]) -> hd.sr.Comprehensive3DSR:
-    return build_sr(ReportRun("run-1", series, findings, ALGORITHM), ReportOptions())
+    return build_sr(PreparedReport.of(ReportRun("run-1", series, findings, ALGORITHM), ReportOptions()))
 
 
 @pytest.fixture(scope="module")

@@ -41,6 +41,11 @@ def _reactor_paused(assoc: Association) -> Iterator[None]:
         yield
     finally:
         assoc._reactor_checkpoint.set()
+        # Wait for the reactor to wake: pynetdicom's next pause (e.g. send_c_echo) would otherwise see the stale
+        # _is_paused flag, and the waking reactor could take that operation's response.
+        deadline = time.monotonic() + 5
+        while assoc._is_paused and assoc.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.0001)
 
 
 def encode(ds: Dataset) -> bytes:
@@ -84,3 +89,55 @@ def send_partial_then_abort(assoc: Association, payload: bytes, sop_instance_uid
         for primitive in fragments[: max(2, int(len(fragments) * fraction))]:
             assoc.dul.send_pdu(primitive)
     assoc.abort()
+
+
+def send_partial(assoc: Association, payload: bytes, sop_instance_uid: str, fragments: int = 2) -> None:
+    """Send the C-STORE command and the first ``fragments`` P-DATA PDUs of its data set, then nothing more."""
+    request = C_STORE()
+    request.MessageID = 98
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(payload)
+    context = assoc._get_valid_context(CTImageStorage, ExplicitVRLittleEndian, "scu")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    with _reactor_paused(assoc):
+        for primitive in list(message.encode_msg(context.context_id, 16382))[:fragments]:
+            assoc.dul.send_pdu(primitive)
+
+
+def send_bytes(assoc: Association, data: bytes) -> None:
+    """Write raw bytes on the association's connection (e.g. a PDU header that lies about its length)."""
+    with _reactor_paused(assoc):
+        assoc.dul.socket.socket.sendall(data)
+
+
+def wait_aborted(assoc: Association, timeout_s: float = 60.0) -> bool:
+    """Whether the peer aborted (or closed) the association within ``timeout_s`` (a guard, not a measurement)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if assoc.is_aborted or not assoc.is_alive():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def send_store_without_data_set(assoc: Association, sop_instance_uid: str) -> int:
+    """A C-STORE-RQ whose command says no data set follows (pynetdicom's SCP ignores it); returns the status."""
+    request = C_STORE()
+    request.MessageID = 7
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = sop_instance_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(b"")
+    context = assoc._get_valid_context(CTImageStorage, ExplicitVRLittleEndian, "scu")
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    message.command_set.CommandDataSetType = 0x0101
+    with _reactor_paused(assoc):
+        for primitive in message.encode_msg(context.context_id, 16382):
+            assoc.dul.send_pdu(primitive)
+        _, response = assoc.dimse.get_msg(block=True)
+    assert response is not None, "no C-STORE response"
+    return int(response.Status)

@@ -9,13 +9,17 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.support import free_port, require_tool, wait_for_port
+from tests.support import free_port, require, require_tool, wait_for_port
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian package orthanc-dicomweb
 
 
 class Orthanc:
-    """Orthanc with its own storage folder, no plugins, no authentication, loopback only."""
+    """Orthanc with its own storage folder, no authentication, loopback only; no plugins but, with ``dicomweb``,
+    the DICOMweb plugin at /dicom-web/."""
 
-    def __init__(self, workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None) -> None:
+    def __init__(self, workdir: Path, ae_title: str = "ORTHANC", modalities: dict[str, list[Any]] | None = None,
+                 dicomweb: bool = False) -> None:
         self.workdir = workdir
         self.ae_title = ae_title
         self.http_port = free_port()
@@ -27,6 +31,12 @@ class Orthanc:
             "DicomModalities": modalities or {}, "DicomCheckCalledAet": False, "StorageCompression": False,
             "DicomScuTimeout": 30, "HttpTimeout": 60, "ConcurrentJobs": 2,
         }
+        if dicomweb:
+            require(f"Orthanc's DICOMweb plugin {DICOMWEB_PLUGIN} (apt-get install orthanc-dicomweb)",
+                    DICOMWEB_PLUGIN.exists())
+            self.config["Plugins"] = [str(DICOMWEB_PLUGIN)]
+            self.config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "StudiesMetadata": "Full",
+                                       "SeriesMetadata": "Full"}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Orthanc:

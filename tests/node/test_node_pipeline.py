@@ -24,7 +24,7 @@ from node.pipeline.records import run_record
 from node.pipeline.routing import SeriesFacts, route_study
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
-from node.storage.ingest import Ingestor, Received
+from node.dicom.receive import Received, Receiver
 from node.storage.store import InstanceStore
 from tests.support import dicom_files, require_ct, write_contrast_enhanced
 
@@ -57,7 +57,7 @@ class Sender:
     def __init__(self, engine: Engine, settings: Settings, calling_ae: str = "PACS") -> None:
         self.engine = engine
         self.store = InstanceStore(settings.storage)
-        self.ingestor = Ingestor(self.store, engine)
+        self.ingestor = Receiver(self.store, engine)
         with engine.begin() as conn:
             self.association_id = conn.execute(insert(Association).returning(Association.id).values(
                 calling_ae=calling_ae, called_ae="CTNODE", peer_host="127.0.0.1", peer_port=1,
@@ -69,7 +69,7 @@ class Sender:
             shutil.copyfile(path, spool)
             data = spool.read_bytes()
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            outcome = self.ingestor.ingest(Received(spool, hashlib.sha256(data).hexdigest(), len(data),
+            outcome = self.ingestor.receive(Received(spool, hashlib.sha256(data).hexdigest(), len(data),
                                                     str(ds.SOPClassUID), str(ds.SOPInstanceUID),
                                                     str(ds.file_meta.TransferSyntaxUID), self.association_id))
             assert outcome.status == 0, outcome
@@ -274,6 +274,8 @@ def test_worker_runs_detection_reports_and_queues_delivery_with_a_predecessor_on
     assert [a["kind"] for a in record["audit"]] == ["run.queued", "run.done"]
     sr_v1 = pydicom.dcmread(record["outputs"][0]["path"])
     assert sr_v1.StudyInstanceUID == record["study_instance_uid"] and "PredecessorDocumentsSequence" not in sr_v1
+    ready = record["timestamps"]["ready_at"]  # every object carries the run's time: a rebuild is byte-identical
+    assert (sr_v1.ContentDate, sr_v1.ContentTime) == (ready.strftime("%Y%m%d"), ready.strftime("%H%M%S"))
 
     changed = pydicom.dcmread(files[10])
     changed.ImageComments = "corrected by the modality"

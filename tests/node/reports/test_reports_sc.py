@@ -9,17 +9,16 @@ from PIL import Image
 from pydicom.dataset import Dataset
 
 from detector.findings import Finding
-from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_secondary_captures
+from node.reports import AlgorithmIdentity, PreparedReport, ReportOptions, ReportRun, build_secondary_captures
 from node.reports.render import BANNER_RGB, BOX_RGB
-from node.reports.sc import SC_SERIES_DESCRIPTION, key_slice
+from node.reports.findings import key_slice
+from node.reports.sc import SC_SERIES_DESCRIPTION
 
 
 def test_overlay_shows_the_box_at_the_finding_and_the_banner(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity, tmp_path: Path
 ) -> None:
-    overlay, summary = build_secondary_captures(
-        ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()
-    )
+    overlay, summary = build_secondary_captures(PreparedReport.of(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()))
     pixels = overlay.pixel_array
     Image.fromarray(pixels).save(tmp_path / "overlay.png")
     Image.fromarray(summary.pixel_array).save(tmp_path / "summary.png")
@@ -38,9 +37,7 @@ def test_overlay_shows_the_box_at_the_finding_and_the_banner(
 def test_overlay_header_references_its_source_slice(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
 ) -> None:
-    overlay, summary = build_secondary_captures(
-        ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()
-    )
+    overlay, summary = build_secondary_captures(PreparedReport.of(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()))
     key = key_slice(chest_tumour).sop_instance_uid
     source = chest_series[0]
     for sc in (overlay, summary):
@@ -57,7 +54,7 @@ def test_overlay_header_references_its_source_slice(
 
 def test_no_finding_run_gets_only_the_summary(chest_series: list[Dataset], algorithm: AlgorithmIdentity) -> None:
     run = ReportRun("run-1", chest_series, [], algorithm)
-    captures = build_secondary_captures(run, ReportOptions(banner_text="TEST ONLY"))
+    captures = build_secondary_captures(PreparedReport.of(run, ReportOptions(banner_text="TEST ONLY")))
     assert len(captures) == 1
     red = np.all(captures[0].pixel_array == BANNER_RGB, axis=-1)
     assert red[:4].all() and red[:20].mean() > 0.8, "the banner spans the top of the summary"

@@ -12,7 +12,16 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from detector.findings import Finding
-from node.reports import AlgorithmIdentity, EarlierReport, ReportOptions, ReportRun, build_sr, read_findings
+from node.reports import (
+    AlgorithmIdentity,
+    EarlierReport,
+    PreparedReport,
+    ReportOptions,
+    ReportRun,
+    build_sr,
+    read_findings,
+)
+from node.reports.findings import key_slice
 from node.reports.sr import NO_ABNORMALITY, NO_FINDING_TRACKING_ID
 
 
@@ -38,7 +47,7 @@ def test_round_trip_reads_back_every_finding(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
 ) -> None:
     findings = _findings(chest_series, chest_tumour)
-    sr = _reread(build_sr(ReportRun("run-1", chest_series, findings, algorithm), ReportOptions()))
+    sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", chest_series, findings, algorithm), ReportOptions())))
     read = read_findings(sr)
     assert [r.tracking_id for r in read] == ["lesion A", "finding 2"]
     assert len({r.tracking_uid for r in read}) == 2
@@ -53,7 +62,7 @@ def test_round_trip_reads_back_every_finding(
 def test_sr_joins_the_original_study_with_its_patient_and_evidence(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
 ) -> None:
-    sr = build_sr(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions())
+    sr = build_sr(PreparedReport.of(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()))
     source = chest_series[0]
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.SeriesInstanceUID != source.SeriesInstanceUID
@@ -78,7 +87,7 @@ def _values(item: Dataset) -> set[str]:
 
 
 def test_sr_without_findings_says_so(chest_series: list[Dataset], algorithm: AlgorithmIdentity) -> None:
-    sr = _reread(build_sr(ReportRun("run-1", chest_series, [], algorithm), ReportOptions()))
+    sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", chest_series, [], algorithm), ReportOptions())))
     assert read_findings(sr) == []
     container = sr.ContentSequence[-1]
     assert container.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
@@ -93,9 +102,9 @@ def test_sr_without_findings_says_so(chest_series: list[Dataset], algorithm: Alg
 def test_rerun_names_the_earlier_sr_as_predecessor(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
 ) -> None:
-    first = build_sr(ReportRun("study-x/v1", chest_series, [chest_tumour], algorithm), ReportOptions())
+    first = build_sr(PreparedReport.of(ReportRun("study-x/v1", chest_series, [chest_tumour], algorithm), ReportOptions()))
     earlier = EarlierReport(first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, first.SOPClassUID)
-    second = build_sr(ReportRun("study-x/v2", chest_series, [chest_tumour], algorithm, [earlier]), ReportOptions())
+    second = build_sr(PreparedReport.of(ReportRun("study-x/v2", chest_series, [chest_tumour], algorithm, [earlier]), ReportOptions()))
     assert "PredecessorDocumentsSequence" not in first
     study = second.PredecessorDocumentsSequence[0]
     assert study.StudyInstanceUID == first.StudyInstanceUID
@@ -107,7 +116,7 @@ def test_uids_are_stable_across_builds_and_differ_across_runs(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
 ) -> None:
     def uids(run_id: str) -> list[str]:
-        sr = build_sr(ReportRun(run_id, chest_series, [chest_tumour], algorithm), ReportOptions())
+        sr = build_sr(PreparedReport.of(ReportRun(run_id, chest_series, [chest_tumour], algorithm), ReportOptions()))
         return [sr.SOPInstanceUID, sr.SeriesInstanceUID, read_findings(sr)[0].tracking_uid]
 
     assert uids("run-1") == uids("run-1")
@@ -118,7 +127,7 @@ def test_head_series_without_birth_date_gets_an_empty_one(
     head_series: list[Dataset], head_bleed: Finding, algorithm: AlgorithmIdentity
 ) -> None:
     assert "PatientBirthDate" not in head_series[0]
-    sr = _reread(build_sr(ReportRun("run-h", head_series, [head_bleed], algorithm), ReportOptions()))
+    sr = _reread(build_sr(PreparedReport.of(ReportRun("run-h", head_series, [head_bleed], algorithm), ReportOptions())))
     assert sr.PatientBirthDate == ""
     assert "PatientBirthDate" not in head_series[0], "the caller's datasets must not be modified"
     assert read_findings(sr)[0].boxes == {s.sop_instance_uid: s.box_px for s in head_bleed.slices}
@@ -129,14 +138,40 @@ def test_inconsistent_input_is_refused_with_the_reason(
 ) -> None:
     outside = replace(chest_tumour, slices=(replace(chest_tumour.slices[0], box_px=(500.0, 10.0, 520.0, 30.0)),))
     with pytest.raises(ValueError, match="is not inside the 512x512 image"):
-        build_sr(ReportRun("r", chest_series, [outside], algorithm), ReportOptions())
+        build_sr(PreparedReport.of(ReportRun("r", chest_series, [outside], algorithm), ReportOptions()))
     foreign = replace(chest_tumour, slices=(replace(chest_tumour.slices[0], sop_instance_uid="1.2.3.4"),))
     with pytest.raises(KeyError, match="not in the read series"):
-        build_sr(ReportRun("r", chest_series, [foreign], algorithm), ReportOptions())
+        build_sr(PreparedReport.of(ReportRun("r", chest_series, [foreign], algorithm), ReportOptions()))
     with pytest.raises(ValueError, match="share one SeriesInstanceUID"):
         other = copy.deepcopy(chest_series[0])
         other.SeriesInstanceUID = "1.2.3.4.5"
         other.SOPInstanceUID = "1.2.3.4.6"
-        build_sr(ReportRun("r", [*chest_series, other], [], algorithm), ReportOptions())
+        build_sr(PreparedReport.of(ReportRun("r", [*chest_series, other], [], algorithm), ReportOptions()))
     with pytest.raises(ValueError, match="64 lower-case hex digits"):
         AlgorithmIdentity("m", "1", "not-a-digest")
+
+
+def test_every_image_region_is_its_own_tracked_group_and_the_certainty_is_stated_once(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
+) -> None:
+    findings = _findings(chest_series, chest_tumour)
+    sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", chest_series, findings, algorithm), ReportOptions())))
+    groups = sr.ContentSequence[-1].ContentSequence
+    regions = [g for g in groups if any(i.ValueType == "SCOORD" for i in g.ContentSequence)]
+    assert len(regions) == sum(len(f.slices) for f in findings) == 12
+    uids = [next(i.UID for i in g.ContentSequence if i.ValueType == "UIDREF") for g in groups]
+    assert len(set(uids[:11] + uids[12:13])) == 12, "every region is tracked on its own"
+    key = findings[0].slices.index(key_slice(findings[0]))
+    assert uids[11] == uids[key] and uids[13] == uids[12], "a finding's certainty shares its key slice's UID"
+    for group in regions:
+        kinds = [i.ValueType for i in group.ContentSequence]
+        assert kinds.count("SCOORD") == 1 and "NUM" not in kinds, "a region group: one box, no numeric item"
+        meanings = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in group.ContentSequence}
+        assert meanings["Finding"].ConceptCodeSequence[0].CodeMeaning == "Neoplasm"
+        assert meanings["Finding Site"].ConceptCodeSequence[0].CodeMeaning == "Lung"
+    certainties = [i for g in groups for i in g.ContentSequence if i.ValueType == "NUM"]
+    assert len(certainties) == len(findings), "the certainty once per finding"
+    centre = certainties[0].ContentSequence[0]
+    assert centre.ValueType == "SCOORD3D" and centre.RelationshipType == "INFERRED FROM"
+    names = [next(i.TextValue for i in g.ContentSequence if i.ValueType == "TEXT") for g in groups]
+    assert names == ["lesion A"] * 12 + ["finding 2"] * 2

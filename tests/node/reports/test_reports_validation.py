@@ -40,8 +40,8 @@ def test_all_object_kinds_validate_without_errors(
     assert objects["chest-no-frame"].omissions[0].startswith("3D finding centres (SCOORD3D)")
     assert "FrameOfReferenceUID" not in objects["chest-no-frame"].secondary_captures[0]
     assert "SCOORD3D" not in str(objects["chest-no-frame"].sr) and "SCOORD3D" in str(objects["chest"].sr)
-    assert [p.name for p in written["chest"]] == ["sr.dcm", "sc-001.dcm", "sc-002.dcm", "gsps.dcm", "kos.dcm"]
-    assert [p.name for p in written["chest-negative"]] == ["sr.dcm", "sc-001.dcm"]
+    assert [w.path.name for w in written["chest"]] == ["sr.dcm", "sc-001.dcm", "sc-002.dcm", "gsps.dcm", "kos.dcm"]
+    assert [w.path.name for w in written["chest-negative"]] == ["sr.dcm", "sc-001.dcm"]
     result = subprocess.run([str(validate_dicom), str(tmp_path)], capture_output=True, text=True, timeout=300)
     print(result.stdout)
     lines = [line for line in result.stdout.splitlines() if line.endswith(".dcm") or ".dcm:" in line]

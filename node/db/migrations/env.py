@@ -1,7 +1,8 @@
-"""Alembic environment: migrates the database named by the config's sqlalchemy.url (set by node.db.migrate)."""
+"""Alembic environment: migrates on the connection node.db.migrate hands over (it holds the migration lock), or
+on a new one to the config's sqlalchemy.url."""
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection, create_engine, pool
 
 from node.db.schema import Base
 
@@ -16,12 +17,20 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def migrate(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_online() -> None:
+    given = config.attributes.get("connection")
+    if given is not None:
+        migrate(given)
+        return
     engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
-        with context.begin_transaction():
-            context.run_migrations()
+        migrate(connection)
     engine.dispose()
 
 

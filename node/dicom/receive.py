@@ -1,0 +1,255 @@
+"""The receive stage: validate a spooled data set, decide the status to answer, store it, index it, audit it."""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from node.db import audit
+from node.db import instances as index
+from node.dicom.header import WANTED, scan
+from node.dicom.status import StoreStatus
+from node.events import AuditKind
+from node.logging import get_logger, phi_registry
+from node.storage.store import InstanceStore
+
+log = get_logger(__name__)
+
+REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
+IDENTIFIERS = ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate")
+Header = dict[str, str]
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_INT32 = 2**31 - 1
+
+
+def uid_problem(value: str) -> str | None:
+    """Why ``value`` is not a UID the node can use as a key and a file name (PS3.5 9.1), or None."""
+    if not value:
+        return "is empty"
+    if len(value) > 64:
+        return f"is {len(value)} characters, over 64"
+    if not _UID.fullmatch(value):
+        return "is not digits separated by single dots"
+    return None
+
+
+@dataclass(frozen=True)
+class Received:
+    """A complete spool file (not yet fsynced: the store does that) and what the C-STORE command said of it."""
+
+    path: Path
+    sha256: str
+    size: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    association_id: int | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one instance: the status to answer and the audit facts."""
+
+    status: StoreStatus
+    kind: str  # stored | duplicate | conflict | quarantined | refused
+    reason: str = ""
+    instance_id: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Refused(Exception):
+    """The data set is not acceptable; carries the status to answer."""
+
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _text(header: Header, keyword: str, limit: int = 64) -> str | None:
+    return header.get(keyword, "")[:limit] or None
+
+
+def _int(header: Header, keyword: str) -> int | None:
+    """An IS value as an integer column takes it: None when absent, malformed or beyond 32 bits."""
+    try:
+        value = int(header.get(keyword, ""))
+    except ValueError:
+        return None
+    return value if -_INT32 - 1 <= value <= _INT32 else None
+
+
+def _header_with_pydicom(item: Received) -> Header:
+    ds = dcmread(item.path, stop_before_pixels=True, specific_tags=list(WANTED.values()))
+    return {kw: str(ds.get(kw)).strip() for kw in WANTED.values() if ds.get(kw) not in (None, "")}
+
+
+def read_header(item: Received) -> Header:
+    """Decode the identifying attributes and check the UIDs; raises Refused with the precise status."""
+    try:
+        header = scan(item.path, item.transfer_syntax_uid) or _header_with_pydicom(item)
+    except Exception as exc:  # any parser failure on untrusted bytes means "cannot understand"
+        raise Refused(StoreStatus.CANNOT_PARSE, f"data set cannot be decoded: {type(exc).__name__}") from exc
+    phi_registry.remember(*(header.get(k) for k in IDENTIFIERS))
+    for keyword in REQUIRED_UIDS:
+        value = header.get(keyword, "")
+        if not value:
+            raise Refused(StoreStatus.MISSING_UID, f"{keyword} is missing")
+        if (problem := uid_problem(value)) is not None:
+            raise Refused(StoreStatus.INVALID_UID, f"{keyword} {problem}")
+    if (problem := uid_problem(item.sop_instance_uid)) is not None:
+        raise Refused(StoreStatus.INVALID_UID, f"the C-STORE command's Affected SOP Instance UID {problem}")
+    if header["SOPClassUID"] != item.sop_class_uid:
+        raise Refused(StoreStatus.SOP_CLASS_MISMATCH, "SOPClassUID differs from the C-STORE command")
+    if header["SOPInstanceUID"] != item.sop_instance_uid:
+        raise Refused(StoreStatus.SOP_INSTANCE_MISMATCH, "SOPInstanceUID differs from the C-STORE command")
+    return header
+
+
+class Receiver:
+    """Turns received spool files into stored, indexed instances (thread-safe; one per receiver process)."""
+
+    def __init__(self, store: InstanceStore, engine: Engine) -> None:
+        self.store = store
+        self.engine = engine
+        self._series: dict[str, index.SeriesKey] = {}  # series UID -> its row and study
+        self._lock = threading.Lock()
+
+    def receive(self, item: Received) -> Outcome:
+        """Store one instance; never raises. Success only after the file is fsynced and its row committed."""
+        try:
+            header = read_header(item)
+        except Refused as refused:
+            return self.quarantine(item, refused)
+        if not self.store.has_room():
+            self.store.discard(item.path)
+            return self.refuse(item.association_id, item.sop_instance_uid, "disk below the free-space watermark",
+                               header["StudyInstanceUID"])
+        try:
+            return self._index(item, header)
+        except Refused as refused:
+            return self.quarantine(item, refused)
+        except IntegrityError:
+            # A concurrent association stored the same bytes first: that is a duplicate, answered as such.
+            try:
+                return self._index(item, header)
+            except SQLAlchemyError as exc:
+                return self._db_failure(item, exc)
+        except SQLAlchemyError as exc:
+            return self._db_failure(item, exc)
+        except OSError as exc:
+            self.store.discard(item.path)
+            return self.refuse(item.association_id, item.sop_instance_uid, f"write failed: {exc.strerror}",
+                               header["StudyInstanceUID"])
+
+    def _series_key(self, conn: Any, header: Header) -> index.SeriesKey:
+        series_uid, study_uid = header["SeriesInstanceUID"], header["StudyInstanceUID"]
+        key = self._series.get(series_uid)
+        if key is None:
+            key = index.ensure_series(conn, {
+                "study_instance_uid": study_uid, "study_date": _text(header, "StudyDate", 8),
+                "study_description": _text(header, "StudyDescription"),
+            }, {
+                "series_instance_uid": series_uid, "modality": _text(header, "Modality", 16),
+                "series_number": _int(header, "SeriesNumber"), "series_description": _text(header, "SeriesDescription"),
+                "body_part": _text(header, "BodyPartExamined", 16),
+            })
+        if key.study_instance_uid != study_uid:
+            raise Refused(StoreStatus.SERIES_IN_OTHER_STUDY,
+                          "SeriesInstanceUID already belongs to another study")
+        return key
+
+    def _index(self, item: Received, header: Header) -> Outcome:
+        sop = item.sop_instance_uid
+        with self.engine.begin() as conn:
+            versions = index.versions(conn, sop)
+            same = next((v for v in versions if v.sha256 == item.sha256), None)
+            if same is not None:
+                self.store.discard(item.path)
+                return Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id)
+            key = self._series_key(conn, header)
+            relative = self.store.relative_path(header["StudyInstanceUID"], header["SeriesInstanceUID"], sop,
+                                                item.sha256)
+            # Into place before the row: a commit that fails after this leaves an unindexed file (a resend
+            # indexes it; reconciliation moves it aside), never a row without its file.
+            self.store.commit_file(item.path, relative)
+            if versions:
+                audit.record(conn, AuditKind.INSTANCE_CONFLICT, association_id=item.association_id,
+                             study_instance_uid=header["StudyInstanceUID"], sop_instance_uid=sop, path=relative,
+                             detail={"sha256": item.sha256, "earlier_sha256": [v.sha256 for v in versions]})
+            instance_id = index.add_instance(conn, {
+                "series_id": key.series_id, "association_id": item.association_id, "sop_instance_uid": sop,
+                "sop_class_uid": item.sop_class_uid, "transfer_syntax_uid": item.transfer_syntax_uid,
+                "instance_number": _int(header, "InstanceNumber"), "sha256": item.sha256, "size_bytes": item.size,
+                "path": relative,
+            }, key.study_id, supersede=bool(versions))
+        with self._lock:
+            self._series[header["SeriesInstanceUID"]] = key
+        kind = "conflict" if versions else "stored"
+        return Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative})
+
+    def quarantine(self, item: Received, refused: Refused) -> Outcome:
+        """Keep refused bytes aside (within the quarantine quota and the free-space watermark) and audit them."""
+        detail: dict[str, Any] = {"reason": refused.reason, "status": int(refused.status), "sha256": item.sha256,
+                                  "command_sop_instance_uid": item.sop_instance_uid,
+                                  "transfer_syntax_uid": item.transfer_syntax_uid}
+        kept: Path | None = None
+        why_not = self.store.quarantine_refusal(item.size)
+        if why_not is None:
+            try:
+                kept = self.store.quarantine(item.path, refused.status.name.lower(), detail)
+            except OSError as exc:
+                why_not = f"quarantine write failed: {exc.strerror}"
+        if kept is None:
+            self.store.discard(item.path)
+            detail["not_kept"] = why_not
+        try:
+            with self.engine.begin() as conn:
+                audit.record(conn, AuditKind.INSTANCE_QUARANTINED, association_id=item.association_id,
+                             sop_instance_uid=item.sop_instance_uid if uid_problem(item.sop_instance_uid) is None
+                             else None, status=int(refused.status), path=str(kept) if kept else None, detail=detail)
+        except SQLAlchemyError as exc:
+            log.error("audit write failed", kind=str(AuditKind.INSTANCE_QUARANTINED), error=type(exc).__name__)
+        log.warning("instance quarantined", status=f"0x{refused.status:04X}", reason=refused.reason,
+                    path=str(kept) if kept else None, not_kept=why_not)
+        return Outcome(refused.status, "quarantined", refused.reason, detail={"path": str(kept) if kept else None})
+
+    def refuse(self, association_id: int | None, sop_instance_uid: str, reason: str,
+               study_instance_uid: str | None = None) -> Outcome:
+        """Answer 0xA700 (no room, a failed write) and audit it; the sender still holds the data."""
+        valid_sop = sop_instance_uid if uid_problem(sop_instance_uid) is None else None
+        try:
+            with self.engine.begin() as conn:
+                audit.record(conn, AuditKind.STORE_REFUSED, association_id=association_id,
+                             study_instance_uid=study_instance_uid, sop_instance_uid=valid_sop,
+                             status=int(StoreStatus.OUT_OF_RESOURCES), detail={"reason": reason})
+        except SQLAlchemyError as exc:
+            log.error("audit write failed", kind=str(AuditKind.STORE_REFUSED), error=type(exc).__name__)
+        log.warning("instance refused", status="0xA700", reason=reason, sop_instance_uid=valid_sop)
+        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", reason)
+
+    def refuse_invalid(self, association_id: int | None, reason: str) -> Outcome:
+        """Audit a C-STORE request answered 0xC000 before any data set (there are no bytes to keep)."""
+        try:
+            with self.engine.begin() as conn:
+                audit.record(conn, AuditKind.INSTANCE_QUARANTINED, association_id=association_id,
+                             status=int(StoreStatus.CANNOT_PARSE), detail={"reason": reason, "not_kept": "no bytes"})
+        except SQLAlchemyError as exc:
+            log.error("audit write failed", kind=str(AuditKind.INSTANCE_QUARANTINED), error=type(exc).__name__)
+        log.warning("invalid C-STORE request", status="0xC000", reason=reason)
+        return Outcome(StoreStatus.CANNOT_PARSE, "quarantined", reason)
+
+    def _db_failure(self, item: Received, exc: SQLAlchemyError) -> Outcome:
+        # The file may already be in the store under its content-derived name; a resend indexes it, and
+        # reconciliation (at start, `ctnode store check`) moves it aside if none comes.
+        self.store.discard(item.path)
+        log.error("database unavailable, instance refused", status="0xA700", error=type(exc).__name__,
+                  sop_instance_uid=item.sop_instance_uid)
+        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", f"database error: {type(exc).__name__}")

@@ -1,0 +1,153 @@
+"""OHIF's prebuilt viewer (npm package @ohif/app, pinned) served on loopback with Orthanc's DICOMweb behind it.
+
+The viewer needs cross-origin isolation (Cross-Origin-Opener-Policy/Embedder-Policy) for its shared-memory
+decoders, and its data source on its own origin: this server sends the static files of the package with those
+headers, answers /app-config.js with a configuration naming /dicom-web, and relays /dicom-web to Orthanc.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.support import REPO, free_port
+
+OHIF_VERSION = "3.13.2"
+DEFAULT_DIST = REPO / "var" / "ohif" / OHIF_VERSION / "dist"
+ISOLATION_HEADERS = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+_RELAYED_REQUEST_HEADERS = ("Accept", "Content-Type", "Range")
+_RELAYED_RESPONSE_HEADERS = ("Content-Type", "Content-Length", "Content-Range", "ETag", "Last-Modified")
+_TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
+          ".css": "text/css", ".woff2": "font/woff2", ".svg": "image/svg+xml", ".map": "application/json"}
+
+APP_CONFIG = """window.config = {
+  routerBasename: '/',
+  extensions: [],
+  modes: [],
+  showStudyList: true,
+  maxNumberOfWebWorkers: 2,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: false,
+  showLoadingIndicator: true,
+  strictZSpacingForVolumeViewport: true,
+  investigationalUseDialog: { option: 'never' },
+  defaultDataSourceName: 'orthanc',
+  dataSources: [
+    {
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'orthanc',
+      configuration: {
+        friendlyName: 'Orthanc (ctnode test)',
+        name: 'orthanc',
+        wadoUriRoot: '/dicom-web',
+        qidoRoot: '/dicom-web',
+        wadoRoot: '/dicom-web',
+        qidoSupportsIncludeField: false,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'wadors',
+        enableStudyLazyLoad: true,
+        supportsFuzzyMatching: false,
+        supportsWildcard: true,
+        dicomUploadEnabled: false,
+        bulkDataURI: { enabled: true },
+        omitQuotationForMultipartRequest: true,
+      },
+    },
+  ],
+};
+"""
+
+
+# Run in every page before the viewer: its first-visit tour is marked as already shown.
+NO_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
+
+
+def ohif_dist() -> Path:
+    """The folder of the prebuilt viewer (CTNODE_OHIF_DIST, default var/ohif/<version>/dist, which .ci/run fills)."""
+    return Path(os.environ.get("CTNODE_OHIF_DIST", DEFAULT_DIST))
+
+
+class OhifServer:
+    """The viewer's files and a DICOMweb relay to ``dicomweb_url`` (e.g. http://127.0.0.1:8042), on loopback."""
+
+    def __init__(self, dist: Path, dicomweb_url: str) -> None:
+        self.dist = dist
+        self.dicomweb_url = dicomweb_url.rstrip("/")
+        self.port = free_port()
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, name="ohif-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OhifServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet: the browser test reports what matters."""
+
+            def do_GET(self) -> None:
+                if self.path.startswith("/dicom-web/"):
+                    self._relay()
+                elif self.path.split("?")[0] == "/app-config.js":
+                    self._send(200, APP_CONFIG.encode(), "text/javascript")
+                else:
+                    self._static()
+
+            def _static(self) -> None:
+                relative = self.path.split("?")[0].split("#")[0].lstrip("/")
+                path = (server.dist / relative).resolve()
+                if not path.is_file() or server.dist.resolve() not in path.parents:
+                    path = server.dist / "index.html"  # the viewer routes its own paths (/viewer, /)
+                kind = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+                self._send(200, path.read_bytes(), kind)
+
+            def _relay(self) -> None:
+                headers = {k: self.headers[k] for k in _RELAYED_REQUEST_HEADERS if self.headers.get(k)}
+                request = urllib.request.Request(server.dicomweb_url + self.path, headers=headers)
+                try:
+                    with urllib.request.urlopen(request, timeout=120) as response:
+                        status, body, relayed = response.status, response.read(), response.headers
+                except urllib.error.HTTPError as error:
+                    status, body, relayed = error.code, error.read(), error.headers
+                self.send_response(status)
+                for key in _RELAYED_RESPONSE_HEADERS:
+                    if relayed.get(key) and key != "Content-Length":
+                        self.send_header(key, relayed[key])
+                self._finish(body)
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self._finish(body)
+
+            def _finish(self, body: bytes) -> None:
+                for key, value in ISOLATION_HEADERS.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        return Handler

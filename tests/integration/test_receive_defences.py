@@ -1,0 +1,203 @@
+"""Association defences, tested as a PACS or a stranger on the network would meet them: DCMTK's echoscu, raw sockets."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.db.schema import Association, AuditEvent
+from tests.integration.dicom_client import (
+    associate,
+    encode,
+    send_bytes,
+    send_partial,
+    send_partial_then_abort,
+    wait_aborted,
+)
+from tests.integration.test_receive import _ct_dataset, db_rows
+from tests.support import NodeProcess, require_tool
+
+pytestmark = pytest.mark.integration
+
+ABORT_INVALID_PDU_PARAMETER = bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x06])
+
+
+def echoscu(node: NodeProcess, calling_ae: str = "ECHOSCU", called_ae: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([require_tool("echoscu"), "-aet", calling_ae, "-aec", called_ae or node.ae_title,
+                           "127.0.0.1", str(node.port)], capture_output=True, text=True, timeout=120)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the node sends before it closes the connection (60 s guard against a node that never does)."""
+    sock.settimeout(60)
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("calling", "called", "allowed", "result", "source", "reason"),
+    [
+        ("INTRUDER", "CTNODE", [{"ae_title": "ECHOSCU"}], "Rejected Permanent", "Service User",
+         "Calling AE Title Not Recognized"),
+        ("ECHOSCU", "SOMEONEELSE", [{"ae_title": "ECHOSCU"}], "Rejected Permanent", "Service User",
+         "Called AE Title Not Recognized"),
+        ("ECHOSCU", "CTNODE", [{"ae_title": "ECHOSCU", "host": "10.20.30.0/24"}], "Rejected Permanent",
+         "Service User", "Calling AE Title Not Recognized"),
+    ],
+)
+def test_rejected_peer_receives_the_a_associate_rj(make_node, db_url, calling, called, allowed, result, source, reason):
+    node = make_node(allowed=allowed)
+    for _ in range(5):  # the RJ raced the socket close: every attempt must see the rejection itself
+        answer = echoscu(node, calling, called)
+        assert answer.returncode != 0
+        text = answer.stdout + answer.stderr
+        assert "Association Rejected" in text and "Peer aborted" not in text, text
+        assert result in text and source in text and reason in text, text
+    node.stop()
+    assert {r.outcome for r in db_rows(db_url, Association)} == {"rejected"}
+
+
+def test_per_ae_limit_rejects_transiently_with_local_limit_exceeded(make_node, db_url):
+    node = make_node(allowed=[{"ae_title": "STORESCU", "max_associations": 1}, {"ae_title": "ECHOSCU"}])
+    with associate(node.port) as held:
+        assert held.is_established
+        answer = echoscu(node, calling_ae="STORESCU")
+        assert answer.returncode != 0
+        text = answer.stdout + answer.stderr
+        assert "Rejected Transient" in text and "Local Limit Exceeded" in text, text
+        assert echoscu(node).returncode == 0  # other AEs are not limited by it
+    assert echoscu(node, calling_ae="STORESCU").returncode == 0  # the slot is free again
+    node.stop()
+    rejected = db_rows(db_url, Association, Association.outcome == "rejected")
+    assert len(rejected) == 1 and "holds 1 associations" in rejected[0].reject_reason
+
+
+def test_silent_connections_never_lock_out_a_sender(make_node, db_url):
+    # More silent connections than both limits; before the gate each held an association slot for acse_timeout_s.
+    node = make_node(max_associations=2, max_pending_connections=4, pending_timeout_s=600)
+    idle = [socket.create_connection(("127.0.0.1", node.port)) for _ in range(12)]
+    for sock in idle[::2]:  # half of them start an A-ASSOCIATE-RQ and stop
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 68) + b"\x00\x01\x00\x00CTNODE")
+    try:
+        answer = echoscu(node)
+        assert answer.returncode == 0, answer.stdout + answer.stderr
+    finally:
+        for sock in idle:
+            sock.close()
+    node.stop()
+    dropped = db_rows(db_url, AuditEvent, AuditEvent.kind == "connection.refused")
+    assert len(dropped) >= 12 - 4 and all("too many connections" in e.detail["reason"] for e in dropped)
+
+
+def test_silent_connection_is_closed_after_the_pending_timer(make_node, db_url):
+    node = make_node(pending_timeout_s=1)
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        assert read_until_closed(sock) == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x00])  # A-ABORT, then closed
+    node.stop()
+    (event,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "connection.refused")
+    assert "no A-ASSOCIATE-RQ within 1 s" in event.detail["reason"]
+
+
+def test_oversized_associate_request_is_refused_before_its_body_is_read(make_node, db_url):
+    node = make_node()
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(struct.pack(">BBL", 0x01, 0, 0x7FFFFFF0) + b"\x00" * 1000)  # claims 2 GiB, sends 1 kB
+        assert read_until_closed(sock) == ABORT_INVALID_PDU_PARAMETER
+    assert echoscu(node).returncode == 0
+    node.stop()
+    (event,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "connection.refused")
+    assert "over the limit of 262144" in event.detail["reason"]
+
+
+def test_first_pdu_that_is_not_an_associate_request_is_refused(make_node, db_url):
+    node = make_node()
+    with socket.create_connection(("127.0.0.1", node.port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_until_closed(sock) == bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0x02, 0x01])  # unrecognised PDU
+    node.stop()
+    (event,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "connection.refused")
+    assert "not an A-ASSOCIATE-RQ" in event.detail["reason"]
+
+
+def test_oversized_p_data_is_aborted_before_its_body_is_read(make_node, db_url):
+    node = make_node(max_pdu_bytes=65536)
+    with associate(node.port) as assoc:
+        assert assoc.is_established
+        send_bytes(assoc, struct.pack(">BBL", 0x04, 0, 1 << 30) + b"\x00" * 4096)
+        assert wait_aborted(assoc)
+    node.stop()
+    (row,) = db_rows(db_url, Association)
+    assert row.outcome == "aborted"
+    (event,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "association.aborted")
+    assert "over the limit of 65536" in event.detail["reason"]
+
+
+def _node_fds_into(node: NodeProcess, folder: Path) -> list[str]:
+    assert node.process is not None
+    fd_dir = Path(f"/proc/{node.process.pid}/fd")
+    targets = []
+    for fd in fd_dir.iterdir():
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            continue
+    return [t for t in targets if t.startswith(str(folder))]
+
+
+def test_slow_drip_hits_the_instance_deadline_and_its_spool_is_closed_and_kept(make_node, db_url):
+    node = make_node(instance_deadline_s=1)
+    ds = _ct_dataset()
+    with associate(node.port) as assoc:
+        send_partial(assoc, encode(ds), ds.SOPInstanceUID, fragments=3)  # command + 2 fragments, then silence
+        assert wait_aborted(assoc)
+    assert echoscu(node).returncode == 0
+    assert _node_fds_into(node, node.data_dir / "incoming") == []
+    assert list((node.data_dir / "incoming").iterdir()) == []
+    node.stop()
+    (event,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "association.aborted")
+    assert "instance deadline of 1 s passed" in event.detail["reason"]
+    (kept,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "spool.recovered")
+    assert kept.association_id == event.association_id and Path(kept.path).is_file()
+
+
+def test_association_deadline_aborts_a_peer_that_never_finishes(make_node, db_url):
+    node = make_node(association_deadline_s=1)
+    with associate(node.port) as assoc:
+        assert assoc.is_established
+        assert wait_aborted(assoc)
+    node.stop()
+    (event,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "association.aborted")
+    assert "association deadline of 1 s passed" in event.detail["reason"]
+
+
+def test_aborted_transfers_leave_no_open_spool_files(make_node, db_url):
+    node = make_node()
+    ds = _ct_dataset()
+    for _ in range(5):
+        with associate(node.port) as assoc:
+            send_partial_then_abort(assoc, encode(ds), ds.SOPInstanceUID)
+    assert echoscu(node).returncode == 0  # the node has seen every abort by now (one thread per association)
+    assert _node_fds_into(node, node.data_dir / "incoming") == []
+    assert list((node.data_dir / "incoming").iterdir()) == []
+    node.stop()
+    recovered = db_rows(db_url, AuditEvent, AuditEvent.kind == "spool.recovered")
+    assert len(recovered) == 5 and all(e.association_id is not None for e in recovered)
+
+
+def test_ipv4_peer_of_a_node_listening_on_ipv6_any_matches_its_ipv4_pin(make_node, db_url):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")  # the IPv4-mapped form only exists on a dual-stack socket
+    node = make_node(host="::", allowed=[{"ae_title": "ECHOSCU", "host": "127.0.0.0/8"}])
+    answer = echoscu(node)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    node.stop()
+    (row,) = db_rows(db_url, Association)
+    assert row.outcome == "released" and row.peer_host == "::ffff:127.0.0.1"

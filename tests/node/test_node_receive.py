@@ -1,0 +1,64 @@
+"""The receive stage's reading of a data set: Specific Character Set, strict UIDs; and who may associate."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.config import AllowedPeer, DicomConfig
+from node.dicom.access import AccessPolicy
+from node.dicom.receive import Received, read_header, uid_problem
+from node.logging import phi_registry
+from tests.support import dicom_files, require_ct
+
+
+def _received(path: Path) -> Received:
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    data = path.read_bytes()
+    return Received(path, hashlib.sha256(data).hexdigest(), len(data), str(ds.SOPClassUID), str(ds.SOPInstanceUID),
+                    str(ds.file_meta.TransferSyntaxUID), None)
+
+
+@pytest.mark.parametrize(("charset", "name", "description"), [
+    ("ISO_IR 100", "MÜLLER^JÖRG", "Schädel nativ"),
+    ("ISO_IR 192", "ŁUKASZ^ŻÓŁW", "Schädel nativ"),
+    ("ISO_IR 144", "ИВАНОВ^ИВАН", "Голова"),
+])
+def test_text_is_decoded_with_the_specific_character_set_and_names_are_scrubbed(tmp_path: Path, charset, name,
+                                                                                description):
+    ds = pydicom.dcmread(dicom_files(require_ct("head_ge_patient"))[0])
+    ds.SpecificCharacterSet = charset
+    ds.PatientName, ds.StudyDescription = name, description
+    path = tmp_path / "x.dcm"
+    ds.save_as(path)
+    header = read_header(_received(path))
+    assert (header["PatientName"], header["StudyDescription"]) == (name, description)
+    assert phi_registry.scrub(f"failed for {name} today") == "failed for [redacted] today"
+
+
+@pytest.mark.parametrize(("value", "ok"), [
+    ("1.2.840.10008.5.1.4.1.1.2", True), ("0", True), ("", False), (" 1.2", False), ("1.2 ", False),
+    ("1.2\x00", False), ("1..2", False), (".1", False), ("1.2.", False), ("1.a", False), ("1." + "9" * 62, True),
+    ("1." + "9" * 63, False), ("1.2\n", False),
+])
+def test_uid_grammar(value, ok):
+    assert (uid_problem(value) is None) is ok
+
+
+def test_ip_pins_are_addresses_or_networks_and_ipv4_mapped_peers_match_them():
+    policy = AccessPolicy(DicomConfig(allowed=[
+        AllowedPeer(ae_title="PACS", host="10.1.2.3"), AllowedPeer(ae_title="CT", host="192.168.0.0/16"),
+        AllowedPeer(ae_title="V6", host="fd00::/8"),
+    ]))
+    assert policy.check("PACS", "CTNODE", "10.1.2.3") is None
+    assert policy.check("PACS", "CTNODE", "::ffff:10.1.2.3") is None  # what a socket listening on "::" reports
+    assert policy.check("PACS", "CTNODE", "10.1.2.4") is not None
+    assert policy.check("CT", "CTNODE", "::ffff:192.168.7.9") is None
+    assert policy.check("CT", "CTNODE", "192.169.0.1") is not None
+    assert policy.check("V6", "CTNODE", "fd12::1") is None
+    assert policy.check("V6", "CTNODE", "not an address") is not None
+    with pytest.raises(ValueError, match="not an IP address or CIDR network"):
+        AllowedPeer(ae_title="PACS", host="pacs.example.org")

@@ -141,7 +141,7 @@ class DicomConfig(_Section):
     network_timeout_s: float = Field(120.0, gt=0)
     max_pending_connections: int = Field(32, ge=1)  # connected but not yet associated; the oldest is dropped
     pending_timeout_s: float = Field(5.0, gt=0)  # a connection must send its A-ASSOCIATE-RQ within this
-    max_request_pdu_bytes: int = Field(262144, ge=1024)  # largest A-ASSOCIATE-RQ (and other non-P-DATA PDU)
+    max_request_pdu_bytes: int = Field(65536, ge=1024)  # largest A-ASSOCIATE-RQ (and other non-P-DATA PDU)
     association_deadline_s: float = Field(14400.0, gt=0)  # an association is aborted after this long
     instance_deadline_s: float = Field(600.0, gt=0)  # one data set must arrive within this
     accept_any: bool = False

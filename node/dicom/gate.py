@@ -36,7 +36,6 @@ from pynetdicom.pdu import A_ASSOCIATE_RQ
 _ABORT = struct.Struct(">BBLBBBB")
 REASON_NOT_SPECIFIED, REASON_UNRECOGNISED_PDU, REASON_UNEXPECTED_PDU, REASON_INVALID_PARAMETER = 0x00, 0x01, 0x02, 0x06
 _A_ASSOCIATE_RQ, _P_DATA_TF = 0x01, 0x04
-_PEEK_LIMIT = 65536
 
 
 def abort_pdu(reason: int) -> bytes:
@@ -202,12 +201,12 @@ class ConnectionGate:
             guard.abort("the receiver is stopping")
 
     def admit(self, sock: socket.socket, peer: tuple[str, int]) -> GuardedSocket | None:
-        """Wait (in the connection's own thread) for an acceptable A-ASSOCIATE-RQ header; None if refused."""
+        """Wait (in the connection's own thread) for a whole, decodable A-ASSOCIATE-RQ; None if refused."""
         guard = GuardedSocket(sock, self.limits, peer)
         with self._lock:
             self._pending[guard] = time.monotonic()
-            evicted = [g for g in list(self._pending)[:-self.limits.max_pending]] if len(
-                self._pending) > self.limits.max_pending else []
+            waiting = [g for g in self._pending if g.breach is None]
+            evicted = waiting[:max(0, len(waiting) - self.limits.max_pending)]
         for old in evicted:  # the oldest silent connections make room for a newcomer
             old.abort("dropped: too many connections waiting to associate")
         try:
@@ -227,7 +226,7 @@ class ConnectionGate:
         return guard
 
     def _first_pdu(self, guard: GuardedSocket) -> tuple[str, int] | None:
-        """None when an acceptable A-ASSOCIATE-RQ header is waiting; else why not and the A-ABORT reason to send
+        """None when an acceptable A-ASSOCIATE-RQ is waiting; else why not and the A-ABORT reason to send
         (an empty reason for a silent port probe, which is neither answered nor audited)."""
         sock = guard._sock
         timeout = self.limits.pending_timeout_s
@@ -254,9 +253,11 @@ class ConnectionGate:
                     pdu_type, _, length = struct.unpack(">BBL", header[:6])
                     if pdu_type != _A_ASSOCIATE_RQ or length > self.limits.max_request_pdu_bytes:
                         break
-                    # the whole request (as much as a receive buffer surely holds) before pynetdicom sees it,
-                    # so a peer that stops mid-request waits here, not in an association slot
-                    want = 6 + min(length, _PEEK_LIMIT)
+                    # the whole request before pynetdicom sees it, so a peer that stops mid-request waits
+                    # here, not in an association slot (the receive buffer is made to hold it)
+                    want = 6 + length
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 2 * want:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * want)
                 if len(header) >= want or guard.breach is not None:  # complete, or dropped meanwhile
                     break
                 time.sleep(0.01)  # part of the request: wait for the rest
@@ -281,7 +282,7 @@ class ConnectionGate:
             return (f"A-ASSOCIATE-RQ PDU declares {length} bytes, over the limit of "
                     f"{self.limits.max_request_pdu_bytes}", REASON_INVALID_PARAMETER)
         if len(header) < 6 + length:
-            return None if length > _PEEK_LIMIT else silent  # too long to hold here / never completed
+            return silent  # never completed (or dropped meanwhile)
         try:  # pynetdicom would leave an undecodable request's association slot taken for acse_timeout
             request = A_ASSOCIATE_RQ()
             request.decode(header[:6 + length])

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from node.db import audit
@@ -149,7 +149,7 @@ class Receiver:
             return self.refuse(item.association_id, item.sop_instance_uid, f"write failed: {exc.strerror}",
                                header["StudyInstanceUID"])
 
-    def _series_key(self, conn: Any, header: Header) -> index.SeriesKey:
+    def _series_key(self, conn: Connection, header: Header) -> index.SeriesKey:
         series_uid, study_uid = header["SeriesInstanceUID"], header["StudyInstanceUID"]
         key = self._series.get(series_uid)
         if key is None:

@@ -8,7 +8,6 @@ import struct
 import subprocess
 from pathlib import Path
 
-import pydicom
 import pytest
 
 from node.db.schema import Association, AuditEvent
@@ -114,7 +113,7 @@ def test_oversized_associate_request_is_refused_before_its_body_is_read(make_nod
     assert echoscu(node).returncode == 0
     node.stop()
     (event,) = db_rows(db_url, AuditEvent, AuditEvent.kind == "connection.refused")
-    assert "over the limit of 262144" in event.detail["reason"]
+    assert "over the limit of 65536" in event.detail["reason"]
 
 
 def test_first_pdu_that_is_not_an_associate_request_is_refused(make_node, db_url):

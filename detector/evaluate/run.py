@@ -36,8 +36,9 @@ from detector.labels import LabelError, read_labels
 from detector.labels.lesions import planes_from_headers
 from detector.registry import TrainingRecord
 
-GRID = tuple(float(t) for t in np.round(np.arange(0.05, 0.99, 0.01), 2))
-"""Thresholds at which the node's findings are taken for the FROC (the card's own is added)."""
+GRID = (*(float(t) for t in np.round(np.arange(0.05, 0.99, 0.01), 2)), 0.99, 0.995, 0.998, 0.999)
+"""Thresholds at which the node's findings are taken for the FROC (the card's own is added); finer near 1, where a
+sharp second stage puts most of its scores."""
 SATURATED_FINDINGS = 100
 """A study with more findings than this at a threshold (before the card's per-study cap) is not merged at lower
 ones: they count as saturated (unbounded false positives, so no FP rate of the FROC can use them); this bounds

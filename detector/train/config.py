@@ -91,6 +91,10 @@ class SecondStageConfig(_Section):
 
     first_stage: str
     """The detector's card: a path relative to the config, or a shipped model's name."""
+    mine_roles: tuple[Literal["train", "validation"], ...] = ("train",)
+    """Whose studies (and synthetic sets) give the candidates: the train studies (``data.backgrounds``), and with
+    "validation" the validation studies too (hard negatives from more scanners; the threshold is then chosen on
+    studies the second stage saw, and only the test figures are held out)."""
     candidate_threshold: float = Field(0.1, gt=0.0, lt=1.0)
     max_candidates: int = Field(200, gt=0)
     side_mm: float = Field(48.0, gt=0.0)

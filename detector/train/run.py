@@ -178,9 +178,10 @@ def train_second_stage(config: TrainConfig, config_path: Path, manifest: Manifes
     if first.card.body_part != config.spec.body_part:
         raise TrainConfigError(f"{config_path}: second_stage.first_stage is a {first.card.body_part} model, the "
                                f"target is {config.spec.body_part}")
-    names = {s.id for s in studies.backgrounds}
-    entries = [*studies.backgrounds, *(s for s in synthetic_entries(manifest, ("train",), SYNTHETIC_CACHE)
-                                       if s.id.split("+", 1)[0] in names)]
+    sources = [*studies.backgrounds, *(studies.validation if "validation" in stage.mine_roles else ())]
+    names = {s.id for s in sources}
+    entries = [*sources, *(s for s in synthetic_entries(manifest, stage.mine_roles, SYNTHETIC_CACHE)
+                           if s.id.split("+", 1)[0] in names and s.id not in names)]
     labelled = [study for entry in entries for study in studies_in(entry)]
     spec = PatchSpec(windows=first.card.input_spec.windows, side_mm=stage.side_mm, voxels=stage.voxels,
                      scale=stage.scale)

@@ -56,15 +56,21 @@ def encode(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def send_raw(assoc: Association, payload: bytes, sop_instance_uid: str, sop_class_uid: str = CTImageStorage,
-             message_id: int = 1) -> int:
-    """C-STORE ``payload`` as the data set with the given command UIDs; returns the response status."""
+def _c_store(payload: bytes, sop_instance_uid: str, sop_class_uid: str, message_id: int) -> C_STORE:
+    """A C-STORE request whose data set is ``payload`` as it is, whatever the command's UIDs say."""
     request = C_STORE()
     request.MessageID = message_id
     request.AffectedSOPClassUID = sop_class_uid
     request.AffectedSOPInstanceUID = sop_instance_uid
     request.Priority = 2
     request.DataSet = BytesIO(payload)
+    return request
+
+
+def send_raw(assoc: Association, payload: bytes, sop_instance_uid: str, sop_class_uid: str = CTImageStorage,
+             message_id: int = 1) -> int:
+    """C-STORE ``payload`` as the data set with the given command UIDs; returns the response status."""
+    request = _c_store(payload, sop_instance_uid, sop_class_uid, message_id)
     context = assoc._get_valid_context(sop_class_uid, ExplicitVRLittleEndian, "scu")
     with _reactor_paused(assoc):  # as pynetdicom's own send_c_store does, so the reactor does not take the reply
         assoc.dimse.send_msg(request, context.context_id)
@@ -73,18 +79,17 @@ def send_raw(assoc: Association, payload: bytes, sop_instance_uid: str, sop_clas
     return int(response.Status)
 
 
-def send_partial_then_abort(assoc: Association, payload: bytes, sop_instance_uid: str, fraction: float = 0.5) -> None:
-    """Send the command and part of the data set's P-DATA, then A-ABORT: a transfer cut mid-instance."""
-    request = C_STORE()
-    request.MessageID = 99
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = sop_instance_uid
-    request.Priority = 2
-    request.DataSet = BytesIO(payload)
+def _p_data(assoc: Association, payload: bytes, sop_instance_uid: str, message_id: int) -> list:
+    """The P-DATA PDUs (command first, then the data set in 16 KB fragments) of a CT C-STORE of ``payload``."""
     context = assoc._get_valid_context(CTImageStorage, ExplicitVRLittleEndian, "scu")
     message = C_STORE_RQ()
-    message.primitive_to_message(request)
-    fragments = list(message.encode_msg(context.context_id, 16382))
+    message.primitive_to_message(_c_store(payload, sop_instance_uid, CTImageStorage, message_id))
+    return list(message.encode_msg(context.context_id, 16382))
+
+
+def send_partial_then_abort(assoc: Association, payload: bytes, sop_instance_uid: str, fraction: float = 0.5) -> None:
+    """Send the command and part of the data set's P-DATA, then A-ABORT: a transfer cut mid-instance."""
+    fragments = _p_data(assoc, payload, sop_instance_uid, 99)
     with _reactor_paused(assoc):
         for primitive in fragments[: max(2, int(len(fragments) * fraction))]:
             assoc.dul.send_pdu(primitive)
@@ -93,17 +98,8 @@ def send_partial_then_abort(assoc: Association, payload: bytes, sop_instance_uid
 
 def send_partial(assoc: Association, payload: bytes, sop_instance_uid: str, fragments: int = 2) -> None:
     """Send the C-STORE command and the first ``fragments`` P-DATA PDUs of its data set, then nothing more."""
-    request = C_STORE()
-    request.MessageID = 98
-    request.AffectedSOPClassUID = CTImageStorage
-    request.AffectedSOPInstanceUID = sop_instance_uid
-    request.Priority = 2
-    request.DataSet = BytesIO(payload)
-    context = assoc._get_valid_context(CTImageStorage, ExplicitVRLittleEndian, "scu")
-    message = C_STORE_RQ()
-    message.primitive_to_message(request)
     with _reactor_paused(assoc):
-        for primitive in list(message.encode_msg(context.context_id, 16382))[:fragments]:
+        for primitive in _p_data(assoc, payload, sop_instance_uid, 98)[:fragments]:
             assoc.dul.send_pdu(primitive)
 
 

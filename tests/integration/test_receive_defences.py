@@ -93,7 +93,10 @@ def test_silent_connections_never_lock_out_a_sender(make_node, db_url):
             sock.close()
     node.stop()
     dropped = db_rows(db_url, AuditEvent, AuditEvent.kind == "connection.refused")
-    assert len(dropped) >= 12 - 4 and all("too many connections" in e.detail["reason"] for e in dropped)
+    # the connections over the pending limit are refused as such (those closed by the test at the end may be
+    # audited too, with their own reason, depending on when the node notices)
+    refused = [e for e in dropped if "too many connections" in e.detail["reason"]]
+    assert len(refused) >= 12 - 4, [e.detail["reason"] for e in dropped]
 
 
 def test_silent_connection_is_closed_after_the_pending_timer(make_node, db_url):

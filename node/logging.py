@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections import OrderedDict
@@ -22,31 +23,79 @@ PHI_KEYS = frozenset(
 REDACTED = "[redacted]"
 
 
-class PHIRegistry:
-    """Recently seen identifier values; any log string containing one is scrubbed (bounded, thread-safe)."""
+_PN_SEPARATORS = re.compile(r"[\^=]+")
+_PREFIX = 3  # shortest value scrubbed: shorter ones would mangle ordinary words and numbers
 
-    def __init__(self, capacity: int = 4096) -> None:
-        self._values: OrderedDict[str, None] = OrderedDict()
+
+def identifier_terms(value: object) -> dict[str, bool]:
+    """What a log line may show of one identifier value, each term with whether it counts only as a whole word:
+    the value itself (anywhere) and, for a person name, its space-separated form (anywhere) and its components
+    (whole words: a name reaches logs as ``DOE^JANE``, ``DOE JANE`` or ``JANE``, but ``DOES`` is not a name)."""
+    text = str(value).strip() if value is not None else ""
+    terms = {text: False} if len(text) >= _PREFIX else {}
+    if _PN_SEPARATORS.search(text):
+        parts = [p.strip() for p in _PN_SEPARATORS.split(text) if p.strip()]
+        joined = " ".join(parts)
+        if len(joined) >= _PREFIX:
+            terms.setdefault(joined, False)
+        terms.update({p: True for p in parts if len(p) >= _PREFIX and p not in terms})
+    return terms
+
+
+def _word_at(text: str, start: int, end: int) -> bool:
+    return (start == 0 or not text[start - 1].isalnum()) and (end == len(text) or not text[end].isalnum())
+
+
+class PHIRegistry:
+    """Identifier values this process knows (seen in headers, or from the database); any log string holding
+    one is scrubbed. Bounded (the oldest go first) and thread-safe; lookup costs one dict probe per character
+    of the text, however many values are known."""
+
+    def __init__(self, capacity: int = 200_000) -> None:
+        self._terms: OrderedDict[str, bool] = OrderedDict()  # term -> whole words only
+        self._by_prefix: dict[str, set[str]] = {}
         self._capacity = capacity
         self._lock = threading.Lock()
 
-    def remember(self, *values: object) -> None:
+    def remember(self, *values: object) -> list[str]:
+        """Learn ``values`` (with their name components); returns the values that were new, for the database."""
+        new: list[str] = []
         with self._lock:
             for value in values:
-                text = str(value).strip() if value is not None else ""
-                if len(text) < 3:  # too short to scrub without mangling ordinary words and numbers
-                    continue
-                self._values[text] = None
-                self._values.move_to_end(text)
-                while len(self._values) > self._capacity:
-                    self._values.popitem(last=False)
+                terms = identifier_terms(value)
+                if terms and self._terms.get(next(iter(terms)), True):  # unknown, or known only as a name part
+                    new.append(next(iter(terms)))
+                for term, word_only in terms.items():
+                    if term in self._terms:
+                        self._terms[term] = self._terms[term] and word_only
+                        self._terms.move_to_end(term)
+                        continue
+                    self._terms[term] = word_only
+                    self._by_prefix.setdefault(term[:_PREFIX], set()).add(term)
+            while len(self._terms) > self._capacity:
+                old, _ = self._terms.popitem(last=False)
+                bucket = self._by_prefix[old[:_PREFIX]]
+                bucket.discard(old)
+                if not bucket:
+                    del self._by_prefix[old[:_PREFIX]]
+        return new
 
     def scrub(self, text: str) -> str:
+        """``text`` with every known term (the longest at each place) replaced by the redaction mark."""
+        out: list[str] = []
+        i = kept = 0
         with self._lock:
-            values = [v for v in self._values if v in text]
-        for value in sorted(values, key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-        return text
+            while i <= len(text) - _PREFIX:
+                bucket = self._by_prefix.get(text[i:i + _PREFIX])
+                match = max((t for t in bucket if text.startswith(t, i)
+                             and not (self._terms[t] and not _word_at(text, i, i + len(t)))),
+                            key=len, default=None) if bucket else None
+                if match is None:
+                    i += 1
+                    continue
+                out += [text[kept:i], REDACTED]
+                i = kept = i + len(match)
+        return "".join(out) + text[kept:] if out else text
 
 
 phi_registry = PHIRegistry()

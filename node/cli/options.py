@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings, load_settings
 from node.config_check import problem_lines
+from node.db import identifiers
 from node.db.engine import make_engine
 from node.db.migrate import is_current
 from node.logging import configure_logging
@@ -48,6 +49,7 @@ def open_database(settings: Settings) -> Engine:
     if not current:
         console.print("[red]the database is missing or at an older schema:[/red] run `ctnode db upgrade -c FILE`")
         raise typer.Exit(2)
+    identifiers.catch_up(engine)  # what this command prints or logs may touch any study
     return engine
 
 

@@ -34,6 +34,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 UID = String(64)
 AE = String(16)
 SHA256 = String(64)
+IDENTIFIER_CHARS = 512  # longer values are kept to this prefix (a unique index bounds them)
 
 
 def utcnow() -> datetime:
@@ -86,6 +87,20 @@ class Study(Base):
     settled_generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.series_number")
+
+
+class PatientIdentifier(Base):
+    """A patient identifier value (name, ID, birth date, accession number) seen in a study.
+
+    Kept only so that every process's log scrubber knows what to hide; never logged, never exported.
+    """
+
+    __tablename__ = "patient_identifier"
+    __table_args__ = (UniqueConstraint("study_id", "value"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    value: Mapped[str] = mapped_column(String(IDENTIFIER_CHARS))
 
 
 class Series(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection
@@ -11,7 +12,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from node.db.schema import Base
 
 
-def insert_ignore(conn: Connection, model: type[Base], key: str, values: dict[str, Any]) -> None:
-    """Insert ``values`` into ``model``'s table unless a row with the same unique ``key`` exists."""
+def insert_ignore(conn: Connection, model: type[Base], key: str | Sequence[str], values: dict[str, Any]) -> None:
+    """Insert ``values`` into ``model``'s table unless a row with the same unique ``key`` (column or columns) exists."""
     dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=[key]))
+    columns = [key] if isinstance(key, str) else list(key)
+    conn.execute(dialect_insert(model).values(**values).on_conflict_do_nothing(index_elements=columns))

@@ -10,6 +10,7 @@ from pynetdicom.association import Association
 from sqlalchemy import Engine
 
 from node.config import DeliveryConfig, Destination
+from node.db import identifiers
 from node.db.schema import utcnow
 from node.delivery.claims import AttemptResult, Claim, claim, record_attempt, release, renew
 from node.delivery.scu import AssociationFailed, StoreSCU
@@ -42,6 +43,7 @@ class DestinationWorker:
 
     def run_once(self) -> int:
         """Claim and attempt one batch; returns how many objects were attempted."""
+        identifiers.catch_up(self.engine)  # before the claim, so that a failure holds no lease
         batch = claim(self.engine, self.destination.name, self.config.batch_size, self.config.lease_s)
         if not batch.items:
             return 0

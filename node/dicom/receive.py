@@ -12,7 +12,7 @@ from pydicom import dcmread
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from node.db import audit
+from node.db import audit, identifiers
 from node.db import instances as index
 from node.dicom.header import WANTED, scan
 from node.dicom.status import StoreStatus
@@ -120,6 +120,7 @@ class Receiver:
         self.store = store
         self.engine = engine
         self._series: dict[str, index.SeriesKey] = {}  # series UID -> its row and study
+        self._identified: set[tuple[str, ...]] = set()  # (study UID, identifier values) already recorded
         self._lock = threading.Lock()
 
     def receive(self, item: Received) -> Outcome:
@@ -175,6 +176,9 @@ class Receiver:
                 self.store.discard(item.path)
                 return Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id)
             key = self._series_key(conn, header)
+            identified = (header["StudyInstanceUID"], *(header.get(k, "") for k in IDENTIFIERS))
+            if identified not in self._identified:
+                identifiers.record(conn, key.study_id, identified[1:])
             relative = self.store.relative_path(header["StudyInstanceUID"], header["SeriesInstanceUID"], sop,
                                                 item.sha256)
             # Into place before the row: a commit that fails after this leaves an unindexed file (a resend
@@ -192,6 +196,9 @@ class Receiver:
             }, key.study_id, supersede=bool(versions))
         with self._lock:
             self._series[header["SeriesInstanceUID"]] = key
+            if len(self._identified) >= 65536:
+                self._identified.clear()
+            self._identified.add(identified)
         kind = "conflict" if versions else "stored"
         return Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative})
 

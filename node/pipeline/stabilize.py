@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
-from node.db import audit
+from node.db import audit, identifiers
 from node.db.schema import Association, Instance, Run, RunInput, Series, Study, utcnow
 from node.events import AssociationOutcome, AuditKind, RunStatus
 from node.logging import get_logger
@@ -83,6 +83,8 @@ class Stabilizer:
         now = now or utcnow()
         created: list[int] = []
         candidates = self._candidates()
+        if candidates:
+            identifiers.catch_up(self.engine)
         for candidate in candidates:
             try:
                 trigger = self._ready(candidate, now)

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import Settings
+from node.db import identifiers
 from node.db.audit import record
 from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
 from node.db.upsert import insert_ignore
@@ -149,6 +150,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and process one run; False when none was due."""
+        identifiers.catch_up(self.engine)  # before the claim: a run's identifiers were recorded before it existed
         run = claim_run(self.engine, self.settings.pipeline, self.name)
         if run is None:
             return False

@@ -191,10 +191,6 @@ class StorageSCP:
         except SQLAlchemyError as exc:
             log.error("audit write failed", kind=str(AuditKind.CONNECTION_REFUSED), error=type(exc).__name__)
 
-    def _open_by(self, calling_ae: str) -> int:
-        with self._lock:
-            return sum(1 for state in self._states.values() if not state.closed and state.calling_ae == calling_ae)
-
     def _state(self, assoc: Association) -> _AssociationState:
         with self._lock:
             state = self._states.get(assoc)
@@ -208,7 +204,11 @@ class StorageSCP:
         calling = str(request.calling_ae_title) if request else ""
         called = str(request.called_ae_title) if request else ""
         host, port = assoc.requestor.address, assoc.requestor.port
-        rejection = self.policy.check(calling, called, host, self._open_by(calling.strip()))
+        with self._lock:  # the count, the decision and this association's place in the count are one step
+            held = sum(1 for state in self._states.values() if not state.closed and state.calling_ae == calling.strip())
+            rejection = self.policy.check(calling, called, host, held)
+            state = self._states.setdefault(assoc, _AssociationState(row_id=None))
+            state.calling_ae, state.closed = calling.strip(), rejection is not None
         outcome = AssociationOutcome.REJECTED if rejection else AssociationOutcome.OPEN
         try:
             with self.engine.begin() as conn:
@@ -224,12 +224,11 @@ class StorageSCP:
             # Accept anyway when allowed: every C-STORE then gets 0xA700, a precise answer per instance.
             log.error("database unavailable, association not audited", error=type(exc).__name__)
             row_id = None
-        state = self._state(assoc)
-        state.row_id, state.calling_ae = row_id, calling.strip()
+        state.row_id = row_id
         sock = getattr(assoc.dul.socket, "socket", None)
         state.guard = sock if type(sock) is GuardedSocket else None
         if rejection:
-            state.outcome, state.closed = AssociationOutcome.REJECTED, True
+            state.outcome = AssociationOutcome.REJECTED
             log.warning("association rejected", association_id=row_id, calling_ae=calling, host=host,
                         reason=rejection.reason)
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
@@ -248,8 +247,9 @@ class StorageSCP:
                 state.failed += 1
                 return int(self.receiver.refuse_invalid(state.row_id, "C-STORE request without a data set").status)
             path = Path(event.dataset_path)
+            spool = spool_for(path)
             try:
-                sha256, size = spool_for(path).complete()
+                sha256, size = spool.complete()
             except SpoolError as exc:  # ENOSPC, EIO, or no room before the first byte: nothing was kept
                 outcome = self.receiver.refuse(state.row_id, str(request.AffectedSOPInstanceUID), exc.reason)
             else:
@@ -257,6 +257,7 @@ class StorageSCP:
                     path=path, sha256=sha256, size=size, sop_class_uid=str(request.AffectedSOPClassUID),
                     sop_instance_uid=str(request.AffectedSOPInstanceUID),
                     transfer_syntax_uid=str(event.context.transfer_syntax), association_id=state.row_id,
+                    synced=spool.synced,
                 ))
         except Exception as exc:  # the node never crashes and never answers Success on an unexpected error
             log.exception("C-STORE failed unexpectedly", association_id=state.row_id, error=type(exc).__name__)

@@ -6,6 +6,8 @@ import os
 import socket
 import struct
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,6 +79,31 @@ def test_per_ae_limit_rejects_transiently_with_local_limit_exceeded(make_node, d
     node.stop()
     rejected = db_rows(db_url, Association, Association.outcome == "rejected")
     assert len(rejected) == 1 and "holds 1 associations" in rejected[0].reject_reason
+
+
+def test_per_ae_limit_holds_when_many_associations_arrive_at_once(make_node, db_url):
+    node = make_node(allowed=[{"ae_title": "STORESCU", "max_associations": 2}])
+    barrier, release = threading.Barrier(10), threading.Event()
+    established: list[bool] = []
+
+    def request() -> None:
+        barrier.wait()
+        with associate(node.port) as assoc:
+            established.append(assoc.is_established)
+            release.wait(60)  # hold the slot until every request has been answered
+
+    threads = [threading.Thread(target=request) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 60
+    while len(established) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(established) == [False] * 8 + [True] * 2
+    node.stop()
+    assert len(db_rows(db_url, Association, Association.outcome == "rejected")) == 8
 
 
 def test_silent_connections_never_lock_out_a_sender(make_node, db_url):

@@ -18,6 +18,7 @@ pynetdicom:
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import ssl
@@ -177,7 +178,39 @@ class GuardedSocket:
         return None
 
 
-RefusalHook = Callable[[tuple[str, int], str], None]
+RefusalHook = Callable[[tuple[str, int], str, int], None]
+"""Called with the peer, the reason, and how many more refusals of that peer for that reason the call stands for."""
+
+REFUSAL_WINDOW_S = 10.0
+_MAX_WINDOWS = 4096
+
+
+class _RefusalLedger:
+    """Reports the first refusal of each (host, reason) per window at once and counts the rest, so that a flood of
+    connections costs one audit row per window, not one each. ``closed`` hands over the counts of ended windows."""
+
+    def __init__(self, window_s: float = REFUSAL_WINDOW_S) -> None:
+        self._window_s = window_s
+        self._windows: dict[tuple[str, str], list[float]] = {}  # (host, reason) -> [opened at, refusals since]
+        self._lock = threading.Lock()
+
+    def first(self, host: str, reason: str, now: float) -> bool:
+        """Count a refusal; True when it opens a window (report it now)."""
+        with self._lock:
+            key = (host, reason) if len(self._windows) < _MAX_WINDOWS else ("many hosts", reason)
+            window = self._windows.get(key)
+            if window is None:
+                self._windows[key] = [now, 0]
+                return True
+            window[1] += 1
+            return False
+
+    def closed(self, now: float) -> list[tuple[str, str, int]]:
+        """(host, reason, refusals not yet reported) of every window older than the window length, or of all."""
+        with self._lock:
+            ended = [k for k, (opened, _) in self._windows.items() if now - opened >= self._window_s]
+            counts = [(host, reason, int(self._windows.pop((host, reason))[1])) for host, reason in ended]
+        return [c for c in counts if c[2]]
 
 
 class ConnectionGate:
@@ -186,6 +219,7 @@ class ConnectionGate:
     def __init__(self, limits: GateLimits, on_refused: RefusalHook) -> None:
         self.limits = limits
         self._on_refused = on_refused
+        self._refusals = _RefusalLedger()
         self._pending: OrderedDict[GuardedSocket, float] = OrderedDict()  # socket -> when it connected
         self._live: weakref.WeakSet[GuardedSocket] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -193,12 +227,21 @@ class ConnectionGate:
         threading.Thread(target=self._watch, name="dicom-gate-watchdog", daemon=True).start()
 
     def stop(self) -> None:
-        """Stop the watchdog and drop the connections still waiting to associate."""
+        """Stop the watchdog, drop the connections still waiting to associate, report the refusals still counted."""
         self._stop.set()
         with self._lock:
             pending = list(self._pending)
         for guard in pending:
             guard.abort("the receiver is stopping")
+        self._report_counted(math.inf)
+
+    def _refused(self, peer: tuple[str, int], reason: str) -> None:
+        if self._refusals.first(peer[0], reason, time.monotonic()):
+            self._on_refused(peer, reason, 0)
+
+    def _report_counted(self, now: float) -> None:
+        for host, reason, count in self._refusals.closed(now):
+            self._on_refused((host, 0), reason, count)
 
     def admit(self, sock: socket.socket, peer: tuple[str, int]) -> GuardedSocket | None:
         """Wait (in the connection's own thread) for a whole, decodable A-ASSOCIATE-RQ; None if refused."""
@@ -218,7 +261,7 @@ class ConnectionGate:
             reason, code = (guard.breach, REASON_NOT_SPECIFIED) if guard.breach else refusal or ("", 0)
             if reason:
                 guard.abort(reason, code)
-                self._on_refused(peer, reason)
+                self._refused(peer, reason)
             sock.close()
             return None
         with self._lock:
@@ -294,6 +337,7 @@ class ConnectionGate:
     def _watch(self) -> None:
         while not self._stop.wait(0.25):
             now = time.monotonic()
+            self._report_counted(now)
             with self._lock:
                 pending = [g for g, since in self._pending.items() if now - since > self.limits.pending_timeout_s]
                 live = list(self._live)

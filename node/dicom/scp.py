@@ -182,12 +182,15 @@ class StorageSCP:
         """Reconcile the store with the index (see node.dicom.reconcile)."""
         return reconcile(self.store, self.engine, older_than_s)
 
-    def _on_connection_refused(self, peer: tuple[str, int], reason: str) -> None:
-        log.warning("connection refused before associating", host=peer[0], port=peer[1], reason=reason)
+    def _on_connection_refused(self, peer: tuple[str, int], reason: str, repeats: int) -> None:
+        """Audit a refused connection, or (``repeats`` > 0) how many more of the peer's were refused for the reason
+        within the gate's window (a flood costs a row per window, not a row per connection)."""
+        detail: dict[str, object] = {"host": peer[0], "reason": reason}
+        detail.update({"repeats": repeats} if repeats else {"port": peer[1]})
+        log.warning("connection refused before associating", **detail)
         try:
             with self.engine.begin() as conn:
-                audit.record(conn, AuditKind.CONNECTION_REFUSED, detail={"host": peer[0], "port": peer[1],
-                                                                         "reason": reason})
+                audit.record(conn, AuditKind.CONNECTION_REFUSED, detail=detail)
         except SQLAlchemyError as exc:
             log.error("audit write failed", kind=str(AuditKind.CONNECTION_REFUSED), error=type(exc).__name__)
 
@@ -247,9 +250,8 @@ class StorageSCP:
                 state.failed += 1
                 return int(self.receiver.refuse_invalid(state.row_id, "C-STORE request without a data set").status)
             path = Path(event.dataset_path)
-            spool = spool_for(path)
             try:
-                sha256, size = spool.complete()
+                sha256, size = spool_for(path).complete()
             except SpoolError as exc:  # ENOSPC, EIO, or no room before the first byte: nothing was kept
                 outcome = self.receiver.refuse(state.row_id, str(request.AffectedSOPInstanceUID), exc.reason)
             else:
@@ -257,7 +259,6 @@ class StorageSCP:
                     path=path, sha256=sha256, size=size, sop_class_uid=str(request.AffectedSOPClassUID),
                     sop_instance_uid=str(request.AffectedSOPInstanceUID),
                     transfer_syntax_uid=str(event.context.transfer_syntax), association_id=state.row_id,
-                    synced=spool.synced,
                 ))
         except Exception as exc:  # the node never crashes and never answers Success on an unexpected error
             log.exception("C-STORE failed unexpectedly", association_id=state.row_id, error=type(exc).__name__)

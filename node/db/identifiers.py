@@ -8,6 +8,7 @@ hides those values whichever process first saw them.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable
 
 from sqlalchemy import Connection, Engine, select
@@ -35,7 +36,7 @@ class _Follower:
         self.lock = threading.Lock()
 
 
-_followers: dict[tuple[str, int], _Follower] = {}
+_followers: weakref.WeakKeyDictionary[PHIRegistry, dict[str, _Follower]] = weakref.WeakKeyDictionary()
 _followers_lock = threading.Lock()
 
 
@@ -44,7 +45,7 @@ def catch_up(engine: Engine, registry: PHIRegistry | None = None) -> int:
     (the newest ``INITIAL`` the first time); returns how many values were read. Raises what the database raises."""
     registry = phi_registry if registry is None else registry
     with _followers_lock:
-        follower = _followers.setdefault((engine.url.render_as_string(), id(registry)), _Follower())
+        follower = _followers.setdefault(registry, {}).setdefault(engine.url.render_as_string(), _Follower())
     with follower.lock, engine.connect() as conn:
         if follower.last_id is None:
             rows = conn.execute(select(PatientIdentifier.id, PatientIdentifier.value)

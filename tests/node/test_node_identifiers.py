@@ -12,13 +12,18 @@ import pydicom
 import pytest
 from sqlalchemy import Engine, select
 
-from node.config import Settings
+from node.cli.options import open_database
+from node.config import DeliveryConfig, Destination, Settings
 from node.db import identifiers
 from node.db.schema import PatientIdentifier
 from node.logging import PHIRegistry, identifier_terms
+from node.delivery.worker import DestinationWorker
 from node.pipeline.worker import Worker
-from tests.node.test_node_pipeline import Sender, engine, settings  # noqa: F401 (fixtures)
+from tests.node import test_node_pipeline as pipeline_tests
 from tests.support import dicom_files, require_ct
+
+Sender = pipeline_tests.Sender
+settings, engine = pipeline_tests.settings, pipeline_tests.engine  # the same fixtures
 
 NAME, PATIENT_ID, ACCESSION = "MÜLLER^JÖRG^HANS", "PID-4711-ÄÖ", "ACC-99017"
 
@@ -79,3 +84,17 @@ def test_the_worker_catches_up_before_it_claims(engine: Engine, settings: Settin
     Worker(engine, settings, threading.Event()).run_once()  # nothing is due yet: it still learns
     assert fresh.scrub(f"{PATIENT_ID} {ACCESSION} HANS") == "[redacted] [redacted] [redacted]"
     assert identifiers.catch_up(engine, fresh) == 0  # incremental: nothing new since
+
+
+def test_the_delivery_sender_and_cli_commands_catch_up(engine: Engine, settings: Settings, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch):
+    Sender(engine, settings).send(_study(tmp_path))
+    for step in (
+        lambda: DestinationWorker(engine, Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=1),
+                                  DeliveryConfig(), "CTNODE", threading.Event()).run_once(),  # nothing queued
+        lambda: open_database(settings).dispose(),
+    ):
+        fresh = PHIRegistry()
+        monkeypatch.setattr(identifiers, "phi_registry", fresh)
+        step()
+        assert fresh.scrub(f"{NAME} {ACCESSION}") == "[redacted] [redacted]"

@@ -21,6 +21,8 @@ PHI_KEYS = frozenset(
     )
 )
 REDACTED = "[redacted]"
+IDENTIFIER_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber")
+"""The attributes whose values every process learns and scrubs."""
 
 
 _PN_SEPARATORS = re.compile(r"[\^=]+")

@@ -12,6 +12,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
 from detector.findings import Finding
+from node.logging import IDENTIFIER_KEYWORDS, phi_registry
 
 # Type 2 attributes highdicom copies from the first evidence instance; real (and de-identified) studies lack some.
 _TYPE2_COPIED = (
@@ -41,6 +42,8 @@ class SourceSeries:
             values = {str(ds[attr].value) for ds in datasets if ds.get(attr)}
             if len(values) > 1 or (not values and attr != "FrameOfReferenceUID"):
                 raise ValueError(f"source images must share one {attr}; found {len(values)} different values")
+        # `ctnode detect --dicom` reads files no receiver indexed: the scrubber learns their identifiers here
+        phi_registry.remember(*{str(ds.get(k)) for ds in datasets for k in IDENTIFIER_KEYWORDS if ds.get(k)})
         uids = [str(ds.SOPInstanceUID) for ds in datasets]
         if len(set(uids)) != len(uids):
             raise ValueError("source images must have distinct SOP Instance UIDs; the series holds duplicates")

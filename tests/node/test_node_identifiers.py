@@ -98,3 +98,13 @@ def test_the_delivery_sender_and_cli_commands_catch_up(engine: Engine, settings:
         monkeypatch.setattr(identifiers, "phi_registry", fresh)
         step()
         assert fresh.scrub(f"{NAME} {ACCESSION}") == "[redacted] [redacted]"
+
+
+def test_report_sources_teach_the_scrubber_what_ctnode_detect_reads_from_files(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch):
+    from node.reports import sources
+
+    fresh = PHIRegistry()
+    monkeypatch.setattr(sources, "phi_registry", fresh)
+    sources.SourceSeries([pydicom.dcmread(p) for p in _study(tmp_path)])
+    assert fresh.scrub(f"{PATIENT_ID} JÖRG") == "[redacted] [redacted]"

@@ -33,7 +33,7 @@ from detector.infer import (
     scored_findings,
     slice_detections,
 )
-from detector.infer.engine import capped
+from detector.infer.engine import capped, region
 from detector.io import read_ct_volume
 from detector.models import RetinaNet
 
@@ -59,15 +59,16 @@ def _child(target: str, variant: str, device: str, card: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
-    detections = slice_detections(volume, model, options)  # detect_volume, step by step to time the second stage
+    mask = region(volume, model)  # detect_volume, step by step to time the second stage
+    detections = slice_detections(volume, model, options)
     if device == "cuda":
         torch.cuda.synchronize()
     first_stage = time.perf_counter()
-    scored = scored_findings(detections, volume, model, options.device)
+    scored = scored_findings(detections, volume, model, options.device, mask)
     if device == "cuda":
         torch.cuda.synchronize()
     second_stage = time.perf_counter() - first_stage
-    findings, _ = capped(findings_at(detections, volume, model, scored=scored), model.card.max_findings)
+    findings, _ = capped(findings_at(detections, volume, model, scored=scored, mask=mask), model.card.max_findings)
     seconds = time.perf_counter() - started
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"slices": volume.geometry.shape[0], "seconds": seconds, "peak_rss_gb": peak_kb / 2**20,

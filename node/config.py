@@ -351,6 +351,8 @@ class PipelineConfig(_Section):
     threads: int | None = Field(None, ge=1)  # CPU threads per worker; None = one per core
     batch_slices: int = Field(8, ge=1)
     max_findings: int | None = Field(None, ge=1)  # findings reported per study; None = each model card's cap
+    # model (as routes name it) -> where its findings must be centred, overriding its card's anatomy
+    anatomy: dict[str, Literal["body", "lungs", "intracranial", "none"]] = Field(default_factory=dict)
     domain_gate: bool = True  # refuse (skip) series outside a model card's domain: body part, contrast, slices
     routes: list[Route] = Field(default_factory=_default_routes)
 

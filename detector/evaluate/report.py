@@ -139,7 +139,7 @@ class EvaluationReport:
         fps, sens = self.froc.curve() if self.froc.studies else (np.array([]), np.array([]))
         return {
             "model": {"name": self.card.name, "version": self.card.version, "weights_sha256": self.card.weights_sha256,
-                      "operating_threshold": self.card.operating_threshold},
+                      "operating_threshold": self.card.operating_threshold, "anatomy": self.card.anatomy},
             "protocol": {
                 "hit": "predicted 3D centre within the lesion's radius (at least 2 mm) or inside its outline",
                 "ignore": "lesions under 3 mm, marks of fewer than 3 LIDC readers, non-nodule marks: "

@@ -30,7 +30,7 @@ from detector.infer import (
     scored_findings,
     slice_detections,
 )
-from detector.infer.engine import CANDIDATE_FRACTION, capped
+from detector.infer.engine import CANDIDATE_FRACTION, capped, region
 from detector.io import HeaderScan, SeriesInputError, load_volume, select_series
 from detector.labels import LabelError, read_labels
 from detector.labels.lesions import planes_from_headers
@@ -70,12 +70,13 @@ def _evaluate_study(study: LabelledStudy, model: LoadedModel, grid: Sequence[flo
     refused = domain_reasons(volume, model.card)
     inference_started = time.monotonic()
     floor = (min(grid) if model.refiner is None else model.refiner.candidate_threshold) * CANDIDATE_FRACTION
+    mask = None if refused else region(volume, model)
     detections = [] if refused else slice_detections(volume, model, options.inference, floor=floor)
-    scored = scored_findings(detections, volume, model, options.inference.device)
+    scored = scored_findings(detections, volume, model, options.inference.device, mask)
     inference_s = time.monotonic() - inference_started
     per_threshold: list[list[Finding] | None] = [None] * len(grid)
     for k in reversed(range(len(grid))):
-        found = findings_at(detections, volume, model, grid[k], scored)
+        found = findings_at(detections, volume, model, grid[k], scored, mask)
         per_threshold[k] = capped(found, model.card.max_findings)[0]
         if len(found) > SATURATED_FINDINGS:
             break

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.findings import Code
+from detector.preprocess.regions import ANATOMIES
 from detector.preprocess.spec import HUWindow, InputSpec
 
 SCHEMA_VERSION = 1
@@ -137,6 +138,9 @@ class ModelCard:
     """At most this many findings per study are reported (the best ones); the rest are dropped and audited."""
     domain: Domain = Domain()
     second_stage: SecondStage | None = None
+    anatomy: str = "none"
+    """Where findings must be centred to be reported (:mod:`detector.preprocess.regions`): body, lungs, intracranial
+    or none."""
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -155,6 +159,8 @@ class ModelCard:
             raise ModelCardError(f"operating_threshold must be in (0, 1), got {self.operating_threshold}")
         if self.max_findings < 1:
             raise ModelCardError(f"max_findings must be at least 1, got {self.max_findings}")
+        if self.anatomy not in ANATOMIES:
+            raise ModelCardError(f"anatomy must be one of {', '.join(ANATOMIES)}, got {self.anatomy!r}")
 
     def class_by_label(self, label: str) -> ModelClass:
         """The class named ``label``; KeyError names the card's labels when there is none."""
@@ -321,14 +327,15 @@ def _training_dict(record: TrainingRecord) -> dict[str, Any]:
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
     "classes", "input", "operating_threshold", "evaluation", "training", "max_findings", "domain",
-    "second_stage",
+    "second_stage", "anatomy",
 }
 
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
-        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - {"evaluation", "training", "max_findings", "domain", "second_stage"})
+        optional = {"evaluation", "training", "max_findings", "domain", "second_stage", "anatomy"}
+        f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - optional)
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
             raise ModelCardError(f"schema_version: {version} is not supported, expected {SCHEMA_VERSION}")
@@ -347,6 +354,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             max_findings=f.get("max_findings", int, 10),
             domain=_domain(data.get("domain"), f.at("domain")),
             second_stage=_second_stage(data.get("second_stage"), f.at("second_stage")),
+            anatomy=f.get("anatomy", str, "none"),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
@@ -384,6 +392,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         },
         "operating_threshold": card.operating_threshold,
         "max_findings": card.max_findings,
+        "anatomy": card.anatomy,
         "domain": {"contrast": card.domain.contrast, "slice_thickness_mm": list(card.domain.slice_thickness_mm),
                    "min_coverage_mm": card.domain.min_coverage_mm},
         "evaluation": [

@@ -217,7 +217,7 @@ class Worker:
         device = default_device() if config.device == "auto" else torch.device(config.device)
         options = InferenceOptions(batch_slices=config.batch_slices, device=device, threads=config.threads)
         result = detect_series(self._input_paths(run), model, options=options, max_findings=config.max_findings,
-                               gate=config.domain_gate)
+                               gate=config.domain_gate, anatomy=config.anatomy.get(run.model))
         self._stage(run, beat, inference_ended_at=utcnow(), series_instance_uid=result.volume.series_instance_uid,
                     selection=list(result.selection.reasons), findings=[asdict(f) for f in result.findings])
         if result.dropped:

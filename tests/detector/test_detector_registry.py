@@ -75,6 +75,17 @@ def test_card_round_trips_through_json(card: ModelCard, tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("anatomy", ["lungs", "intracranial", "body", "none"])
+def test_the_anatomy_round_trips_and_defaults_to_none(card: ModelCard, tmp_path: Path, anatomy: str) -> None:
+    path = tmp_path / "card.json"
+    save_card(replace(card, anatomy=anatomy), path)
+    assert json.loads(path.read_text())["anatomy"] == anatomy
+    assert load_card(path).anatomy == anatomy
+    data = card_to_dict(card)
+    del data["anatomy"]
+    assert load_card(_write(path, data)).anatomy == "none"
+
+
 def test_matching_weights_verify_and_load(card: ModelCard, weights: Path) -> None:
     assert verify_weights(card, weights.parent) == weights
     state = load_state_dict(card, weights.parent)
@@ -110,6 +121,8 @@ def test_missing_weights_are_refused(card: ModelCard, tmp_path: Path) -> None:
         (lambda d: d["input"].update(context_slices=1.5), r"card\.json: input\.context_slices: expected int, got 1\.5"),
         (lambda d: d["evaluation"][0].update(ci95=[0.1]), r"card\.json: evaluation\[0\]\.ci95: expected \[low, high\], got \[0\.1\]"),
         (lambda d: d.update(schema_version=2), r"card\.json: schema_version: 2 is not supported, expected 1"),
+        (lambda d: d.update(anatomy="liver"), r"anatomy must be one of body, lungs, intracranial, none, got 'liver'"),
+        (lambda d: d.update(anatomy=1), r"card\.json: anatomy: expected str, got 1"),
     ],
 )
 def test_invalid_cards_raise_precise_errors(card: ModelCard, tmp_path: Path, edit: Any, message: str) -> None:

@@ -13,6 +13,8 @@ import pydicom
 import pytest
 from sqlalchemy import Engine, insert, select, update
 
+from detector.io import read_ct_volume
+from detector.preprocess.regions import anatomy_mask
 from node.config import PipelineConfig, Route, Settings
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
@@ -308,10 +310,9 @@ def test_a_series_the_detector_cannot_read_fails_at_once_with_the_reason(engine:
     assert not worker.run_once()  # not retried: the same input would fail the same way
 
 
-def test_a_run_with_more_findings_than_the_cap_reports_the_best_and_audits_the_rest(
-    engine: Engine, settings: Settings
-) -> None:
-    settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update={"max_findings": 2})})
+def _chest_run(engine: Engine, settings: Settings, **pipeline: object) -> dict:
+    """The record of one run of the chest series, done under ``settings`` with ``pipeline`` overrides."""
+    settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(update=pipeline)})
     sender = Sender(engine, settings)
     sender.send(chest_files())
     sender.release()
@@ -319,6 +320,13 @@ def test_a_run_with_more_findings_than_the_cap_reports_the_best_and_audits_the_r
     assert Worker(engine, settings, threading.Event()).run_once()
     record = run_record(engine, run_id)
     assert record is not None and record["status"] == RunStatus.DONE
+    return record
+
+
+def test_a_run_with_more_findings_than_the_cap_reports_the_best_and_audits_the_rest(
+    engine: Engine, settings: Settings
+) -> None:
+    record = _chest_run(engine, settings, max_findings=2)
     [truncated] = [a for a in record["audit"] if a["kind"] == "run.truncated"]
     detail = truncated["detail"]
     assert detail["reported"] == len(record["findings"]) == 2 and detail["dropped"] >= 1
@@ -326,6 +334,15 @@ def test_a_run_with_more_findings_than_the_cap_reports_the_best_and_audits_the_r
     assert min(f["score"] for f in record["findings"]) >= max(f["score"] for f in detail["dropped_findings"])
     kinds = [o["kind"] for o in record["outputs"]]
     assert kinds.count("SC") == 2 + 1  # the overlay series is bounded with the findings (one per finding + summary)
+
+
+def test_the_anatomy_override_keeps_only_findings_centred_in_it(engine: Engine, settings: Settings) -> None:
+    record = _chest_run(engine, settings, anatomy={"chest": "lungs"})
+    assert record["findings"]
+    volume = read_ct_volume(require_ct(CHEST))[0]
+    lungs = anatomy_mask(volume, "lungs")
+    assert lungs is not None
+    assert lungs.contains(volume.geometry.patient_to_voxel([f["centre_mm"] for f in record["findings"]])).all()
 
 
 def test_a_series_without_frame_of_reference_still_delivers_its_reports_and_audits_what_they_lack(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from node.db import audit, identifiers
 from node.db import instances as index
+from node.db.group_commit import GroupCommit
 from node.dicom.header import WANTED, scan
 from node.dicom.status import StoreStatus
 from node.events import AuditKind
@@ -62,6 +63,15 @@ class Outcome:
     reason: str = ""
     instance_id: int | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """What a transaction indexed, and what to cache once it commits."""
+
+    outcome: Outcome
+    key: index.SeriesKey | None = None
+    identified: tuple[str, ...] = ()
 
 
 class Refused(Exception):
@@ -122,6 +132,8 @@ class Receiver:
         self._series: dict[str, index.SeriesKey] = {}  # series UID -> its row and study
         self._identified: set[tuple[str, ...]] = set()  # (study UID, identifier values) already recorded
         self._lock = threading.Lock()
+        self._commits = GroupCommit(engine, isolate=(Refused, IntegrityError), name="receive-commit")
+        self._ahead = False  # files go into place ahead of their rows: only while commits succeed
 
     def receive(self, item: Received) -> Outcome:
         """Store one instance; never raises. Success only after the file is fsynced and its row committed."""
@@ -133,14 +145,21 @@ class Receiver:
             self.store.discard(item.path)
             return self.refuse(item.association_id, item.sop_instance_uid, "disk below the free-space watermark",
                                header["StudyInstanceUID"])
+        relative = self.store.relative_path(header["StudyInstanceUID"], header["SeriesInstanceUID"],
+                                            item.sop_instance_uid, item.sha256)
+        # A new name goes into place while the committer writes its row. A name the store already holds (an
+        # indexed duplicate, or a file a failed commit left) is decided row first, in a transaction of its own,
+        # and so is every instance from a failed commit until one succeeds: an unreachable database never
+        # fills the store with files no row names.
+        placed = self._ahead and not (self.store.root / relative).exists()
         try:
-            return self._index(item, header)
+            return self._index_grouped(item, header, relative) if placed else self._index(item, header, relative)
         except Refused as refused:
-            return self.quarantine(item, refused)
+            return self.quarantine(replace(item, path=self.store.root / relative) if placed else item, refused)
         except IntegrityError:
             # A concurrent association stored the same bytes first: that is a duplicate, answered as such.
             try:
-                return self._index(item, header)
+                return self._index(item, header, relative, placed)
             except SQLAlchemyError as exc:
                 return self._db_failure(item, exc)
         except SQLAlchemyError as exc:
@@ -167,40 +186,63 @@ class Receiver:
                           "SeriesInstanceUID already belongs to another study")
         return key
 
-    def _index(self, item: Received, header: Header) -> Outcome:
-        sop = item.sop_instance_uid
+    def _index_grouped(self, item: Received, header: Header, relative: str) -> Outcome:
+        """Rename and fsync the file while the committer writes its row; the row commits once the file is durable."""
+        ticket = self._commits.submit(lambda conn: self._rows(conn, item, header, relative, placed=True))
+        try:
+            self.store.commit_file(item.path, relative)
+        except BaseException:
+            ticket.fail()
+            raise
+        ticket.ready()
+        return self._remember(header, ticket.result())
+
+    def _index(self, item: Received, header: Header, relative: str, placed: bool = False) -> Outcome:
         with self.engine.begin() as conn:
-            versions = index.versions(conn, sop)
-            same = next((v for v in versions if v.sha256 == item.sha256), None)
-            if same is not None:
+            indexed = self._rows(conn, item, header, relative, placed)
+        return self._remember(header, indexed)
+
+    def _rows(self, conn: Connection, item: Received, header: Header, relative: str, placed: bool) -> _Indexed:
+        """The instance's rows; unless ``placed`` (already durable in the store), its file goes into place first."""
+        sop = item.sop_instance_uid
+        versions = index.versions(conn, sop)
+        same = next((v for v in versions if v.sha256 == item.sha256), None)
+        if same is not None:
+            if not placed:
                 self.store.discard(item.path)
-                return Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id)
-            key = self._series_key(conn, header)
-            identified = (header["StudyInstanceUID"], *(header.get(k, "") for k in IDENTIFIERS))
-            if identified not in self._identified:
-                identifiers.record(conn, key.study_id, identified[1:])
-            relative = self.store.relative_path(header["StudyInstanceUID"], header["SeriesInstanceUID"], sop,
-                                                item.sha256)
+            return _Indexed(Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id))
+        key = self._series_key(conn, header)
+        identified = (header["StudyInstanceUID"], *(header.get(k, "") for k in IDENTIFIERS))
+        if identified not in self._identified:
+            identifiers.record(conn, key.study_id, identified[1:])
+        if not placed:
             # Into place before the row: a commit that fails after this leaves an unindexed file (a resend
             # indexes it; reconciliation moves it aside), never a row without its file.
             self.store.commit_file(item.path, relative)
-            if versions:
-                audit.record(conn, AuditKind.INSTANCE_CONFLICT, association_id=item.association_id,
-                             study_instance_uid=header["StudyInstanceUID"], sop_instance_uid=sop, path=relative,
-                             detail={"sha256": item.sha256, "earlier_sha256": [v.sha256 for v in versions]})
-            instance_id = index.add_instance(conn, {
-                "series_id": key.series_id, "association_id": item.association_id, "sop_instance_uid": sop,
-                "sop_class_uid": item.sop_class_uid, "transfer_syntax_uid": item.transfer_syntax_uid,
-                "instance_number": _int(header, "InstanceNumber"), "sha256": item.sha256, "size_bytes": item.size,
-                "path": relative,
-            }, key.study_id, supersede=bool(versions))
-        with self._lock:
-            self._series[header["SeriesInstanceUID"]] = key
-            if len(self._identified) >= 65536:
-                self._identified.clear()
-            self._identified.add(identified)
+        if versions:
+            audit.record(conn, AuditKind.INSTANCE_CONFLICT, association_id=item.association_id,
+                         study_instance_uid=header["StudyInstanceUID"], sop_instance_uid=sop, path=relative,
+                         detail={"sha256": item.sha256, "earlier_sha256": [v.sha256 for v in versions]})
+        instance_id = index.add_instance(conn, {
+            "series_id": key.series_id, "association_id": item.association_id, "sop_instance_uid": sop,
+            "sop_class_uid": item.sop_class_uid, "transfer_syntax_uid": item.transfer_syntax_uid,
+            "instance_number": _int(header, "InstanceNumber"), "sha256": item.sha256, "size_bytes": item.size,
+            "path": relative,
+        }, key.study_id, supersede=bool(versions))
         kind = "conflict" if versions else "stored"
-        return Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative})
+        return _Indexed(Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative}),
+                        key, identified)
+
+    def _remember(self, header: Header, indexed: _Indexed) -> Outcome:
+        """After the commit: cache the series row and the identifiers recorded for its study."""
+        self._ahead = True
+        if indexed.key is not None:
+            with self._lock:
+                self._series[header["SeriesInstanceUID"]] = indexed.key
+                if len(self._identified) >= 65536:
+                    self._identified.clear()
+                self._identified.add(indexed.identified)
+        return indexed.outcome
 
     def quarantine(self, item: Received, refused: Refused) -> Outcome:
         """Keep refused bytes aside (within the quarantine quota and the free-space watermark) and audit them."""
@@ -256,6 +298,7 @@ class Receiver:
     def _db_failure(self, item: Received, exc: SQLAlchemyError) -> Outcome:
         # The file may already be in the store under its content-derived name; a resend indexes it, and
         # reconciliation (at start, `ctnode store check`) moves it aside if none comes.
+        self._ahead = False
         self.store.discard(item.path)
         log.error("database unavailable, instance refused", status="0xA700", error=type(exc).__name__,
                   sop_instance_uid=item.sop_instance_uid)

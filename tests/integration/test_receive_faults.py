@@ -1,18 +1,25 @@
-"""Faults staged around an in-process receiver: the audit database unreachable, the disk full mid-transfer."""
+"""Faults staged around an in-process receiver: the audit database unreachable, the disk full mid-transfer,
+a group commit that fails."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import select
+from pynetdicom.association import Association as DicomAssociation
+from sqlalchemy import Connection, event, select
 
 from node.config import AllowedPeer, DicomConfig, StorageConfig
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
-from node.db.schema import Association, AuditEvent
+from node.db.schema import Association, AuditEvent, Instance
 from node.dicom.scp import StorageSCP
 from node.dicom.status import StoreStatus
 from node.storage.store import InstanceStore
@@ -84,3 +91,98 @@ def test_full_disk_while_spooling_answers_out_of_resources_audits_and_counts(tmp
         (row,) = conn.execute(select(Association)).all()
     assert len(refused) == len(sources) - stored and all("ENOSPC" in e.detail["reason"] for e in refused)
     assert (row.instances_stored, row.instances_failed, row.outcome) == (stored, len(sources) - stored, "released")
+
+
+def _break_database(conn: Connection, disk: Path | None) -> None:
+    """A real fault just before COMMIT: the database's filesystem full (SQLite), its backend killed (PostgreSQL)."""
+    if disk is not None:
+        with (disk / "filler").open("wb") as filler:
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 65536)
+                    filler.flush()
+        return
+    import psycopg
+
+    pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+    admin = os.environ["CTNODE_TEST_PG_URL"]
+    with psycopg.connect(admin, autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        deadline = time.monotonic() + 10
+        while other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+
+def test_a_failed_group_commit_answers_out_of_resources_to_every_c_store_in_its_batch(
+        tmp_path: Path, db_url: str, request: pytest.FixtureRequest):
+    disk: Path | None = None
+    if db_url.startswith("sqlite"):  # the database on a small filesystem of its own, filled at the commit
+        disk = request.getfixturevalue("small_disk")
+        db_url = f"sqlite:///{disk / 'ctnode.sqlite'}"
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    store = InstanceStore(StorageConfig(data_dir=tmp_path / "data", min_free_bytes=0))
+    port = free_port()
+    scp = StorageSCP(DicomConfig(host="127.0.0.1", port=port, allowed=[AllowedPeer(ae_title="STORESCU")]),
+                     store, engine)
+    datasets = [pydicom.dcmread(p) for p in dicom_files(require_ct("head_ge_patient"))[:7]]
+    batch = 4
+    commits: list[int] = []
+
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn: Connection) -> None:
+        if threading.current_thread().name != "receive-commit":
+            return
+        commits.append(len(commits))
+        if len(commits) == 1:  # hold the first group commit until the next batch has formed behind it
+            deadline = time.monotonic() + 60
+            while len(scp.receiver._commits._pending) < batch:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        elif len(commits) == 2:
+            _break_database(conn, disk)
+
+    statuses: dict[str, int] = {}
+
+    def send(assoc: DicomAssociation, ds: pydicom.Dataset) -> None:
+        statuses[ds.SOPInstanceUID] = send_raw(assoc, encode(ds), ds.SOPInstanceUID)
+
+    server = scp.start()
+    try:
+        with associate(port) as assoc:
+            send(assoc, datasets[0])  # row first: no commit has succeeded yet
+        if disk is not None:  # an empty WAL, so the failing commit must grow it
+            with engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        with contextlib.ExitStack() as stack:  # associated first: their rows are written before the hold
+            first, *others = [stack.enter_context(associate(port)) for _ in range(1 + batch)]
+            held = threading.Thread(target=send, args=(first, datasets[1]))
+            held.start()
+            while not commits:
+                time.sleep(0.01)
+            senders = [threading.Thread(target=send, args=(assoc, ds)) for assoc, ds in zip(others, datasets[2:])]
+            for thread in senders:
+                thread.start()
+            for thread in [held, *senders]:
+                thread.join(timeout=120)
+            if disk is not None:
+                (disk / "filler").unlink()
+        with associate(port) as assoc:
+            send(assoc, datasets[6])  # row first again after the failure, and stored
+    finally:
+        server.shutdown()
+    failed = {str(ds.SOPInstanceUID) for ds in datasets[2:2 + batch]}
+    assert len(commits) == 2
+    assert {sop: status for sop, status in statuses.items() if sop in failed} == dict.fromkeys(
+        failed, StoreStatus.OUT_OF_RESOURCES)
+    assert {sop for sop, status in statuses.items() if status == StoreStatus.SUCCESS} == {
+        str(ds.SOPInstanceUID) for ds in (datasets[0], datasets[1], datasets[6])}
+    with engine.connect() as conn:
+        rows = conn.execute(select(Instance.sop_instance_uid, Instance.path, Instance.sha256)).all()
+    assert {row.sop_instance_uid for row in rows} == {sop for sop, status in statuses.items() if status == 0}
+    for row in rows:  # every committed row names its complete file
+        assert hashlib.sha256((store.root / row.path).read_bytes()).hexdigest() == row.sha256
+    orphans = scp.reconcile(older_than_s=0).orphans  # the failed batch's durable, unindexed files move aside
+    assert {relative.split("/")[2].rsplit(".", 2)[0] for relative in orphans} == failed
+    engine.dispose()

@@ -18,13 +18,12 @@ from node.db.group_commit import GroupCommit
 from node.dicom.header import WANTED, scan
 from node.dicom.status import StoreStatus
 from node.events import AuditKind
-from node.logging import get_logger, phi_registry
+from node.logging import IDENTIFIER_KEYWORDS, get_logger, phi_registry
 from node.storage.store import InstanceStore
 
 log = get_logger(__name__)
 
 REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID")
-IDENTIFIERS = ("PatientName", "PatientID", "AccessionNumber", "PatientBirthDate")
 Header = dict[str, str]
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _INT32 = 2**31 - 1
@@ -107,7 +106,7 @@ def read_header(item: Received) -> Header:
         header = scan(item.path, item.transfer_syntax_uid) or _header_with_pydicom(item)
     except Exception as exc:  # any parser failure on untrusted bytes means "cannot understand"
         raise Refused(StoreStatus.CANNOT_PARSE, f"data set cannot be decoded: {type(exc).__name__}") from exc
-    phi_registry.remember(*(header.get(k) for k in IDENTIFIERS))
+    phi_registry.remember(*(header.get(k) for k in IDENTIFIER_KEYWORDS))
     for keyword in REQUIRED_UIDS:
         value = header.get(keyword, "")
         if not value:
@@ -212,7 +211,7 @@ class Receiver:
                 self.store.discard(item.path)
             return _Indexed(Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id))
         key = self._series_key(conn, header)
-        identified = (header["StudyInstanceUID"], *(header.get(k, "") for k in IDENTIFIERS))
+        identified = (header["StudyInstanceUID"], *(header.get(k, "") for k in IDENTIFIER_KEYWORDS))
         if identified not in self._identified:
             identifiers.record(conn, key.study_id, identified[1:])
         if not placed:

@@ -55,6 +55,9 @@ class GateLimits:
     instance_deadline_s: float
 
 
+READ_AHEAD_BYTES = 1 << 20
+
+
 class Breach(OSError):
     """The peer broke a limit; pynetdicom sees a closed connection, the receiver audits ``reason``."""
 
@@ -79,6 +82,8 @@ class GuardedSocket:
         self._pdu_left = 0  # bytes of the current PDU's body still to come
         self._in_pdata = False
         self._skip = 0  # bytes of the current PDV's value (or non-P-DATA body) still to come
+        self._ahead = b""  # bytes of the current PDU read from the socket, not yet handed to pynetdicom
+        self._ahead_at = 0
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
@@ -88,9 +93,20 @@ class GuardedSocket:
         return getattr(self._sock, name)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
-        data = self._sock.recv(size, flags)
+        """pynetdicom reads a PDU body 4 KiB per call; one call to the socket takes as much of the current PDU as
+        has arrived, and the calls after it are served from that. Never past the PDU's end: pynetdicom reads the
+        whole body before it asks ``select`` again, so nothing is ever left here that ``select`` cannot see."""
+        if self._ahead_at < len(self._ahead):
+            data = self._ahead[self._ahead_at:self._ahead_at + size]
+            self._ahead_at += len(data)
+            return data
+        rest = self._pdu_left - len(self._header) if self._pdu_left else 0
+        data = self._sock.recv(min(rest, READ_AHEAD_BYTES) if rest > size and not flags else size, flags)
         if data and self.breach is None:
             self._feed(data)
+        if len(data) > size:
+            self._ahead, self._ahead_at = data, size
+            return data[:size]
         return data
 
     def send(self, data: bytes, flags: int = 0) -> int:
@@ -301,6 +317,7 @@ class ConnectionGate:
                     want = 6 + length
                     if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < 2 * want:
                         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2 * want)
+                    continue  # most peers send the request in one write: look for all of it at once
                 if len(header) >= want or guard.breach is not None:  # complete, or dropped meanwhile
                     break
                 time.sleep(0.01)  # part of the request: wait for the rest

@@ -1,8 +1,12 @@
-"""The receive stage's reading of a data set: Specific Character Set, strict UIDs; and who may associate."""
+"""The receive stage's reading of a data set: Specific Character Set, strict UIDs; who may associate; how the
+guarded socket reads PDUs."""
 
 from __future__ import annotations
 
 import hashlib
+import select
+import socket
+import struct
 from pathlib import Path
 
 import pydicom
@@ -10,6 +14,7 @@ import pytest
 
 from node.config import AllowedPeer, DicomConfig
 from node.dicom.access import AccessPolicy
+from node.dicom.gate import GateLimits, GuardedSocket
 from node.dicom.receive import Received, read_header, uid_problem
 from node.logging import phi_registry
 from tests.support import dicom_files, require_ct
@@ -62,3 +67,51 @@ def test_ip_pins_are_addresses_or_networks_and_ipv4_mapped_peers_match_them():
     assert policy.check("V6", "CTNODE", "not an address") is not None
     with pytest.raises(ValueError, match="not an IP address or CIDR network"):
         AllowedPeer(ae_title="PACS", host="pacs.example.org")
+
+
+def _pdata_pdu(value: bytes, last: bool) -> bytes:
+    """A P-DATA-TF PDU holding one PDV (data set fragment) of ``value``."""
+    item = struct.pack(">LBB", len(value) + 2, 1, 0x02 if last else 0x00) + value
+    return struct.pack(">BBL", 0x04, 0, len(item)) + item
+
+
+def _read_like_pynetdicom(sock: GuardedSocket) -> bytes:
+    """One PDU as pynetdicom's DUL reads it: the 6-byte header, then the body in calls of at most 4096 bytes."""
+    header = sock.recv(6)
+    body = bytearray()
+    length = struct.unpack(">BBL", header)[2]
+    while len(body) < length:
+        chunk = sock.recv(min(4096, length - len(body)))
+        assert chunk, "closed before the PDU's end"
+        body += chunk
+    return header + bytes(body)
+
+
+def test_guarded_socket_reads_ahead_within_a_pdu_and_never_past_it() -> None:
+    """The body of a large PDU takes few socket reads; the next PDU stays in the kernel, where select sees it."""
+    limits = GateLimits(max_pending=4, pending_timeout_s=5, max_request_pdu_bytes=65536, max_pdata_pdu_bytes=1 << 20,
+                        association_deadline_s=60, instance_deadline_s=60)
+    ours, peer = socket.socketpair()
+    try:
+        guard = GuardedSocket(ours, limits, ("127.0.0.1", 0))
+        first, second = _pdata_pdu(bytes(range(256)) * 256, last=False), _pdata_pdu(b"\x01" * 1000, last=True)
+        peer.sendall(first + second)
+        calls = 0
+        real_recv = ours.recv
+
+        class Counting:
+            def recv(self, size: int, flags: int = 0) -> bytes:
+                nonlocal calls
+                calls += 1
+                return real_recv(size, flags)
+
+        guard._sock = Counting()  # type: ignore[assignment]
+        assert _read_like_pynetdicom(guard) == first
+        assert calls < 17 // 2, calls  # pynetdicom alone would call recv 17 times for this PDU
+        guard._sock = ours
+        assert select.select([guard], [], [], 0)[0], "the next PDU must still be visible to select"
+        assert _read_like_pynetdicom(guard) == second
+        assert guard.instance_started is None  # the last fragment was seen
+    finally:
+        ours.close()
+        peer.close()

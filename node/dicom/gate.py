@@ -11,13 +11,14 @@ pynetdicom:
 * every byte pynetdicom reads passes through a :class:`GuardedSocket`, which checks each PDU header
   (P-DATA no longer than the maximum PDU we announced, any other PDU no longer than
   ``max_request_pdu_bytes``) before the body is read, and follows the P-DATA fragments of each
-  data set;
+  data set, reading ahead within the current PDU and hurrying pynetdicom's polling reactor while data flows;
 * a watchdog aborts (A-ABORT, then the connection is shut) an association older than
   ``association_deadline_s`` and a data set still arriving after ``instance_deadline_s``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import select
 import socket
@@ -56,6 +57,9 @@ class GateLimits:
 
 
 READ_AHEAD_BYTES = 1 << 20
+BUSY_POLL_S = 0.0001
+IDLE_AFTER_S = 0.5
+_DECODABLE_KEPT = 256
 
 
 class Breach(OSError):
@@ -84,6 +88,10 @@ class GuardedSocket:
         self._skip = 0  # bytes of the current PDV's value (or non-P-DATA body) still to come
         self._ahead = b""  # bytes of the current PDU read from the socket, not yet handed to pynetdicom
         self._ahead_at = 0
+        self._dul: Any = None  # pynetdicom's DUL reactor, once paced
+        self._idle_poll_s = 0.0
+        self._busy = False
+        self._last_data = 0.0
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
@@ -102,12 +110,28 @@ class GuardedSocket:
             return data
         rest = self._pdu_left - len(self._header) if self._pdu_left else 0
         data = self._sock.recv(min(rest, READ_AHEAD_BYTES) if rest > size and not flags else size, flags)
+        if data:
+            self._last_data = time.monotonic()
+            if self._dul is not None and not self._busy:
+                self._dul._run_loop_delay, self._busy = BUSY_POLL_S, True
         if data and self.breach is None:
             self._feed(data)
         if len(data) > size:
             self._ahead, self._ahead_at = data, size
             return data[:size]
         return data
+
+    def pace(self, dul: Any) -> None:
+        """Let ``dul`` (pynetdicom's reactor for this connection) look for work every BUSY_POLL_S while data
+        arrives, and at its own pace otherwise. It sleeps between looks (1 ms by default): the sleep after each
+        PDU, after the C-STORE response is queued and before the next command is seen adds about a millisecond
+        per instance at one association (measured: 163 -> 200 instances/s)."""
+        self._dul, self._idle_poll_s = dul, dul._run_loop_delay
+
+    def slow_down(self, now: float) -> None:
+        """Back to the reactor's own pace once no data came for IDLE_AFTER_S (called by the gate's watchdog)."""
+        if self._busy and now - self._last_data > IDLE_AFTER_S:
+            self._dul._run_loop_delay, self._busy = self._idle_poll_s, False
 
     def send(self, data: bytes, flags: int = 0) -> int:
         with self._send_lock:
@@ -238,6 +262,7 @@ class ConnectionGate:
         self._refusals = _RefusalLedger()
         self._pending: OrderedDict[GuardedSocket, float] = OrderedDict()  # socket -> when it connected
         self._live: weakref.WeakSet[GuardedSocket] = weakref.WeakSet()
+        self._decodable: OrderedDict[bytes, None] = OrderedDict()  # digests of requests pynetdicom decoded
         self._lock = threading.Lock()
         self._stop = threading.Event()
         threading.Thread(target=self._watch, name="dicom-gate-watchdog", daemon=True).start()
@@ -343,12 +368,27 @@ class ConnectionGate:
                     f"{self.limits.max_request_pdu_bytes}", REASON_INVALID_PARAMETER)
         if len(header) < 6 + length:
             return silent  # never completed (or dropped meanwhile)
-        try:  # pynetdicom would leave an undecodable request's association slot taken for acse_timeout
-            request = A_ASSOCIATE_RQ()
-            request.decode(header[:6 + length])
-            request.to_primitive()
+        return self._undecodable(bytes(header[:6 + length]))
+
+    def _undecodable(self, request: bytes) -> tuple[str, int] | None:
+        """Why pynetdicom could not decode ``request`` (it would leave the association slot taken for acse_timeout),
+        or None. A sender repeats the same request each time, so requests that decoded are remembered by digest:
+        decoding one with a hundred presentation contexts costs about 10 ms of CPU."""
+        digest = hashlib.sha256(request).digest()
+        with self._lock:
+            if digest in self._decodable:
+                self._decodable.move_to_end(digest)
+                return None
+        try:
+            pdu = A_ASSOCIATE_RQ()
+            pdu.decode(request)
+            pdu.to_primitive()
         except Exception as exc:  # untrusted bytes: whatever the decoder raises means "invalid"
             return f"A-ASSOCIATE-RQ cannot be decoded: {type(exc).__name__}", REASON_INVALID_PARAMETER
+        with self._lock:
+            self._decodable[digest] = None
+            if len(self._decodable) > _DECODABLE_KEPT:
+                self._decodable.popitem(last=False)
         return None
 
     def _watch(self) -> None:
@@ -361,5 +401,6 @@ class ConnectionGate:
             for guard in pending:  # a peek stuck past its timeout (e.g. a TLS handshake that never ends)
                 guard.abort(f"no A-ASSOCIATE-RQ within {self.limits.pending_timeout_s:g} s")
             for guard in live:
+                guard.slow_down(now)
                 if guard.breach is None and guard.fileno() != -1 and (reason := guard.expired(now)) is not None:
                     guard.abort(reason)

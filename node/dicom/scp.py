@@ -230,6 +230,8 @@ class StorageSCP:
         state.row_id = row_id
         sock = getattr(assoc.dul.socket, "socket", None)
         state.guard = sock if type(sock) is GuardedSocket else None
+        if state.guard is not None:
+            state.guard.pace(assoc.dul)
         if rejection:
             state.outcome = AssociationOutcome.REJECTED
             log.warning("association rejected", association_id=row_id, calling_ae=calling, host=host,

@@ -1,23 +1,32 @@
 """The receive stage's reading of a data set: Specific Character Set, strict UIDs; who may associate; how the
-guarded socket reads PDUs."""
+guarded socket reads PDUs and the spool's File Meta is written."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import select
 import socket
 import struct
+import subprocess
+import time
+import types
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from pydicom.filewriter import write_file_meta_info
+from pynetdicom.dsutils import create_file_meta
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+
 from node.config import AllowedPeer, DicomConfig
+from node.dicom import chunked
 from node.dicom.access import AccessPolicy
-from node.dicom.gate import GateLimits, GuardedSocket
+from node.dicom.gate import BUSY_POLL_S, IDLE_AFTER_S, ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.receive import Received, read_header, uid_problem
 from node.logging import phi_registry
-from tests.support import dicom_files, require_ct
+from tests.support import dicom_files, require_ct, require_tool
 
 
 def _received(path: Path) -> Received:
@@ -112,6 +121,78 @@ def test_guarded_socket_reads_ahead_within_a_pdu_and_never_past_it() -> None:
         assert select.select([guard], [], [], 0)[0], "the next PDU must still be visible to select"
         assert _read_like_pynetdicom(guard) == second
         assert guard.instance_started is None  # the last fragment was seen
+    finally:
+        ours.close()
+        peer.close()
+
+
+def _captured_request(tmp_path: Path) -> bytes:
+    """The A-ASSOCIATE-RQ DCMTK's echoscu sends (read off a plain listening socket)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = subprocess.Popen(["echoscu", "-to", "5", "-aet", "ECHOSCU", "-aec", "CTNODE", "127.0.0.1",
+                                   str(server.getsockname()[1])], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                data = b""
+                while len(data) < 6 or len(data) < 6 + struct.unpack(">BBL", data[:6])[2]:
+                    chunk = conn.recv(65536)
+                    assert chunk
+                    data += chunk
+        finally:
+            client.kill()
+            client.wait()
+    return data
+
+
+def test_gate_decodes_a_repeated_request_once_and_an_undecodable_one_every_time(tmp_path: Path, monkeypatch) -> None:
+    require_tool("echoscu")
+    request = _captured_request(tmp_path)
+    gate = ConnectionGate(GateLimits(4, 5, 65536, 65536, 60, 60), lambda *_: None)
+    decoded = []
+    real = A_ASSOCIATE_RQ.decode
+    monkeypatch.setattr(A_ASSOCIATE_RQ, "decode", lambda pdu, data: (decoded.append(1), real(pdu, data))[1])
+    try:
+        assert gate._undecodable(request) is None
+        assert gate._undecodable(request) is None
+        assert len(decoded) == 1
+        assert request[74] == 0x10  # the application context item, after the 68 fixed bytes
+        broken = request[:76] + b"\xff\xf0" + request[78:]  # ... declaring more bytes than the PDU holds
+        assert all(gate._undecodable(broken) is not None for _ in range(2))
+        assert len(decoded) == 3
+    finally:
+        gate.stop()
+
+
+@pytest.mark.parametrize("uids", [
+    ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2.1"),  # even-length instance UID
+    ("1.2.840.10008.5.1.4.1.1.7", "1.2.33.4", "1.2.840.10008.1.2"),  # odd lengths: padded with NUL
+    ("1.2.840.10008.5.1.4.1.1.2", " 1.2.3 ", "1.2.840.10008.1.2.1"),  # not a plain UID: pydicom's own path
+])
+def test_spool_file_meta_is_byte_identical_to_pydicoms(uids: tuple[str, str, str]) -> None:
+    expected, ours = io.BytesIO(), io.BytesIO()
+    write_file_meta_info(expected, create_file_meta(sop_class_uid=uids[0], sop_instance_uid=uids[1],
+                                                    transfer_syntax=uids[2]))
+    chunked._write_file_meta_info(ours, chunked._create_file_meta(sop_class_uid=uids[0], sop_instance_uid=uids[1],
+                                                                  transfer_syntax=uids[2]))
+    assert ours.getvalue() == expected.getvalue()
+
+
+def test_guarded_socket_hurries_the_reactor_while_data_flows_and_lets_it_rest_after() -> None:
+    limits = GateLimits(max_pending=4, pending_timeout_s=5, max_request_pdu_bytes=65536, max_pdata_pdu_bytes=1 << 20,
+                        association_deadline_s=60, instance_deadline_s=60)
+    ours, peer = socket.socketpair()
+    try:
+        guard = GuardedSocket(ours, limits, ("127.0.0.1", 0))
+        reactor = types.SimpleNamespace(_run_loop_delay=0.001)  # the one attribute of pynetdicom's DUL it sets
+        guard.pace(reactor)
+        peer.sendall(_pdata_pdu(b"\x00" * 100, last=True))
+        _read_like_pynetdicom(guard)
+        assert reactor._run_loop_delay == BUSY_POLL_S
+        guard.slow_down(time.monotonic())
+        assert reactor._run_loop_delay == BUSY_POLL_S  # data came just now
+        guard.slow_down(time.monotonic() + IDLE_AFTER_S + 0.1)
+        assert reactor._run_loop_delay == 0.001
     finally:
         ours.close()
         peer.close()

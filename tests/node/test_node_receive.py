@@ -11,6 +11,7 @@ import struct
 import subprocess
 import time
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -96,34 +97,37 @@ def _read_like_pynetdicom(sock: GuardedSocket) -> bytes:
     return header + bytes(body)
 
 
-def test_guarded_socket_reads_ahead_within_a_pdu_and_never_past_it() -> None:
-    """The body of a large PDU takes few socket reads; the next PDU stays in the kernel, where select sees it."""
+@pytest.fixture
+def guarded() -> Iterator[tuple[GuardedSocket, socket.socket]]:
+    """A guarded socket and its peer, connected."""
     limits = GateLimits(max_pending=4, pending_timeout_s=5, max_request_pdu_bytes=65536, max_pdata_pdu_bytes=1 << 20,
                         association_deadline_s=60, instance_deadline_s=60)
     ours, peer = socket.socketpair()
-    try:
-        guard = GuardedSocket(ours, limits, ("127.0.0.1", 0))
-        first, second = _pdata_pdu(bytes(range(256)) * 256, last=False), _pdata_pdu(b"\x01" * 1000, last=True)
-        peer.sendall(first + second)
-        calls = 0
-        real_recv = ours.recv
+    with ours, peer:
+        yield GuardedSocket(ours, limits, ("127.0.0.1", 0)), peer
 
-        class Counting:
-            def recv(self, size: int, flags: int = 0) -> bytes:
-                nonlocal calls
-                calls += 1
-                return real_recv(size, flags)
 
-        guard._sock = Counting()  # type: ignore[assignment]
-        assert _read_like_pynetdicom(guard) == first
-        assert calls < 17 // 2, calls  # pynetdicom alone would call recv 17 times for this PDU
-        guard._sock = ours
-        assert select.select([guard], [], [], 0)[0], "the next PDU must still be visible to select"
-        assert _read_like_pynetdicom(guard) == second
-        assert guard.instance_started is None  # the last fragment was seen
-    finally:
-        ours.close()
-        peer.close()
+def test_guarded_socket_reads_ahead_within_a_pdu_and_never_past_it(guarded) -> None:
+    """The body of a large PDU takes few socket reads; the next PDU stays in the kernel, where select sees it."""
+    guard, peer = guarded
+    first, second = _pdata_pdu(bytes(range(256)) * 256, last=False), _pdata_pdu(b"\x01" * 1000, last=True)
+    peer.sendall(first + second)
+    calls = 0
+    ours = guard._sock
+
+    class Counting:
+        def recv(self, size: int, flags: int = 0) -> bytes:
+            nonlocal calls
+            calls += 1
+            return ours.recv(size, flags)
+
+    guard._sock = Counting()  # type: ignore[assignment]
+    assert _read_like_pynetdicom(guard) == first
+    assert calls < 17 // 2, calls  # pynetdicom alone would call recv 17 times for this PDU
+    guard._sock = ours
+    assert select.select([guard], [], [], 0)[0], "the next PDU must still be visible to select"
+    assert _read_like_pynetdicom(guard) == second
+    assert guard.instance_started is None  # the last fragment was seen
 
 
 def _captured_request(tmp_path: Path) -> bytes:
@@ -178,21 +182,14 @@ def test_spool_file_meta_is_byte_identical_to_pydicoms(uids: tuple[str, str, str
     assert ours.getvalue() == expected.getvalue()
 
 
-def test_guarded_socket_hurries_the_reactor_while_data_flows_and_lets_it_rest_after() -> None:
-    limits = GateLimits(max_pending=4, pending_timeout_s=5, max_request_pdu_bytes=65536, max_pdata_pdu_bytes=1 << 20,
-                        association_deadline_s=60, instance_deadline_s=60)
-    ours, peer = socket.socketpair()
-    try:
-        guard = GuardedSocket(ours, limits, ("127.0.0.1", 0))
-        reactor = types.SimpleNamespace(_run_loop_delay=0.001)  # the one attribute of pynetdicom's DUL it sets
-        guard.pace(reactor)
-        peer.sendall(_pdata_pdu(b"\x00" * 100, last=True))
-        _read_like_pynetdicom(guard)
-        assert reactor._run_loop_delay == BUSY_POLL_S
-        guard.slow_down(time.monotonic())
-        assert reactor._run_loop_delay == BUSY_POLL_S  # data came just now
-        guard.slow_down(time.monotonic() + IDLE_AFTER_S + 0.1)
-        assert reactor._run_loop_delay == 0.001
-    finally:
-        ours.close()
-        peer.close()
+def test_guarded_socket_hurries_the_reactor_while_data_flows_and_lets_it_rest_after(guarded) -> None:
+    guard, peer = guarded
+    reactor = types.SimpleNamespace(_run_loop_delay=0.001)  # the one attribute of pynetdicom's DUL it sets
+    guard.pace(reactor)
+    peer.sendall(_pdata_pdu(b"\x00" * 100, last=True))
+    _read_like_pynetdicom(guard)
+    assert reactor._run_loop_delay == BUSY_POLL_S
+    guard.slow_down(time.monotonic())
+    assert reactor._run_loop_delay == BUSY_POLL_S  # data came just now
+    guard.slow_down(time.monotonic() + IDLE_AFTER_S + 0.1)
+    assert reactor._run_loop_delay == 0.001

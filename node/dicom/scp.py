@@ -246,6 +246,15 @@ class StorageSCP:
 
     def _on_store(self, event: Event) -> int:
         state = self._state(event.assoc)
+        if state.guard is not None:
+            state.guard.rest()
+        try:
+            return self._store(event, state)
+        finally:
+            if state.guard is not None:
+                state.guard.hurry()
+
+    def _store(self, event: Event, state: _AssociationState) -> int:
         try:
             request = event.request
             if event.dataset_path is None:  # the command said no data set follows

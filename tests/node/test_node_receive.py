@@ -193,3 +193,7 @@ def test_guarded_socket_hurries_the_reactor_while_data_flows_and_lets_it_rest_af
     assert reactor._run_loop_delay == BUSY_POLL_S  # data came just now
     guard.slow_down(time.monotonic() + IDLE_AFTER_S + 0.1)
     assert reactor._run_loop_delay == 0.001
+    guard.hurry()  # a handler's response is about to be queued
+    assert reactor._run_loop_delay == BUSY_POLL_S
+    guard.rest()  # a handler works: nothing arrives meanwhile
+    assert reactor._run_loop_delay == 0.001

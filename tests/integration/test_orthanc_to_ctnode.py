@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pydicom
@@ -36,9 +37,14 @@ def test_orthanc_sends_study_and_ctnode_keeps_it_byte_identical(orthanc: Orthanc
     assert job.get("FailedInstancesCount", 0) == 0 and job["InstancesCount"] == len(files), job
 
     engine = make_engine(db_url)
-    with engine.connect() as conn:
-        rows = conn.execute(select(Instance)).all()
-        associations = conn.execute(select(Association)).all()
+    deadline = time.monotonic() + 30
+    while True:  # Orthanc's job ends with the A-RELEASE-RP; the node closes the association's row just after
+        with engine.connect() as conn:
+            rows = conn.execute(select(Instance)).all()
+            associations = conn.execute(select(Association)).all()
+        if all(a.ended_at is not None for a in associations) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     engine.dispose()
     assert len(rows) == len(files)
     by_uid = {r.sop_instance_uid: r for r in rows}

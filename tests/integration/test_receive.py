@@ -283,9 +283,11 @@ def test_receiver_processes_share_the_port_and_store_everything(make_node, db_ur
     assert len(listening()) == 2  # two processes bound the same port
     groups = [files[i::4] for i in range(4)]
     clients = [subprocess.Popen([require_tool("storescu"), "-aec", "CTNODE", "127.0.0.1", str(node.port),
-                                 *map(str, group)], stderr=subprocess.PIPE) for group in groups for _ in range(2)]
+                                 *map(str, group)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+               for group in groups for _ in range(2)]
     for client in clients:
-        assert client.wait(timeout=300) == 0, client.stderr.read() if client.stderr else ""
+        output = client.communicate(timeout=300)[0]
+        assert client.returncode == 0, (output, node.log()[-3000:])
     node.stop()
     rows = db_rows(db_url, Instance)
     assert sorted(r.sop_instance_uid for r in rows) == sorted(

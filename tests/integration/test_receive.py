@@ -11,7 +11,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from node.db.engine import make_engine
 from node.db.schema import Association, AuditEvent, Instance

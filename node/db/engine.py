@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -42,6 +45,26 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
             cur.close()
 
     return engine
+
+
+# PostgreSQL's "deadlock detected" and "could not serialize access": the server rolled the transaction back
+# so that a concurrent one could go on; run again, the same work succeeds.
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001"})
+CONFLICT_RETRIES = 5  # reruns of one transaction the database rolled back for a concurrency conflict
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a concurrency conflict the database resolved by rolling back: rerunning succeeds."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
+
+
+def rerun_after(exc: BaseException, reruns: int) -> bool:
+    """Whether a transaction that raised ``exc`` after ``reruns`` reruns should run again: a conflict within
+    the budget, after a short random pause that takes it out of step with the other writer."""
+    if not transient(exc) or reruns >= CONFLICT_RETRIES:
+        return False
+    time.sleep(random.uniform(0.001, 0.01) * (reruns + 1))
+    return True
 
 
 def private_sqlite_files(path: Path) -> None:

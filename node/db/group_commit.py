@@ -7,8 +7,10 @@ callers are still syncing their files, waits until every ticket is ready, and on
 row is committed before its caller's precondition holds, and no caller learns of success before its
 row is committed. A ticket that fails is left out (the batch is rolled back and the rest rerun); work
 that raises one of the ``isolate`` exceptions in a shared batch has every ticket of that batch rerun alone,
-so one caller's refusal never costs another its row; any other failure (the database down, a failed
-commit) fails every ticket of the batch.
+so one caller's refusal never costs another its row. A concurrency conflict the database resolved by
+rolling the batch back (PostgreSQL's deadlock or serialization failure, when several receiver processes
+index the same study) reruns every ticket alone, a few times; any other failure (the database down, a
+failed commit) fails every ticket of the batch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
+
+from node.db.engine import rerun_after, transient
 
 T = TypeVar("T")
 
@@ -93,8 +97,11 @@ class GroupCommit:
                 batch, self._pending = self._pending, []
             self._commit(batch)
 
-    def _commit(self, batch: list[Ticket]) -> None:
-        """Commit ``batch`` in one transaction; never raises (every ticket gets its result or its error)."""
+    def _commit(self, batch: list[Ticket], conflicts: int = 0) -> None:
+        """Commit ``batch`` in one transaction; never raises (every ticket gets its result or its error).
+
+        ``conflicts``: how many times the database already rolled this (lone) ticket back for a conflict.
+        """
         results: list[object] = []
         try:
             with self.engine.begin() as conn:
@@ -108,9 +115,12 @@ class GroupCommit:
                 self._commit(kept)
             return
         except Exception as exc:
-            if len(batch) > 1 and isinstance(exc, self.isolate):
+            if len(batch) > 1 and (isinstance(exc, self.isolate) or transient(exc)):
                 for ticket in batch:
                     self._commit([ticket])
+                return
+            if rerun_after(exc, conflicts):
+                self._commit(batch, conflicts + 1)
                 return
             for ticket in batch:
                 if ticket._wait_ready():

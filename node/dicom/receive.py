@@ -10,10 +10,11 @@ from typing import Any
 
 from pydicom import dcmread
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from node.db import audit, identifiers
 from node.db import instances as index
+from node.db.engine import rerun_after
 from node.db.group_commit import GroupCommit
 from node.dicom.header import WANTED, scan
 from node.dicom.status import StoreStatus
@@ -197,9 +198,17 @@ class Receiver:
         return self._remember(header, ticket.result())
 
     def _index(self, item: Received, header: Header, relative: str, placed: bool = False) -> Outcome:
-        with self.engine.begin() as conn:
-            indexed = self._rows(conn, item, header, relative, placed)
-        return self._remember(header, indexed)
+        reruns = 0
+        while True:
+            try:
+                with self.engine.begin() as conn:
+                    indexed = self._rows(conn, item, header, relative, placed)
+                return self._remember(header, indexed)
+            except DBAPIError as exc:
+                if not rerun_after(exc, reruns):
+                    raise
+                reruns += 1
+                placed = placed or not item.path.exists()  # the rolled-back try may have put the file in place
 
     def _rows(self, conn: Connection, item: Received, header: Header, relative: str, placed: bool) -> _Indexed:
         """The instance's rows; unless ``placed`` (already durable in the store), its file goes into place first."""

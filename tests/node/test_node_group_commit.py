@@ -81,3 +81,30 @@ def test_a_refusal_or_a_failed_precondition_in_a_shared_batch_costs_the_others_n
         noted = {e.detail["n"] for e in conn.execute(select(AuditEvent).where(
             AuditEvent.kind == str(AuditKind.STORE_REFUSED)))}
     assert noted == {0, 1, 3}
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_batches_postgresql_rolls_back_for_a_deadlock_are_rerun_and_every_row_commits(engine: Engine) -> None:
+    """Two receiver processes' batches lock in opposite orders: PostgreSQL detects the deadlock and rolls one back;
+    its tickets run again and commit instead of failing (a sender would have got 0xA700)."""
+    locked = {1: threading.Event(), 2: threading.Event()}
+
+    def lock(n: int, then: int) -> object:
+        def work(conn: Connection) -> int:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({n})")
+            locked[n].set()
+            locked[then].wait(30)  # the other batch holds ``then`` when this one asks for it
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({then})")
+            audit.record(conn, AuditKind.STORE_REFUSED, detail={"n": n})
+            return n
+        return work
+
+    first, second = GroupCommit(engine, name="first"), GroupCommit(engine, name="second")
+    tickets = [first.submit(lock(1, then=2)), second.submit(lock(2, then=1))]
+    for ticket in tickets:
+        ticket.ready()
+    assert [ticket.result() for ticket in tickets] == [1, 2]
+    with engine.connect() as conn:
+        noted = sorted(e.detail["n"] for e in conn.execute(select(AuditEvent).where(
+            AuditEvent.kind == str(AuditKind.STORE_REFUSED))))
+    assert noted == [1, 2]

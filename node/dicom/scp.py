@@ -16,6 +16,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,7 +27,7 @@ from node.db.schema import Association as AssociationRow
 from node.db.schema import utcnow
 from node.dicom.access import AccessPolicy
 from node.dicom.chunked import SpoolRoute, close_unfinished, route_spools, spool_for
-from node.dicom.contexts import add_scp_contexts
+from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
 from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.receive import Received, Receiver
 from node.dicom.reconcile import RECONCILE_GRACE_S, Reconciliation, reconcile
@@ -71,6 +72,15 @@ class _SharedPortServer(ThreadedAssociationServer):
 
     gate: ConnectionGate
     daemon_threads = True  # admission threads: a peer waiting to associate never delays shutdown
+
+    @property
+    def contexts(self) -> list[PresentationContext]:
+        """The supported contexts, copied cheaply for each association (see SharedUIDContexts)."""
+        return self._contexts
+
+    @contexts.setter
+    def contexts(self, value: list[PresentationContext]) -> None:
+        self._contexts = SharedUIDContexts(value)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept without a TLS handshake: the gate does it in the connection's thread, under its timer."""

@@ -3,6 +3,7 @@ guarded socket reads PDUs and the spool's File Meta is written."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import select
@@ -18,12 +19,14 @@ import pydicom
 import pytest
 
 from pydicom.filewriter import write_file_meta_info
+from pynetdicom import AE
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
 from node.config import AllowedPeer, DicomConfig
 from node.dicom import chunked
 from node.dicom.access import AccessPolicy
+from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
 from node.dicom.gate import BUSY_POLL_S, IDLE_AFTER_S, ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.receive import Received, read_header, uid_problem
 from node.logging import phi_registry
@@ -197,3 +200,22 @@ def test_guarded_socket_hurries_the_reactor_while_data_flows_and_lets_it_rest_af
     assert reactor._run_loop_delay == BUSY_POLL_S
     guard.rest()  # a handler works: nothing arrives meanwhile
     assert reactor._run_loop_delay == 0.001
+
+
+def test_each_association_gets_its_own_contexts_around_shared_uids() -> None:
+    """pynetdicom deep-copies the server's contexts per association: ours share the UID objects (not rebuilt
+    through pydicom's validation) while each association can still change its own contexts."""
+    ae = AE()
+    add_scp_contexts(ae)
+    contexts = SharedUIDContexts(ae.supported_contexts)
+    copied = copy.deepcopy(contexts)
+    assert len(copied) == len(contexts) == len(ae.supported_contexts) > 100
+    for original, twin in zip(contexts, copied):
+        assert twin is not original and twin.context_id == original.context_id
+        assert twin.abstract_syntax is original.abstract_syntax
+        assert twin.transfer_syntax == original.transfer_syntax and twin._transfer_syntax is not original._transfer_syntax
+        assert all(a is b for a, b in zip(twin.transfer_syntax, original.transfer_syntax))
+    copied[0].context_id, copied[0].result = 7, 0
+    copied[0]._transfer_syntax.pop()
+    assert contexts[0].context_id is None and contexts[0].result is None
+    assert len(contexts[0].transfer_syntax) == len(copied[0].transfer_syntax) + 1

@@ -6,6 +6,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -82,15 +83,15 @@ def _orphaned(parent_pid: int) -> bool:
     return os.getppid() != parent_pid
 
 
-def _receiver_process(settings: Settings, parent_pid: int, progress: Progress) -> None:
-    """A sibling receiver: the same port (SO_REUSEPORT), store and database; no delivery loop.
+def _receiver_process(settings: Settings, parent_pid: int, progress: Progress, listening: socket.socket) -> None:
+    """A sibling receiver: accepts on the first receiver's ``listening`` socket; same store and database.
 
     It stops on SIGTERM, and by itself when its parent is gone (even after a kill -9 of the parent).
     """
     configure_logging(settings.logging.format, settings.logging.level)
     node = Node.build(settings, migrate=False)
     termination = Termination()
-    server = node.scp.start()
+    server = node.scp.start(listening=listening)
     while not termination.wait(1.0) and not _orphaned(parent_pid):
         progress.beat()
     server.shutdown()
@@ -147,16 +148,17 @@ class _Children:
 
     RESTART_PAUSE_S = 2.0
 
-    def __init__(self, name: str, target: Callable[[Settings, int, Progress], None], settings: Settings, count: int,
-                 health: LoopHealth) -> None:
-        self._name, self._target, self._settings = name, target, settings
+    def __init__(self, name: str, target: Callable[..., None], settings: Settings, count: int,
+                 health: LoopHealth, *shared: object) -> None:
+        """``target(settings, parent_pid, progress, *shared)`` runs in each child (``shared``: e.g. a socket)."""
+        self._name, self._target, self._settings, self._shared = name, target, settings, shared
         self._spawn = multiprocessing.get_context("spawn")
         self._progress = [health.register(f"{name}-{i}", settings.metrics.stall_s) for i in range(count)]
         self.processes = [self._start(i) for i in range(count)]
         self._died_at: dict[int, float] = {}
 
     def _start(self, index: int) -> multiprocessing.process.BaseProcess:
-        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid(), self._progress[index]),
+        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid(), self._progress[index], *self._shared),
                                       name=f"{self._name}-{index}")
         process.start()
         return process
@@ -196,8 +198,9 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     health = LoopHealth()
     server = None
     if Role.RECEIVER in wanted:
-        children.append(_Children("receiver", _receiver_process, settings, settings.dicom.processes - 1, health))
         server = node.scp.start()
+        children.append(_Children("receiver", _receiver_process, settings, settings.dicom.processes - 1, health,
+                                  server.socket))
     if Role.WORKER in wanted:
         stabilize = health.register("stabilize", settings.metrics.stall_s)
         threads.append(threading.Thread(target=_stabilize, args=(node.engine, settings, stop, stabilize),

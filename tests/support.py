@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -129,7 +130,16 @@ class NodeProcess:
                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         if not self.roles or "receiver" in self.roles:
             wait_for_port(self.port, process=self.process)
+            deadline = time.monotonic() + 120  # siblings are spawned after the first process binds
+            while len(self.listening()) < self.config["dicom"].get("processes", 1):
+                assert self.process.poll() is None and time.monotonic() < deadline, self.log()[-3000:]
+                time.sleep(0.1)
         return self
+
+    def listening(self) -> set[int]:
+        """The pids of the receiver processes that have bound the port (from the log)."""
+        return {json.loads(line)["pid"] for line in self.log().splitlines()
+                if line.startswith("{") and '"listening"' in line and json.loads(line).get("event") == "listening"}
 
     def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit status (0 for a clean shutdown)."""

@@ -71,6 +71,8 @@ class _SharedPortServer(ThreadedAssociationServer):
     handing each connection to pynetdicom only once the gate admits it (in the connection's own thread)."""
 
     gate: ConnectionGate
+    listening: socket.socket | None = None  # set in sibling receivers: the socket the first one bound
+    request_queue_size = 128  # connections the kernel completes before we accept them (socketserver's: 5)
     daemon_threads = True  # admission threads: a peer waiting to associate never delays shutdown
 
     @property
@@ -95,8 +97,20 @@ class _SharedPortServer(ThreadedAssociationServer):
             super().finish_request(guard, client_address)  # type: ignore[arg-type]
 
     def server_bind(self) -> None:
+        if self.listening is not None:  # a sibling receiver: accept on the first receiver's socket
+            self.socket.close()
+            self.socket = self.listening
+            self.server_address = self.socket.getsockname()
+            return
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+        # Non-blocking: every receiver process sharing this socket polls it, and the one that accepts first
+        # (the least busy) takes the connection; the others' accept finds nothing and returns.
+        self.socket.setblocking(False)
+
+    def server_activate(self) -> None:
+        if self.listening is None:
+            super().server_activate()
 
     def shutdown(self) -> None:
         """Stop serving and close the socket (made with make_server, so not in the AE's own server list)."""
@@ -152,10 +166,13 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
 
-    def start(self, host: str | None = None, port: int | None = None) -> ThreadedAssociationServer:
+    def start(self, host: str | None = None, port: int | None = None,
+              listening: socket.socket | None = None) -> ThreadedAssociationServer:
         """Listen in the background; returns the server (``.shutdown()`` stops it).
 
-        The socket is bound with SO_REUSEPORT, so several receiver processes can share the port.
+        ``listening``: a sibling receiver process accepts on the socket the first receiver bound (the least
+        busy process takes each connection). Otherwise the socket is bound with SO_REUSEPORT, so separately
+        started receivers (``serve --role receiver``) can share the port too.
         """
         self.recover_stale_spools()
         try:
@@ -164,7 +181,8 @@ class StorageSCP:
             log.error("store not reconciled: database unavailable", error=type(exc).__name__)
         address = (host or self.config.host, self.config.port if port is None else port)
         server_class = type("GatedServer", (_SharedPortServer,),
-                            {"gate": ConnectionGate(self.limits, self._on_connection_refused)})
+                            {"gate": ConnectionGate(self.limits, self._on_connection_refused),
+                             "listening": listening})
         server = self.ae.make_server(address, evt_handlers=self.handlers,  # type: ignore[arg-type]
                                      ssl_context=tls_context(self.config.tls), server_class=server_class)
         threading.Thread(target=server.serve_forever, name="dicom-listener", daemon=True).start()
@@ -249,7 +267,7 @@ class StorageSCP:
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
             _wait_until_sent(assoc, self.config.acse_timeout_s)
             return
-        log.info("association requested", association_id=row_id, calling_ae=calling, host=host)
+        log.info("association requested", association_id=row_id, calling_ae=calling, host=host, pid=os.getpid())
 
     def _on_echo(self, event: Event) -> int:
         return 0x0000

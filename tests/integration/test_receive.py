@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import time
+import os
 from copy import deepcopy
 import subprocess
 from pathlib import Path
@@ -269,18 +270,30 @@ def test_logs_never_contain_patient_identifiers(make_node, db_url):
     assert leaked == []
 
 
+def _listening_sockets(port: int) -> set[str]:
+    """Inodes of the IPv4 TCP sockets listening on ``port`` (from /proc/net/tcp)."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return {row[9] for row in rows if int(row[1].split(":")[1], 16) == port and row[3] == "0A"}
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
 def test_receiver_processes_share_the_port_and_store_everything(make_node, db_url):
+    """Sibling receivers accept on the socket the first one bound (whichever is least busy takes a connection)."""
     files = dicom_files(require_ct("head_ge_patient"))
     node = make_node(processes=2)
-
-    def listening() -> set[int]:
-        return {json.loads(line)["pid"] for line in node.log().splitlines()
-                if line.startswith("{") and json.loads(line).get("event") == "listening"}
-
-    deadline = time.monotonic() + 120
-    while len(listening()) < 2 and time.monotonic() < deadline:  # the sibling is spawned, then binds
-        time.sleep(0.2)
-    assert len(listening()) == 2  # two processes bound the same port
+    pids = node.listening()
+    assert len(pids) == 2  # both processes serve the port
+    listening = _listening_sockets(node.port)
+    assert len(listening) == 1 and all(listening <= _socket_inodes(pid) for pid in pids)  # one socket, held by both
     groups = [files[i::4] for i in range(4)]
     clients = [subprocess.Popen([require_tool("storescu"), "-aec", "CTNODE", "127.0.0.1", str(node.port),
                                  *map(str, group)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -289,6 +302,8 @@ def test_receiver_processes_share_the_port_and_store_everything(make_node, db_ur
         output = client.communicate(timeout=300)[0]
         assert client.returncode == 0, (output, [line for line in node.log().splitlines()
                                                  if '"level": "warning"' in line or '"level": "error"' in line])
+    served_by = [json.loads(line)["pid"] for line in node.log().splitlines() if '"association requested"' in line]
+    assert len(served_by) == 8 and set(served_by) == pids  # both processes took associations
     node.stop()
     rows = db_rows(db_url, Instance)
     assert sorted(r.sop_instance_uid for r in rows) == sorted(

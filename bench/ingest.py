@@ -3,7 +3,7 @@
 Sends N real 512x512 CT instances (copies of ../shared/ct/head_ge_patient with fresh UIDs) with DCMTK
 storescu over one association and over 4 concurrent associations, to:
   ctnode  - fsync + rename + committed SQLite (WAL, synchronous=FULL) row before each Success,
-            with --processes receiver processes sharing the port (default 1, as the node's default);
+            with --processes receiver processes sharing the port (default: the node's default, 2);
   bare    - pynetdicom SCP writing event.encoded_dataset() to a file, no fsync, no database;
   orthanc - Debian's Orthanc with default storage.
 Prints instances/s (median of --repeats) and ends with:
@@ -30,6 +30,7 @@ from pydicom.uid import generate_uid
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from node.config import DicomConfig  # noqa: E402
 from tests.integration.orthanc import Orthanc  # noqa: E402
 from tests.support import NodeProcess, dicom_files, free_port, wait_for_port  # noqa: E402
 
@@ -149,7 +150,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "ct" / "head_ge_patient")
     parser.add_argument("--skip-orthanc", action="store_true")
-    parser.add_argument("--processes", type=int, default=1, help="ctnode receiver processes (dicom.processes)")
+    parser.add_argument("--processes", type=int, default=DicomConfig.model_fields["processes"].default,
+                        help="ctnode receiver processes (dicom.processes; default: the node's default)")
     parser.add_argument("--postgres", metavar="ADMIN_URL",
                         help="ctnode on PostgreSQL (a fresh database per run, created with this URL) instead of SQLite")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)

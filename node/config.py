@@ -77,7 +77,7 @@ class _Section(BaseModel):
 
 class AllowedPeer(_Section):
     """A calling AE allowed to associate; ``host`` (an IP address or CIDR network) narrows it to those sources,
-    ``max_associations`` caps how many it may hold open at once (per receiver process)."""
+    ``max_associations`` caps how many it may hold open at once (on the node, every receiver process)."""
 
     ae_title: str
     host: str | None = None
@@ -134,8 +134,8 @@ class DicomConfig(_Section):
     host: str = "0.0.0.0"
     port: int = Field(11112, ge=1, le=65535)
     max_pdu_bytes: int = Field(65536, ge=0)  # 0 = unlimited
-    max_associations: int = Field(16, ge=1)  # per receiver process
-    processes: int = Field(1, ge=1, le=64)
+    max_associations: int = Field(16, ge=1)  # open at once on the node (every receiver process)
+    processes: int = Field(2, ge=1, le=64)  # receiver processes (one Python process receives on about one core)
     acse_timeout_s: float = Field(30.0, gt=0)
     dimse_timeout_s: float = Field(60.0, gt=0)
     network_timeout_s: float = Field(120.0, gt=0)

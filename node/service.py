@@ -20,6 +20,7 @@ from node.config import Settings
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
 from node.delivery import run_delivery
+from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.scp import StorageSCP
 from node.logging import configure_logging, get_logger
 from node.loops import LoopHealth, Progress, backoff_s, run_guarded
@@ -83,15 +84,17 @@ def _orphaned(parent_pid: int) -> bool:
     return os.getppid() != parent_pid
 
 
-def _receiver_process(settings: Settings, parent_pid: int, progress: Progress, listening: socket.socket) -> None:
-    """A sibling receiver: accepts on the first receiver's ``listening`` socket; same store and database.
+def _receiver_process(settings: Settings, parent_pid: int, progress: Progress, listening: socket.socket,
+                      seat: Seat) -> None:
+    """A sibling receiver: accepts on the first receiver's ``listening`` socket and counts its associations in
+    the node-wide ``seat``; same store and database.
 
     It stops on SIGTERM, and by itself when its parent is gone (even after a kill -9 of the parent).
     """
     configure_logging(settings.logging.format, settings.logging.level)
     node = Node.build(settings, migrate=False)
     termination = Termination()
-    server = node.scp.start(listening=listening)
+    server = node.scp.start(listening=listening, seat=seat)
     while not termination.wait(1.0) and not _orphaned(parent_pid):
         progress.beat()
     server.shutdown()
@@ -149,8 +152,8 @@ class _Children:
     RESTART_PAUSE_S = 2.0
 
     def __init__(self, name: str, target: Callable[..., None], settings: Settings, count: int,
-                 health: LoopHealth, *shared: object) -> None:
-        """``target(settings, parent_pid, progress, *shared)`` runs in each child (``shared``: e.g. a socket)."""
+                 health: LoopHealth, shared: Callable[[int], tuple[object, ...]] = lambda index: ()) -> None:
+        """``target(settings, parent_pid, progress, *shared(index))`` runs in child ``index`` (each start)."""
         self._name, self._target, self._settings, self._shared = name, target, settings, shared
         self._spawn = multiprocessing.get_context("spawn")
         self._progress = [health.register(f"{name}-{i}", settings.metrics.stall_s) for i in range(count)]
@@ -158,7 +161,7 @@ class _Children:
         self._died_at: dict[int, float] = {}
 
     def _start(self, index: int) -> multiprocessing.process.BaseProcess:
-        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid(), self._progress[index], *self._shared),
+        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid(), self._progress[index], *self._shared(index)),
                                       name=f"{self._name}-{index}")
         process.start()
         return process
@@ -198,9 +201,10 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     health = LoopHealth()
     server = None
     if Role.RECEIVER in wanted:
-        server = node.scp.start()
+        occupancy = Occupancy(settings.dicom.processes, node.scp.policy.limited_aes())
+        server = node.scp.start(seat=occupancy.seat(0))
         children.append(_Children("receiver", _receiver_process, settings, settings.dicom.processes - 1, health,
-                                  server.socket))
+                                  lambda index: (server.socket, occupancy.seat(index + 1))))
     if Role.WORKER in wanted:
         stabilize = health.register("stabilize", settings.metrics.stall_s)
         threads.append(threading.Thread(target=_stabilize, args=(node.engine, settings, stop, stabilize),

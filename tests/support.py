@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
+from node.config import DicomConfig
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -131,7 +133,7 @@ class NodeProcess:
         if not self.roles or "receiver" in self.roles:
             wait_for_port(self.port, process=self.process)
             deadline = time.monotonic() + 120  # siblings are spawned after the first process binds
-            while len(self.listening()) < self.config["dicom"].get("processes", 1):
+            while len(self.listening()) < self.config["dicom"].get("processes", DicomConfig().processes):
                 assert self.process.poll() is None and time.monotonic() < deadline, self.log()[-3000:]
                 time.sleep(0.1)
         return self

@@ -29,6 +29,7 @@ from node.dicom.access import AccessPolicy
 from node.dicom.chunked import SpoolRoute, close_unfinished, route_spools, spool_for
 from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
 from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
+from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.receive import Received, Receiver
 from node.dicom.reconcile import RECONCILE_GRACE_S, Reconciliation, reconcile
 from node.dicom.status import StoreStatus
@@ -64,6 +65,7 @@ class _AssociationState:
     failed: int = 0
     bytes: int = 0
     closed: bool = False
+    counted: bool = False  # in the node's open associations (the seat's counts)
 
 
 class _SharedPortServer(ThreadedAssociationServer):
@@ -139,6 +141,7 @@ class StorageSCP:
         self.store = store
         self.engine = engine
         self.policy = AccessPolicy(config)
+        self.seat = Occupancy(1, self.policy.limited_aes()).seat(0)  # start() may give it a node-wide seat
         self.receiver = Receiver(store, engine)
         self.ae = AE(ae_title=config.ae_title)
         self.ae.maximum_pdu_size = config.max_pdu_bytes
@@ -166,14 +169,17 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
 
-    def start(self, host: str | None = None, port: int | None = None,
-              listening: socket.socket | None = None) -> ThreadedAssociationServer:
+    def start(self, host: str | None = None, port: int | None = None, listening: socket.socket | None = None,
+              seat: Seat | None = None) -> ThreadedAssociationServer:
         """Listen in the background; returns the server (``.shutdown()`` stops it).
 
         ``listening``: a sibling receiver process accepts on the socket the first receiver bound (the least
         busy process takes each connection). Otherwise the socket is bound with SO_REUSEPORT, so separately
-        started receivers (``serve --role receiver``) can share the port too.
+        started receivers (``serve --role receiver``) can share the port too. ``seat``: this process's place
+        in the node-wide counts of open associations (default: counted in this process alone).
         """
+        if seat is not None:
+            self.seat = seat
         self.recover_stale_spools()
         try:
             self.reconcile()
@@ -236,10 +242,12 @@ class StorageSCP:
         called = str(request.called_ae_title) if request else ""
         host, port = assoc.requestor.address, assoc.requestor.port
         with self._lock:  # the count, the decision and this association's place in the count are one step
-            held = sum(1 for state in self._states.values() if not state.closed and state.calling_ae == calling.strip())
-            rejection = self.policy.check(calling, called, host, held)
+            open_in_all, held = self.seat.enter(calling.strip())
+            rejection = self.policy.check(calling, called, host, held, open_in_all)
             state = self._states.setdefault(assoc, _AssociationState(row_id=None))
-            state.calling_ae, state.closed = calling.strip(), rejection is not None
+            state.calling_ae, state.closed, state.counted = calling.strip(), rejection is not None, rejection is None
+            if rejection is not None:
+                self.seat.leave(state.calling_ae)
         outcome = AssociationOutcome.REJECTED if rejection else AssociationOutcome.OPEN
         try:
             with self.engine.begin() as conn:
@@ -340,6 +348,10 @@ class StorageSCP:
 
     def _on_close(self, event: Event) -> None:
         state = self._state(event.assoc)
+        with self._lock:
+            if state.counted:
+                state.counted = False
+                self.seat.leave(state.calling_ae)
         self._keep_partials(event.assoc, state.row_id)
         if state.closed or state.row_id is None:
             state.closed = True

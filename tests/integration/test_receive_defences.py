@@ -81,8 +81,10 @@ def test_per_ae_limit_rejects_transiently_with_local_limit_exceeded(make_node, d
     assert len(rejected) == 1 and "holds 1 associations" in rejected[0].reject_reason
 
 
-def test_per_ae_limit_holds_when_many_associations_arrive_at_once(make_node, db_url):
-    node = make_node(allowed=[{"ae_title": "STORESCU", "max_associations": 2}])
+@pytest.mark.parametrize("processes", [1, 2])
+def test_per_ae_limit_holds_when_many_associations_arrive_at_once(make_node, db_url, processes):
+    """The limit is the node's, whichever receiver process each association reaches."""
+    node = make_node(allowed=[{"ae_title": "STORESCU", "max_associations": 2}], processes=processes)
     barrier, release = threading.Barrier(10), threading.Event()
     established: list[bool] = []
 
@@ -104,6 +106,22 @@ def test_per_ae_limit_holds_when_many_associations_arrive_at_once(make_node, db_
     assert sorted(established) == [False] * 8 + [True] * 2
     node.stop()
     assert len(db_rows(db_url, Association, Association.outcome == "rejected")) == 8
+
+
+def test_the_association_limit_is_the_nodes_across_receiver_processes(make_node, db_url):
+    node = make_node(max_associations=2, processes=2)
+    with associate(node.port) as first, associate(node.port) as second:
+        assert first.is_established and second.is_established
+        answer = echoscu(node)
+        text = answer.stdout + answer.stderr
+        assert answer.returncode != 0 and "Rejected Transient" in text and "Local Limit Exceeded" in text, text
+    deadline = time.monotonic() + 30  # the released associations are counted out as their connections close
+    while (answer := echoscu(node)).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert answer.returncode == 0, answer.stdout + answer.stderr
+    node.stop()
+    rejected = db_rows(db_url, Association, Association.outcome == "rejected")
+    assert len(rejected) >= 1 and "the node already holds 2 associations" in rejected[0].reject_reason
 
 
 def test_silent_connections_never_lock_out_a_sender(make_node, db_url):

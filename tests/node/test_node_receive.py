@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import multiprocessing
 import select
 import socket
 import struct
@@ -14,6 +15,7 @@ import time
 import types
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -27,6 +29,7 @@ from node.config import AllowedPeer, DicomConfig
 from node.dicom import chunked
 from node.dicom.access import AccessPolicy
 from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
+from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.gate import BUSY_POLL_S, IDLE_AFTER_S, ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.receive import Received, read_header, uid_problem
 from node.logging import phi_registry
@@ -219,3 +222,31 @@ def test_each_association_gets_its_own_contexts_around_shared_uids() -> None:
     copied[0]._transfer_syntax.pop()
     assert contexts[0].context_id is None and contexts[0].result is None
     assert len(contexts[0].transfer_syntax) == len(copied[0].transfer_syntax) + 1
+
+
+def _hold_two(seat: Seat, entered: Any) -> None:
+    """In a spawned receiver-like process: hold two PACS associations (until killed)."""
+    seat.enter("PACS")
+    seat.enter("PACS")
+    entered.set()
+    time.sleep(60)
+
+
+def test_open_associations_are_counted_node_wide_and_a_dead_process_leaves_none() -> None:
+    occupancy = Occupancy(3, ["PACS"])
+    mine = occupancy.seat(0)
+    spawn = multiprocessing.get_context("spawn")
+    entered = spawn.Event()
+    sibling = spawn.Process(target=_hold_two, args=(occupancy.seat(1), entered))
+    sibling.start()
+    try:
+        assert entered.wait(60)
+        assert mine.enter("OTHER") == (2, 0)  # the sibling's two are seen; OTHER has no limit of its own
+        assert mine.enter("PACS") == (3, 2)
+        mine.leave("PACS")
+        mine.leave("OTHER")
+    finally:
+        sibling.kill()  # dies holding two
+        sibling.join(30)
+    occupancy.seat(1)  # its replacement takes the seat, empty
+    assert mine.enter("PACS") == (0, 0)

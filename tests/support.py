@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -94,6 +95,21 @@ def without_trailing_padding(data: bytes) -> bytes:
     return data
 
 
+def _descendants(pid: int) -> list[int]:
+    """The child processes of ``pid``, and theirs (from /proc)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
 class NodeProcess:
     """`python -m node serve` in a subprocess with its own data directory, config and log file."""
 
@@ -155,9 +171,12 @@ class NodeProcess:
         return self.process.returncode if self.process is not None else None
 
     def kill(self) -> None:
-        """kill -9 the node (its exit is not a clean shutdown, and the teardown knows it)."""
+        """kill -9 the node, every process of it at once as a container runtime does (its exit is not a clean
+        shutdown, and the teardown knows it)."""
         if self.process is not None:
-            self.process.kill()
+            for pid in [*_descendants(self.process.pid), self.process.pid]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.wait()
             self.killed = True
 

@@ -141,7 +141,8 @@ def test_silent_connections_never_lock_out_a_sender(make_node, db_url):
     # the connections over the pending limit are refused as such (those closed by the test at the end may be
     # audited too, with their own reason, depending on when the node notices)
     refused = [e for e in dropped if "too many connections" in e.detail["reason"]]
-    assert sum(e.detail.get("repeats", 1) for e in refused) >= 12 - 4, [e.detail for e in dropped]
+    waiting = 4 * len(node.listening())  # each receiver process lets 4 wait
+    assert sum(e.detail.get("repeats", 1) for e in refused) >= 12 - waiting, [e.detail for e in dropped]
 
 
 def test_a_flood_of_refused_connections_costs_an_audit_row_per_window_not_one_each(make_node, db_url):

@@ -161,8 +161,8 @@ class _Children:
         self._died_at: dict[int, float] = {}
 
     def _start(self, index: int) -> multiprocessing.process.BaseProcess:
-        process = self._spawn.Process(target=self._target, args=(self._settings, os.getpid(), self._progress[index], *self._shared(index)),
-                                      name=f"{self._name}-{index}")
+        args = (self._settings, os.getpid(), self._progress[index], *self._shared(index))
+        process = self._spawn.Process(target=self._target, args=args, name=f"{self._name}-{index}")
         process.start()
         return process
 

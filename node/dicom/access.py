@@ -58,7 +58,7 @@ class AccessPolicy:
             return Rejection(f"the node already holds {open_in_all} associations, its limit",
                              TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
         limits = [peer.max_associations for peer in admitting]
-        if limits and None not in limits and open_by_calling_ae >= max(limit for limit in limits if limit is not None):
+        if limits and None not in limits and open_by_calling_ae >= max(limits):  # type: ignore[type-var]
             return Rejection(f"calling AE {calling!r} already holds {open_by_calling_ae} associations, its limit",
                              TRANSIENT, SERVICE_PROVIDER_PRESENTATION, LOCAL_LIMIT_EXCEEDED)
         return None

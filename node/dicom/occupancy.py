@@ -49,13 +49,18 @@ class Seat:
     def enter(self, calling_ae: str) -> tuple[int, int]:
         """Count an association of ``calling_ae`` in; returns the node's open associations before it, in all
         and by that AE (0 for an AE without a limit)."""
-        return self._add(calling_ae, 1)
+        column = self._step(calling_ae, 1)
+        cells, width = self._occupancy.cells, self._occupancy.width
+        total = sum(cells[row] for row in range(0, len(cells), width)) - 1
+        held = sum(cells[row + column] for row in range(0, len(cells), width)) - 1 if column is not None else 0
+        return total, held
 
     def leave(self, calling_ae: str) -> None:
         """Count an association that ``enter`` counted out again."""
-        self._add(calling_ae, -1)
+        self._step(calling_ae, -1)
 
-    def _add(self, calling_ae: str, step: int) -> tuple[int, int]:
+    def _step(self, calling_ae: str, step: int) -> int | None:
+        """Add ``step`` to this row's total and to the AE's column; returns that column (None: no limit)."""
         occupancy = self._occupancy
         column = occupancy.columns.get(calling_ae)
         start = self._index * occupancy.width
@@ -63,7 +68,4 @@ class Seat:
             occupancy.cells[start] += step
             if column is not None:
                 occupancy.cells[start + column] += step
-        cells, width = occupancy.cells, occupancy.width
-        total = sum(cells[row] for row in range(0, len(cells), width)) - step
-        held = sum(cells[row + column] for row in range(0, len(cells), width)) - step if column is not None else 0
-        return total, held
+        return column

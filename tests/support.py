@@ -138,11 +138,13 @@ class NodeProcess:
         self.config_file = data_dir / "ctnode.yaml"
         self.log_file = data_dir / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._log_start = 0
 
     def start(self) -> NodeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(yaml.safe_dump(self.config))
         log = self.log_file.open("ab")
+        self._log_start = self.log_file.stat().st_size  # a restarted node's earlier lines do not count as listening
         roles = [arg for role in self.roles for arg in ("--role", role)]
         self.process = subprocess.Popen([sys.executable, "-m", "node", "serve", "--config", str(self.config_file), *roles],
                                         stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -155,8 +157,9 @@ class NodeProcess:
         return self
 
     def listening(self) -> set[int]:
-        """The pids of the receiver processes that have bound the port (from the log)."""
-        return {json.loads(line)["pid"] for line in self.log().splitlines()
+        """The pids of the receiver processes that have bound the port since the last start (from the log)."""
+        since = self.log_file.read_bytes()[self._log_start:].decode(errors="replace") if self.log_file.exists() else ""
+        return {json.loads(line)["pid"] for line in since.splitlines()
                 if line.startswith("{") and '"listening"' in line and json.loads(line).get("event") == "listening"}
 
     def stop(self) -> int | None:

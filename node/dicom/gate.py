@@ -11,7 +11,7 @@ pynetdicom:
 * every byte pynetdicom reads passes through a :class:`GuardedSocket`, which checks each PDU header
   (P-DATA no longer than the maximum PDU we announced, any other PDU no longer than
   ``max_request_pdu_bytes``) before the body is read, and follows the P-DATA fragments of each
-  data set, reading ahead within the current PDU and hurrying pynetdicom's polling reactor while data flows;
+  data set, reading ahead within the current PDU (pynetdicom's reactors wait on it: node.dicom.reactor);
 * a watchdog aborts (A-ABORT, then the connection is shut) an association older than
   ``association_deadline_s`` and a data set still arriving after ``instance_deadline_s``.
 """
@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom.pdu import A_ASSOCIATE_RQ
+
+from node.dicom.reactor import Waker
 
 # A-ABORT PDU from the service provider (source 2): reason 0 not specified, 6 invalid PDU parameter value.
 _ABORT = struct.Struct(">BBLBBBB")
@@ -57,8 +59,6 @@ class GateLimits:
 
 
 READ_AHEAD_BYTES = 1 << 20
-BUSY_POLL_S = 0.0001
-IDLE_AFTER_S = 0.5
 _DECODABLE_KEPT = 256
 
 
@@ -88,10 +88,7 @@ class GuardedSocket:
         self._skip = 0  # bytes of the current PDV's value (or non-P-DATA body) still to come
         self._ahead = b""  # bytes of the current PDU read from the socket, not yet handed to pynetdicom
         self._ahead_at = 0
-        self._dul: Any = None  # pynetdicom's DUL reactor, once paced
-        self._idle_poll_s = 0.0
-        self._busy = False
-        self._last_data = 0.0
+        self.waker: Waker | None = None  # what pynetdicom's reactor waits on beside this socket, once it does
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
@@ -110,10 +107,6 @@ class GuardedSocket:
             return data
         rest = self._pdu_left - len(self._header) if self._pdu_left else 0
         data = self._sock.recv(min(rest, READ_AHEAD_BYTES) if rest > size and not flags else size, flags)
-        if data:
-            self._last_data = time.monotonic()
-            if self._dul is not None and not self._busy:
-                self._dul._run_loop_delay, self._busy = BUSY_POLL_S, True
         if data and self.breach is None:
             self._feed(data)
         if len(data) > size:
@@ -121,30 +114,16 @@ class GuardedSocket:
             return data[:size]
         return data
 
-    def pace(self, dul: Any) -> None:
-        """Let ``dul`` (pynetdicom's reactor for this connection) look for work every BUSY_POLL_S while data
-        arrives, and at its own pace otherwise. It sleeps between looks (1 ms by default): the sleep after each
-        PDU, after the C-STORE response is queued and before the next command is seen adds about a millisecond
-        per instance at one association (measured: 163 -> 200 instances/s)."""
-        self._dul, self._idle_poll_s = dul, dul._run_loop_delay
+    def buffered(self) -> bool:
+        """Whether bytes already read from the connection wait here (or in TLS) where ``select`` cannot see them."""
+        if self._ahead_at < len(self._ahead):
+            return True
+        return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
 
-    def rest(self) -> None:
-        """The reactor's own pace while a handler works: nothing arrives for it meanwhile (a synchronous sender
-        waits for the response), and looking every 0.1 ms for the handler's 1-5 ms costs CPU that concurrent
-        associations need."""
-        if self._dul is not None:
-            self._dul._run_loop_delay = self._idle_poll_s
-
-    def hurry(self) -> None:
-        """Look every BUSY_POLL_S again: the handler's response is about to be queued (see :meth:`pace`)."""
-        if self._dul is not None:
-            self._last_data = time.monotonic()
-            self._dul._run_loop_delay, self._busy = BUSY_POLL_S, True
-
-    def slow_down(self, now: float) -> None:
-        """Back to the reactor's own pace once no data came for IDLE_AFTER_S (called by the gate's watchdog)."""
-        if self._busy and now - self._last_data > IDLE_AFTER_S:
-            self._dul._run_loop_delay, self._busy = self._idle_poll_s, False
+    def close(self) -> None:
+        if self.waker is not None:
+            self.waker.close()
+        self._sock.close()
 
     def send(self, data: bytes, flags: int = 0) -> int:
         with self._send_lock:
@@ -414,6 +393,5 @@ class ConnectionGate:
             for guard in pending:  # a peek stuck past its timeout (e.g. a TLS handshake that never ends)
                 guard.abort(f"no A-ASSOCIATE-RQ within {self.limits.pending_timeout_s:g} s")
             for guard in live:
-                guard.slow_down(now)
                 if guard.breach is None and guard.fileno() != -1 and (reason := guard.expired(now)) is not None:
                     guard.abort(reason)

@@ -16,6 +16,7 @@ from typing import Any
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
+from pynetdicom.pdu_primitives import A_RELEASE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine, insert, update
@@ -30,6 +31,7 @@ from node.dicom.chunked import SpoolRoute, close_unfinished, route_spools, spool
 from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
 from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
+from node.dicom.reactor import wake_on_work
 from node.dicom.receive import Received, Receiver
 from node.dicom.reconcile import RECONCILE_GRACE_S, Reconciliation, reconcile
 from node.dicom.status import StoreStatus
@@ -164,7 +166,7 @@ class StorageSCP:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
-            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ACSE_SENT, self._on_acse_sent),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
@@ -267,7 +269,7 @@ class StorageSCP:
         sock = getattr(assoc.dul.socket, "socket", None)
         state.guard = sock if type(sock) is GuardedSocket else None
         if state.guard is not None:
-            state.guard.pace(assoc.dul)
+            state.guard.waker = wake_on_work(assoc, state.guard, state.guard.buffered)
         if rejection:
             state.outcome = AssociationOutcome.REJECTED
             log.warning("association rejected", association_id=row_id, calling_ae=calling, host=host,
@@ -282,15 +284,6 @@ class StorageSCP:
 
     def _on_store(self, event: Event) -> int:
         state = self._state(event.assoc)
-        if state.guard is not None:
-            state.guard.rest()
-        try:
-            return self._store(event, state)
-        finally:
-            if state.guard is not None:
-                state.guard.hurry()
-
-    def _store(self, event: Event, state: _AssociationState) -> int:
         try:
             request = event.request
             if event.dataset_path is None:  # the command said no data set follows
@@ -320,8 +313,11 @@ class StorageSCP:
             state.failed += 1
         return int(outcome.status)
 
-    def _on_released(self, event: Event) -> None:
-        self._state(event.assoc).outcome = AssociationOutcome.RELEASED
+    def _on_acse_sent(self, event: Event) -> None:
+        """Released once our A-RELEASE-RP is queued: the peer may close the connection as soon as it has it,
+        before pynetdicom's reactor announces the release."""
+        if isinstance(event.primitive, A_RELEASE) and event.primitive.result is not None:
+            self._state(event.assoc).outcome = AssociationOutcome.RELEASED
 
     def _on_aborted(self, event: Event) -> None:
         self._state(event.assoc).outcome = AssociationOutcome.ABORTED

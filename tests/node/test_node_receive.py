@@ -7,30 +7,35 @@ import copy
 import hashlib
 import io
 import multiprocessing
+import os
 import select
 import socket
 import struct
 import subprocess
+import threading
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
+import pynetdicom.association
+import pynetdicom.dul
 import pytest
-
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import P_DATA
 
 from node.config import AllowedPeer, DicomConfig
-from node.dicom import chunked
+from node.dicom import chunked, reactor
 from node.dicom.access import AccessPolicy
 from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
+from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
-from node.dicom.gate import BUSY_POLL_S, IDLE_AFTER_S, ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.receive import Received, read_header, uid_problem
 from node.logging import phi_registry
 from tests.support import dicom_files, require_ct, require_tool
@@ -188,21 +193,52 @@ def test_spool_file_meta_is_byte_identical_to_pydicoms(uids: tuple[str, str, str
     assert ours.getvalue() == expected.getvalue()
 
 
-def test_guarded_socket_hurries_the_reactor_while_data_flows_and_lets_it_rest_after(guarded) -> None:
+def _waiting(wait: Any) -> threading.Thread:
+    """``wait`` running in a thread of its own (it waits up to the patched IDLE_WAIT_S of a minute)."""
+    thread = threading.Thread(target=wait, args=(0.001,), daemon=True)
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive()  # nothing to do: still waiting (pynetdicom's own sleep would have ended)
+    return thread
+
+
+def test_the_reactors_wait_for_work_not_for_a_timer(guarded, monkeypatch) -> None:
+    """An accepted association's DUL reactor wakes for data on its socket and for a primitive queued to send; its
+    association reactor wakes for a decoded message. A wait of a minute ends at once when there is work."""
     guard, peer = guarded
-    reactor = types.SimpleNamespace(_run_loop_delay=0.001)  # the one attribute of pynetdicom's DUL it sets
-    guard.pace(reactor)
+    monkeypatch.setattr(reactor, "IDLE_WAIT_S", 60.0)
+    assoc = Association(AE(), MODE_ACCEPTOR)
+    guard.waker = reactor.wake_on_work(assoc, guard, guard.buffered)
+    dul_wait, association_wait = reactor._waits[assoc.dul], reactor._waits[assoc]
+
+    thread = _waiting(dul_wait)
     peer.sendall(_pdata_pdu(b"\x00" * 100, last=True))
+    thread.join(5)
+    assert not thread.is_alive()
     _read_like_pynetdicom(guard)
-    assert reactor._run_loop_delay == BUSY_POLL_S
-    guard.slow_down(time.monotonic())
-    assert reactor._run_loop_delay == BUSY_POLL_S  # data came just now
-    guard.slow_down(time.monotonic() + IDLE_AFTER_S + 0.1)
-    assert reactor._run_loop_delay == 0.001
-    guard.hurry()  # a handler's response is about to be queued
-    assert reactor._run_loop_delay == BUSY_POLL_S
-    guard.rest()  # a handler works: nothing arrives meanwhile
-    assert reactor._run_loop_delay == 0.001
+
+    thread = _waiting(dul_wait)
+    assoc.dul.send_pdu(P_DATA())  # what the DIMSE layer does with a C-STORE response
+    thread.join(5)
+    assert not thread.is_alive() and len(assoc.dul.to_provider_queue.queue) == 1
+    dul_wait(0.001)  # a primitive still waits to be sent: no wait at all
+    assoc.dul.to_provider_queue.queue.clear()
+
+    thread = _waiting(association_wait)
+    assoc.dimse.msg_queue.put((1, "a decoded message"))
+    thread.join(5)
+    assert not thread.is_alive()
+    guard.close()
+    assert not os.path.exists(f"/proc/self/fd/{guard.waker.fd}")  # the eventfd is closed with the socket
+
+
+def test_pynetdicom_sleeps_as_before_in_every_other_thread() -> None:
+    """The clock stands in for ``time`` inside pynetdicom's reactor modules; a thread it does not know sleeps."""
+    reactor._install()
+    assert isinstance(pynetdicom.dul.time, reactor._Clock) and pynetdicom.dul.time.monotonic is time.monotonic
+    started = time.monotonic()
+    pynetdicom.association.time.sleep(0.05)
+    assert time.monotonic() - started >= 0.05
 
 
 def test_each_association_gets_its_own_contexts_around_shared_uids() -> None:

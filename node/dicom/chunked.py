@@ -6,6 +6,12 @@ NamedTemporaryFile. Giving it a SpoolFile instead puts the bytes on the store's 
 The File Meta it writes first is encoded directly rather than through pydicom's writer.
 Each spool is remembered under its association, so an aborted transfer's file is closed and kept
 aside when the connection closes instead of leaking its descriptor.
+
+The middle of a data set takes a shorter way (:class:`DirectFragments`): a P-DATA-TF PDU that holds one
+data set fragment that is not the last, for the C-STORE being spooled, is written to its spool below
+pynetdicom, which otherwise decodes it into objects, queues it as an event, runs its state machine (which
+stays in Sta6) and copies the fragment again on its way to the file. The command, the first fragment and
+the last one (which completes the message), and every other PDU, still go through pynetdicom.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.filewriter import write_file_meta_info
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, dimse_messages, dsutils
@@ -131,3 +137,50 @@ def close_unfinished(assoc: Association) -> list[SpoolFile]:
     for spool in unfinished:
         spool.close()
     return unfinished
+
+
+class PeekableSocket(Protocol):
+    """What DirectFragments reads through (the gate's GuardedSocket)."""
+
+    def peek(self, size: int) -> bytes: ...
+
+    def read(self, size: int) -> bytearray: ...
+
+
+_PDATA_START = struct.Struct(">BBLLBB")  # PDU type, reserved, PDU length; PDV item length, context ID, control
+
+
+class DirectFragments:
+    """Writes the middle fragments of the data set ``assoc`` is spooling straight to the spool.
+
+    Called by the guarded socket whenever pynetdicom is about to read a PDU header: while the next PDU is one
+    data set fragment that is not the last, it is read (through ``read``, so the guard checks it as ever) and
+    written here, and the next one is looked at. It waits for a PDU's first bytes exactly as pynetdicom's own
+    read would (only once a PDU has begun to arrive), and restarts pynetdicom's idle timer for each PDU.
+    """
+
+    def __init__(self, assoc: Association, sock: PeekableSocket) -> None:
+        self._assoc = assoc
+        self._sock = sock
+
+    def _spool(self) -> SpoolFile | None:
+        message = self._assoc.dimse.message
+        spool = getattr(message, "_data_set_file", None) if message is not None else None
+        return spool if isinstance(spool, SpoolFile) and not spool.completed else None
+
+    def __call__(self) -> None:
+        while (spool := self._spool()) is not None:
+            head = self._sock.peek(6)
+            if len(head) < 6 or head[0] != 0x04 or struct.unpack(">L", head[2:6])[0] < 6:
+                return
+            head = self._sock.peek(_PDATA_START.size)
+            if len(head) < _PDATA_START.size:
+                return
+            _, _, pdu_length, item_length, _, control = _PDATA_START.unpack(head)
+            if item_length + 4 != pdu_length or control & 0x03:  # several PDVs, a command, or the last fragment
+                return
+            pdu = self._sock.read(6 + pdu_length)
+            if len(pdu) < 6 + pdu_length:
+                return  # closed mid-PDU: pynetdicom's next read sees the connection closed
+            spool.write(memoryview(pdu)[_PDATA_START.size:])
+            self._assoc.dul._idle_timer.restart()

@@ -11,7 +11,8 @@ pynetdicom:
 * every byte pynetdicom reads passes through a :class:`GuardedSocket`, which checks each PDU header
   (P-DATA no longer than the maximum PDU we announced, any other PDU no longer than
   ``max_request_pdu_bytes``) before the body is read, and follows the P-DATA fragments of each
-  data set, reading ahead within the current PDU (pynetdicom's reactors wait on it: node.dicom.reactor);
+  data set, reading each PDU's body in as few calls as it arrives in (pynetdicom's reactors wait on it:
+  node.dicom.reactor);
 * a watchdog aborts (A-ABORT, then the connection is shut) an association older than
   ``association_deadline_s`` and a data set still arriving after ``instance_deadline_s``.
 """
@@ -58,7 +59,6 @@ class GateLimits:
     instance_deadline_s: float
 
 
-READ_AHEAD_BYTES = 1 << 20
 _DECODABLE_KEPT = 256
 
 
@@ -86,9 +86,8 @@ class GuardedSocket:
         self._pdu_left = 0  # bytes of the current PDU's body still to come
         self._in_pdata = False
         self._skip = 0  # bytes of the current PDV's value (or non-P-DATA body) still to come
-        self._ahead = b""  # bytes of the current PDU read from the socket, not yet handed to pynetdicom
-        self._ahead_at = 0
         self.waker: Waker | None = None  # what pynetdicom's reactor waits on beside this socket, once it does
+        self.before_pdu: Callable[[], None] | None = None  # called before pynetdicom reads each PDU (see read)
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # noqa: D105
@@ -98,26 +97,40 @@ class GuardedSocket:
         return getattr(self._sock, name)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
-        """pynetdicom reads a PDU body 4 KiB per call; one call to the socket takes as much of the current PDU as
-        has arrived, and the calls after it are served from that. Never past the PDU's end: pynetdicom reads the
-        whole body before it asks ``select`` again, so nothing is ever left here that ``select`` cannot see."""
-        if self._ahead_at < len(self._ahead):
-            data = self._ahead[self._ahead_at:self._ahead_at + size]
-            self._ahead_at += len(data)
-            return data
-        rest = self._pdu_left - len(self._header) if self._pdu_left else 0
-        data = self._sock.recv(min(rest, READ_AHEAD_BYTES) if rest > size and not flags else size, flags)
-        if data and self.breach is None:
+        data = self._sock.recv(size, flags)
+        if data and self.breach is None and not flags & socket.MSG_PEEK:
             self._feed(data)
-        if len(data) > size:
-            self._ahead, self._ahead_at = data, size
-            return data[:size]
         return data
 
+    def read(self, size: int) -> bytearray:
+        """``size`` bytes (fewer only when the peer closed): how pynetdicom's transport reads a PDU header or body
+        once :meth:`read_for` put it in charge. Its own loop asks for 4 KiB per call, so a 64 KiB PDU took 16
+        calls through two layers of Python; this takes whatever has arrived per call. It never reads past the
+        PDU, so the next one stays in the kernel, where ``select`` sees it. Before a PDU header is read,
+        ``before_pdu`` may take PDUs itself (node.dicom.chunked.DirectFragments)."""
+        if size == 6 and self.before_pdu is not None and self._pdu_left == 0 and not self._header:  # a PDU's start
+            self.before_pdu()
+        data = bytearray()
+        while len(data) < size:
+            chunk = self.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def peek(self, size: int) -> bytes:
+        """The next ``size`` bytes, left in the kernel; waits until they have all arrived (or the peer closed).
+        Nothing under TLS, which cannot peek."""
+        if isinstance(self._sock, ssl.SSLSocket):
+            return b""
+        return self._sock.recv(size, socket.MSG_PEEK | socket.MSG_WAITALL)
+
+    def read_for(self, transport: Any) -> None:
+        """Serve the reads of ``transport`` (pynetdicom's AssociationSocket over this socket) with :meth:`read`."""
+        transport.recv = self.read
+
     def buffered(self) -> bool:
-        """Whether bytes already read from the connection wait here (or in TLS) where ``select`` cannot see them."""
-        if self._ahead_at < len(self._ahead):
-            return True
+        """Whether bytes already read from the connection wait in TLS, where ``select`` cannot see them."""
         return isinstance(self._sock, ssl.SSLSocket) and self._sock.pending() > 0
 
     def close(self) -> None:

@@ -27,7 +27,7 @@ from node.db import audit
 from node.db.schema import Association as AssociationRow
 from node.db.schema import utcnow
 from node.dicom.access import AccessPolicy
-from node.dicom.chunked import SpoolRoute, close_unfinished, route_spools, spool_for
+from node.dicom.chunked import DirectFragments, SpoolRoute, close_unfinished, route_spools, spool_for
 from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
 from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
@@ -35,6 +35,7 @@ from node.dicom.reactor import wake_on_work
 from node.dicom.receive import Received, Receiver
 from node.dicom.reconcile import RECONCILE_GRACE_S, Reconciliation, reconcile
 from node.dicom.status import StoreStatus
+from node.dicom.validators import remember_uid_validation
 from node.events import AssociationOutcome, AuditKind
 from node.logging import get_logger
 from node.storage.spool import SpoolError
@@ -153,6 +154,7 @@ class StorageSCP:
         self.ae.network_timeout = config.network_timeout_s
         add_scp_contexts(self.ae)
         route_spools(self.ae, SpoolRoute(store.incoming, store.spool_refusal))
+        remember_uid_validation()
         self.limits = GateLimits(
             max_pending=config.max_pending_connections, pending_timeout_s=config.pending_timeout_s,
             max_request_pdu_bytes=config.max_request_pdu_bytes, max_pdata_pdu_bytes=config.max_pdu_bytes,
@@ -269,6 +271,8 @@ class StorageSCP:
         sock = getattr(assoc.dul.socket, "socket", None)
         state.guard = sock if type(sock) is GuardedSocket else None
         if state.guard is not None:
+            state.guard.read_for(assoc.dul.socket)
+            state.guard.before_pdu = DirectFragments(assoc, state.guard)
             state.guard.waker = wake_on_work(assoc, state.guard, state.guard.buffered)
         if rejection:
             state.outcome = AssociationOutcome.REJECTED

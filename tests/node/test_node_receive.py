@@ -29,6 +29,7 @@ from pynetdicom.association import Association
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 from node.config import AllowedPeer, DicomConfig
 from node.dicom import chunked, reactor
@@ -37,6 +38,7 @@ from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
 from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.receive import Received, read_header, uid_problem
+from node.dicom.validators import remember_uid_validation
 from node.logging import phi_registry
 from tests.support import dicom_files, require_ct, require_tool
 
@@ -96,16 +98,10 @@ def _pdata_pdu(value: bytes, last: bool) -> bytes:
     return struct.pack(">BBL", 0x04, 0, len(item)) + item
 
 
-def _read_like_pynetdicom(sock: GuardedSocket) -> bytes:
-    """One PDU as pynetdicom's DUL reads it: the 6-byte header, then the body in calls of at most 4096 bytes."""
-    header = sock.recv(6)
-    body = bytearray()
-    length = struct.unpack(">BBL", header)[2]
-    while len(body) < length:
-        chunk = sock.recv(min(4096, length - len(body)))
-        assert chunk, "closed before the PDU's end"
-        body += chunk
-    return header + bytes(body)
+def _read_like_pynetdicom(transport: AssociationSocket) -> bytes:
+    """One PDU as pynetdicom's DUL reads it from its transport: the 6-byte header, then the body."""
+    header = transport.recv(6)
+    return bytes(header + transport.recv(struct.unpack(">BBL", header)[2]))
 
 
 @pytest.fixture
@@ -118,9 +114,12 @@ def guarded() -> Iterator[tuple[GuardedSocket, socket.socket]]:
         yield GuardedSocket(ours, limits, ("127.0.0.1", 0)), peer
 
 
-def test_guarded_socket_reads_ahead_within_a_pdu_and_never_past_it(guarded) -> None:
-    """The body of a large PDU takes few socket reads; the next PDU stays in the kernel, where select sees it."""
+def test_guarded_socket_reads_a_pdu_body_in_few_calls_and_never_past_it(guarded) -> None:
+    """pynetdicom's transport, read through the guard, takes a large PDU's body in a few socket reads (its own
+    loop reads 4 KiB per call); the next PDU stays in the kernel, where select sees it."""
     guard, peer = guarded
+    transport = AssociationSocket(Association(AE(), MODE_ACCEPTOR), client_socket=guard)  # type: ignore[arg-type]
+    guard.read_for(transport)
     first, second = _pdata_pdu(bytes(range(256)) * 256, last=False), _pdata_pdu(b"\x01" * 1000, last=True)
     peer.sendall(first + second)
     calls = 0
@@ -133,11 +132,12 @@ def test_guarded_socket_reads_ahead_within_a_pdu_and_never_past_it(guarded) -> N
             return ours.recv(size, flags)
 
     guard._sock = Counting()  # type: ignore[assignment]
-    assert _read_like_pynetdicom(guard) == first
+    assert _read_like_pynetdicom(transport) == first
     assert calls < 17 // 2, calls  # pynetdicom alone would call recv 17 times for this PDU
     guard._sock = ours
     assert select.select([guard], [], [], 0)[0], "the next PDU must still be visible to select"
-    assert _read_like_pynetdicom(guard) == second
+    assert guard.instance_started is not None  # a data set is arriving
+    assert _read_like_pynetdicom(transport) == second
     assert guard.instance_started is None  # the last fragment was seen
 
 
@@ -215,7 +215,7 @@ def test_the_reactors_wait_for_work_not_for_a_timer(guarded, monkeypatch) -> Non
     peer.sendall(_pdata_pdu(b"\x00" * 100, last=True))
     thread.join(5)
     assert not thread.is_alive()
-    _read_like_pynetdicom(guard)
+    guard.recv(1 << 16)  # the PDU read: nothing waits any more
 
     thread = _waiting(dul_wait)
     assoc.dul.send_pdu(P_DATA())  # what the DIMSE layer does with a C-STORE response
@@ -286,3 +286,28 @@ def test_open_associations_are_counted_node_wide_and_a_dead_process_leaves_none(
         sibling.join(30)
     occupancy.seat(1)  # its replacement takes the seat, empty
     assert mine.enter("PACS") == (0, 0)
+
+
+@pytest.mark.parametrize("value", ["1.2.840.10008.1.2.1", "1.2.3.04", "1.2.abc", "", "1." + "2" * 70, " 1.2.3 "])
+def test_remembered_uid_validation_answers_as_before(value: str, monkeypatch) -> None:
+    """The remembering validators give pydicom's and pynetdicom's own answers, for the conformance setting of
+    the moment, and answer a repeated value from memory."""
+    from pydicom import valuerep
+    from pynetdicom import _config
+
+    original_pynetdicom, original_pydicom = _config.VALIDATORS["UI"], valuerep.VALIDATORS["UI"]
+    monkeypatch.setitem(_config.VALIDATORS, "UI", original_pynetdicom)
+    monkeypatch.setitem(valuerep.VALIDATORS, "UI", original_pydicom)
+    expected = {enforced: (monkeypatch.setattr(_config, "ENFORCE_UID_CONFORMANCE", enforced),
+                           original_pynetdicom(value))[1] for enforced in (False, True)}
+    expected_pydicom = original_pydicom("UI", value)
+    remember_uid_validation()
+    remember_uid_validation()  # idempotent: one layer of memory
+    assert _config.VALIDATORS["UI"] is not original_pynetdicom
+    for enforced in (False, True, False):
+        monkeypatch.setattr(_config, "ENFORCE_UID_CONFORMANCE", enforced)
+        assert _config.VALIDATORS["UI"](value) == expected[enforced]
+    assert valuerep.VALIDATORS["UI"]("UI", value) == expected_pydicom
+    assert valuerep.VALIDATORS["UI"]("UI", value) == expected_pydicom
+    assert valuerep.VALIDATORS["UI"].remembered.cache_info().hits >= 1
+    assert _config.VALIDATORS["UI"].remembered.cache_info().hits >= 1

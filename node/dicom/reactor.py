@@ -83,7 +83,7 @@ def wake_on_work(assoc: Association, sock: Any, buffered: Callable[[], bool]) ->
     on, for the owner of ``sock`` to close with it.
 
     ``sock`` is what the DUL reads from (anything with a ``fileno``); ``buffered`` says whether bytes were already
-    read from it that ``select`` cannot see (TLS, read-ahead).
+    read from it that ``select`` cannot see (TLS).
     """
     _install()
     waker = Waker()

@@ -293,9 +293,10 @@ def test_remembered_uid_validation_answers_as_before(value: str, monkeypatch) ->
     """The remembering validators give pydicom's and pynetdicom's own answers, for the conformance setting of
     the moment, and answer a repeated value from memory."""
     from pydicom import valuerep
-    from pynetdicom import _config
+    from pynetdicom import _config, _validators
 
-    original_pynetdicom, original_pydicom = _config.VALIDATORS["UI"], valuerep.VALIDATORS["UI"]
+    # the libraries' own validators (an in-process receiver earlier in the run may have installed ours)
+    original_pynetdicom, original_pydicom = _validators.validate_ui, valuerep.validate_length_and_type_and_regex
     monkeypatch.setitem(_config.VALIDATORS, "UI", original_pynetdicom)
     monkeypatch.setitem(valuerep.VALIDATORS, "UI", original_pydicom)
     expected = {enforced: (monkeypatch.setattr(_config, "ENFORCE_UID_CONFORMANCE", enforced),

@@ -34,6 +34,11 @@ class AuditKind(StrEnum):
     RUN_REQUEUED = "run.requeued"
     LOOP_FAILED = "loop.failed"  # a round of a long-lived loop raised; the loop backed off and went on
     LEASE_LOST = "lease.lost"  # a run's lease could not be renewed in time: its worker stopped writing
+    FEEDBACK_RECORDED = "feedback.recorded"  # a reader's SR on one of our runs was matched to its findings
+    FEEDBACK_REFUSED = "feedback.refused"  # a reader's SR that names no run of ours, or cannot be read
+    REPORT_RECORDED = "report.recorded"  # a radiology report (HL7 or DICOM text) labelled a study
+    REPORT_REFUSED = "report.refused"  # a report message that was malformed or matched no study
+    DRIFT_ALARM = "drift.alarm"  # a watched input, output or outcome left its control limits
 
 
 class AssociationOutcome(StrEnum):
@@ -69,3 +74,27 @@ class RunStatus(StrEnum):
     DONE = "done"  # findings recorded, reports built and queued for delivery
     FAILED = "failed"  # gave up: bad input, or max attempts; the error says which
     SKIPPED = "skipped"  # no model applies to the study; the trigger says why
+
+
+class FeedbackVerdict(StrEnum):
+    """What a reader's SR says of one finding of ours, or of a lesion we did not report."""
+
+    CONFIRMED = "confirmed"  # kept as we drew it
+    REJECTED = "rejected"  # deleted by the reader
+    EDITED = "edited"  # kept, with the reader's own geometry
+    MISSED = "missed"  # drawn by the reader, matching none of our findings
+
+
+class ReportLabelValue(StrEnum):
+    """What a report says of one finding type."""
+
+    POSITIVE = "positive"
+    NEGATIVE = "negative"
+    UNCERTAIN = "uncertain"
+
+
+class ReportSource(StrEnum):
+    """How a radiology report reached the node."""
+
+    HL7 = "hl7"
+    DICOM = "dicom"

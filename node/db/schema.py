@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -237,6 +238,8 @@ class Run(Base):
     model_version: Mapped[str | None] = mapped_column(String(32))
     weights_sha256: Mapped[str | None] = mapped_column(SHA256)
     findings: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
+    # what the read series was (scanner model, kernel, slice thickness, contrast, HU histogram of the body), for drift
+    input_facts: Mapped[dict[str, object]] = mapped_column(JSON, default=dict, server_default="{}")
     # per-stage timestamps
     first_instance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_instance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -275,3 +278,87 @@ class RunOutput(Base):
     series_instance_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(Text)  # absolute path of the Part 10 file
     sha256: Mapped[str] = mapped_column(SHA256)
+
+
+class Feedback(Base):
+    """A reader's verdict on one run's findings, read from the TID 1500 SR their viewer saved into the PACS.
+
+    The reader's name and ID come from the SR's observer context: a patient-safety record, kept here and
+    never logged. A later SR of the same reader on the same run supersedes the earlier one (``current``).
+    """
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id"), index=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id"), unique=True)  # the SR as stored
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    reader: Mapped[str] = mapped_column(String(256))  # Person Observer Name (PN), "" when the SR names none
+    reader_id: Mapped[str | None] = mapped_column(String(64))  # Person Identification Code, when given
+    content_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # the SR's Content Date/Time
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("feedback.id"))
+    confirmed: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    edited: Mapped[int] = mapped_column(Integer, default=0)
+    missed: Mapped[int] = mapped_column(Integer, default=0)
+
+    items: Mapped[list[FeedbackItem]] = relationship(order_by="FeedbackItem.id")
+
+
+class FeedbackItem(Base):
+    """One verdict of a feedback: on one of the run's findings (confirmed, rejected, edited), or a lesion the
+    reader drew that the run missed."""
+
+    __tablename__ = "feedback_item"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    feedback_id: Mapped[int] = mapped_column(ForeignKey("feedback.id"), index=True)
+    verdict: Mapped[str] = mapped_column(String(16))
+    finding_index: Mapped[int | None] = mapped_column(Integer)  # into run.findings; None for a missed lesion
+    matched_by: Mapped[str | None] = mapped_column(String(16))  # "tracking uid" or "geometry"
+    label: Mapped[str | None] = mapped_column(String(64))  # the reader's finding type (code meaning)
+    centre_mm: Mapped[list[float] | None] = mapped_column(JSON)  # the reader's lesion, LPS mm
+    diameter_mm: Mapped[float | None] = mapped_column(Float)
+    regions: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)  # the reader's 2D regions
+
+
+class StudyReport(Base):
+    """A radiology report of a study (HL7 ORU from the RIS, or a text SR from the PACS), as received.
+
+    The text is a clinical record: kept, never logged. A newer report of the same study supersedes the older.
+    """
+
+    __tablename__ = "study_report"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("study.id"), index=True)  # None: matched no study
+    study_instance_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    source: Mapped[str] = mapped_column(String(8))  # "hl7" or "dicom"
+    control_id: Mapped[str | None] = mapped_column(String(64))  # MSH-10 of an HL7 message
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID)  # of a DICOM report
+    result_status: Mapped[str | None] = mapped_column(String(4))  # OBR-25 / SR completion: F, P, C ...
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    text: Mapped[str] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text)  # the message's bytes on disk
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    labels: Mapped[list[ReportLabel]] = relationship(order_by="ReportLabel.id")
+
+
+class ReportLabel(Base):
+    """What a report says of one finding type (positive, negative, uncertain), with the text span it came from."""
+
+    __tablename__ = "report_label"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("study_report.id"), index=True)
+    finding_type: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(String(12))
+    span_start: Mapped[int] = mapped_column(Integer)
+    span_end: Mapped[int] = mapped_column(Integer)
+    evidence: Mapped[str] = mapped_column(Text)  # the sentence, as written
+    rule: Mapped[str] = mapped_column(String(64))

@@ -76,6 +76,16 @@ class RunStatus(StrEnum):
     SKIPPED = "skipped"  # no model applies to the study; the trigger says why
 
 
+class DocumentKind(StrEnum):
+    """What an SR the PACS sent us turned out to be (the feedback stage examines each once)."""
+
+    READER_REVIEW = "reader_review"  # a reader's TID 1500 SR on one of our runs: feedback
+    REPORT = "report"  # a radiology report (Basic Text or Enhanced SR): study labels
+    OWN = "own"  # one of our own objects, sent back to us
+    OTHER = "other"  # anything else (a dose report, another vendor's CAD): stored as usual
+    REFUSED = "refused"  # looked like feedback or a report but could not be used; the reason says why
+
+
 class FeedbackVerdict(StrEnum):
     """What a reader's SR says of one finding of ours, or of a lesion we did not report."""
 

@@ -280,6 +280,21 @@ class RunOutput(Base):
     sha256: Mapped[str] = mapped_column(SHA256)
 
 
+class InboundDocument(Base):
+    """An SR the PACS sent us, as the feedback stage classified it (each examined once): a reader's review of
+    one of our runs, a radiology report, one of our own objects coming back, or anything else (stored as usual)."""
+
+    __tablename__ = "inbound_document"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instance.id"), unique=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    examined_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Feedback(Base):
     """A reader's verdict on one run's findings, read from the TID 1500 SR their viewer saved into the PACS.
 

@@ -50,6 +50,21 @@ def upgrade() -> None:
     with op.batch_alter_table('report_label', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_report_label_report_id'), ['report_id'], unique=False)
 
+    op.create_table('inbound_document',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('instance_id', sa.Integer(), nullable=False),
+    sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('study_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('examined_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['instance_id'], ['instance.id'], name=op.f('fk_inbound_document_instance_id_instance')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_inbound_document')),
+    sa.UniqueConstraint('instance_id', name=op.f('uq_inbound_document_instance_id'))
+    )
+    with op.batch_alter_table('inbound_document', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_inbound_document_study_instance_uid'), ['study_instance_uid'], unique=False)
+
     op.create_table('feedback',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('run_id', sa.Integer(), nullable=False),
@@ -114,6 +129,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_feedback_run_id'))
 
     op.drop_table('feedback')
+    with op.batch_alter_table('inbound_document', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_inbound_document_study_instance_uid'))
+
+    op.drop_table('inbound_document')
     with op.batch_alter_table('report_label', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_report_label_report_id'))
 

@@ -22,6 +22,7 @@ from node.db.migrate import upgrade
 from node.delivery import run_delivery
 from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.scp import StorageSCP
+from node.feedback import FeedbackStage
 from node.logging import configure_logging, get_logger
 from node.loops import LoopHealth, Progress, backoff_s, run_guarded
 from node.pipeline.stabilize import Stabilizer
@@ -146,6 +147,17 @@ def _stabilize(engine: Engine, settings: Settings, stop: threading.Event, progre
     run_guarded("stabilize", settle, stop, settings.pipeline.poll_interval_s, progress, engine)
 
 
+def _examine_feedback(engine: Engine, settings: Settings, stop: threading.Event, progress: Progress) -> None:
+    """Examine the SRs the PACS sent (readers' reviews become feedback) every poll interval, guarded like
+    study completion."""
+    stage = FeedbackStage(engine, settings)
+
+    def examine() -> bool:
+        return bool(stage.poll())
+
+    run_guarded("feedback", examine, stop, settings.pipeline.poll_interval_s, progress, engine)
+
+
 class _Children:
     """Child processes of one kind, restarted (after a pause) when one dies, stopped together."""
 
@@ -189,7 +201,7 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     """Run ``roles`` until a termination signal; in-flight C-STOREs finish before the listener closes.
 
     Receivers: this process plus ``dicom.processes - 1`` siblings sharing the port. Workers: the study
-    completion loop in this process plus ``pipeline.workers`` detection processes, restarted if they die.
+    completion and feedback loops in this process plus ``pipeline.workers`` detection processes, restarted if they die.
     Delivery: one sender thread per destination. Metrics and health on ``metrics.port`` (0 = off).
     """
     settings = node.settings
@@ -209,6 +221,9 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
         stabilize = health.register("stabilize", settings.metrics.stall_s)
         threads.append(threading.Thread(target=_stabilize, args=(node.engine, settings, stop, stabilize),
                                         name="stabilize"))
+        feedback = health.register("feedback", settings.metrics.stall_s)
+        threads.append(threading.Thread(target=_examine_feedback, args=(node.engine, settings, stop, feedback),
+                                        name="feedback"))
         children.append(_Children("worker", _worker_process, settings, settings.pipeline.workers, health))
     if Role.DELIVERY in wanted:
         threads.append(threading.Thread(target=run_delivery, args=(settings, stop, health), name="delivery"))

@@ -42,6 +42,101 @@ def is_measurement_report(ds: Dataset) -> bool:
     return _is_sr(ds) and _concept(ds) == MEASUREMENT_REPORT
 
 
+PERSON_OBSERVER_NAME = ("121008", "DCM")
+PERSON_OBSERVER_IDENTIFIERS = {("128774", "DCM"), ("128775", "DCM")}
+"""Person Observer's Login Name and Identifier Within Person Observer's Role."""
+DEVICE_OBSERVER_UID = ("121012", "DCM")
+
+
+@dataclass(frozen=True)
+class SrRegion:
+    """One image region of a measurement group, as written: graphic type and (column, row) image coordinates."""
+
+    sop_instance_uid: str
+    graphic_type: str
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True)
+class SrGroup:
+    """One measurement group of a TID 1500 report: how it is tracked, what it names, where it is drawn."""
+
+    tracking_uid: str | None
+    tracking_identifier: str | None
+    algorithm: str | None
+    finding: str | None
+    """The Finding's code meaning."""
+    regions: tuple[SrRegion, ...]
+    points_mm: tuple[tuple[float, float, float], ...]
+    """SCOORD3D points (LPS mm)."""
+
+
+@dataclass(frozen=True)
+class SrObserver:
+    """Who made an SR, from its observer context: people (name, identifier) and devices (UID)."""
+
+    person_name: str | None
+    person_id: str | None
+    device_uid: str | None
+
+    @property
+    def device_only(self) -> bool:
+        return self.device_uid is not None and self.person_name is None
+
+
+def measurement_groups(ds: Dataset) -> list[SrGroup]:
+    """Every measurement group of a TID 1500 report, in document order (an empty list for any other SR)."""
+    if not is_measurement_report(ds):
+        return []
+    groups = []
+    for item in _descendants(ds):
+        if item.get("ValueType") != "CONTAINER" or _concept(item) != MEASUREMENT_GROUP:
+            continue
+        fields = {TRACKING_UID: None, TRACKING_IDENTIFIER: None, ALGORITHM_NAME: None, FINDING: None}
+        for child in item.get("ContentSequence", []):
+            concept = _concept(child)
+            if concept in fields and fields[concept] is None:
+                fields[concept] = _value(child)
+        regions, points = [], []
+        for child in _descendants(item):
+            if child.get("ValueType") == "SCOORD":
+                xy = np.asarray(child.GraphicData, dtype=np.float64).reshape(-1, 2)
+                for uid in _referenced_images(child):
+                    regions.append(SrRegion(uid, str(child.GraphicType), tuple((float(x), float(y)) for x, y in xy)))
+            elif child.get("ValueType") == "SCOORD3D":
+                points += [_triple(p) for p in np.asarray(child.GraphicData, dtype=np.float64).reshape(-1, 3)]
+        groups.append(SrGroup(fields[TRACKING_UID], fields[TRACKING_IDENTIFIER], fields[ALGORITHM_NAME],
+                              fields[FINDING], tuple(regions), tuple(points)))
+    return groups
+
+
+def observer(ds: Dataset) -> SrObserver:
+    """The observer context of an SR's root content (TID 1002): the first person's name and identifier, and
+    the first device's UID."""
+    name = person_id = device = None
+    for item in ds.get("ContentSequence", []):
+        concept = _concept(item)
+        if concept == PERSON_OBSERVER_NAME and name is None:
+            name = str(item.get("PersonName", "")) or None
+        elif concept in PERSON_OBSERVER_IDENTIFIERS and person_id is None:
+            person_id = str(item.get("TextValue", "")) or None
+        elif concept == DEVICE_OBSERVER_UID and device is None:
+            device = str(item.get("UID", "")) or None
+    return SrObserver(name, person_id, device)
+
+
+def _value(item: Dataset) -> str | None:
+    """The value of a UIDREF, TEXT or CODE content item as text."""
+    kind = item.get("ValueType")
+    if kind == "UIDREF":
+        return str(item.get("UID", "")) or None
+    if kind == "TEXT":
+        return str(item.get("TextValue", "")) or None
+    if kind == "CODE" and item.get("ConceptCodeSequence"):
+        return str(item.ConceptCodeSequence[0].get("CodeMeaning", "")) or None
+    return None
+
+
 def read_sr(path: Path, planes: Mapping[str, ImagePlane]) -> list[LesionRecord]:
     """The lesions of a TID 1500 SR, one per tracking UID (else tracking identifier, else measurement group).
 
@@ -203,3 +298,8 @@ def _triple(v: NDArray[np.float64]) -> tuple[float, float, float]:
     return float(v[0]), float(v[1]), float(v[2])
 
 
+
+
+def region_polygon(region: SrRegion) -> NDArray[np.float64]:
+    """A region's outline polygon in its image's pixel index coordinates (circles and ellipses sampled)."""
+    return _polygon(region.graphic_type, np.asarray(region.points, dtype=np.float64).reshape(-1, 2) - _HALF_PIXEL)

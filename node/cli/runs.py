@@ -77,6 +77,13 @@ def runs_show(
             outputs.add_row(o["kind"], o["sop_instance_uid"], d["destination"] if d else "", d["state"] if d else "",
                             fmt_time(d["acknowledged_at"], precise=True) if d else "")
     console.print(outputs)
+    if record["feedback"]:
+        reviews = Table("feedback", "reader", "confirmed", "rejected", "edited", "missed", "received", "current",
+                        title="readers' reviews (ctnode feedback show ID)")
+        for f in record["feedback"]:
+            reviews.add_row(str(f["id"]), f["reader"] or "-", str(f["confirmed"]), str(f["rejected"]),
+                            str(f["edited"]), str(f["missed"]), fmt_time(f["received_at"]), "yes" if f["current"] else "no")
+        console.print(reviews)
 
 
 @app.command("retry")

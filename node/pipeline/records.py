@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from node.db.schema import AuditEvent, Delivery, Instance, Run, RunInput, RunOutput, Series
+from node.db.schema import AuditEvent, Delivery, Feedback, Instance, Run, RunInput, RunOutput, Series
 
 STAGES = ("first_instance_at", "last_instance_at", "ready_at", "claimed_at", "inference_started_at",
           "inference_ended_at", "reports_built_at", "finished_at")
@@ -43,7 +43,7 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
     """Everything the audit holds about one run, or None when there is no such run.
 
     Inputs with their digests, the model's identity, routing and selection reasons, findings, outputs,
-    each output's deliveries and acknowledgements, the per-stage timestamps and durations, and the
+    each output's deliveries and acknowledgements, the readers' reviews (feedback), the per-stage timestamps and durations, and the
     audit events that name the run.
     """
     with Session(engine) as session:
@@ -56,6 +56,7 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
             .where(RunInput.run_id == run_id).order_by(Instance.id)).all()
         outputs = session.scalars(select(RunOutput).where(RunOutput.run_id == run_id).order_by(RunOutput.id)).all()
         deliveries = session.scalars(select(Delivery).where(Delivery.run_id == run_id).order_by(Delivery.id)).all()
+        reviews = session.scalars(select(Feedback).where(Feedback.run_id == run_id).order_by(Feedback.id)).all()
         events = session.scalars(select(AuditEvent).where(AuditEvent.study_instance_uid == run.study_instance_uid)
                                  .order_by(AuditEvent.id)).all()
         stamps = {stage: getattr(run, stage) for stage in STAGES}
@@ -78,6 +79,9 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
             "deliveries": [{"id": d.id, "destination": d.destination, "sop_instance_uid": d.sop_instance_uid,
                             "state": d.state, "attempts": d.attempts, "last_status": d.last_status,
                             "acknowledged_at": d.acknowledged_at} for d in deliveries],
+            "feedback": [{"id": f.id, "reader": f.reader, "received_at": f.received_at, "current": f.current,
+                          "confirmed": f.confirmed, "rejected": f.rejected, "edited": f.edited, "missed": f.missed}
+                         for f in reviews],
             "timestamps": {**stamps, "first_sr_acknowledged_at": first_sr_ack},
             "durations_s": {
                 "stabilize": _seconds(run.last_instance_at, run.ready_at),

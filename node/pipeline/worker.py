@@ -43,6 +43,7 @@ from node.pipeline.queue import (
 )
 from node.reports import EarlierReport, WrittenObject, report_stage
 from node.reports.from_detection import options_for, report_run
+from node.reports.uids import run_key
 
 if TYPE_CHECKING:
     from detector.findings import Finding
@@ -208,6 +209,7 @@ class Worker:
 
         from detector.infer import InferenceOptions, detect_series
         from detector.infer.engine import default_device
+        from detector.infer.facts import series_facts
 
         config = self.settings.pipeline
         model = self._model(run.model)
@@ -219,14 +221,15 @@ class Worker:
         result = detect_series(self._input_paths(run), model, options=options, max_findings=config.max_findings,
                                gate=config.domain_gate, anatomy=config.anatomy.get(run.model))
         self._stage(run, beat, inference_ended_at=utcnow(), series_instance_uid=result.volume.series_instance_uid,
-                    selection=list(result.selection.reasons), findings=[asdict(f) for f in result.findings])
+                    selection=list(result.selection.reasons), findings=[asdict(f) for f in result.findings],
+                    input_facts=series_facts(result.volume, result.selection))
         if result.dropped:
             self._audit_truncation(run, result.findings, result.dropped)
         # one folder per attempt: a worker that lost its claim never writes into the files of the one holding it
         folder = (self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
                   / f"attempt-{run.attempts}")
         objects, written = report_stage(
-            report_run(result, f"run-{run.id}", self._earlier_reports(run), self._ready_at(run)),
+            report_run(result, run_key(run.id), self._earlier_reports(run), self._ready_at(run)),
             options_for(card, self.settings.reports), folder)
         if objects.omissions:
             with self.engine.begin() as conn:

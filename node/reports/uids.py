@@ -36,6 +36,11 @@ def derive_uid(root: str, *parts: str) -> UID:
     return UID(f"{root}.{suffix}")
 
 
+def run_key(run_id: int) -> str:
+    """The text a node run's UIDs derive from."""
+    return f"run-{run_id}"
+
+
 class RunUids:
     """The UIDs of one run's objects: a series per object kind, an instance per (kind, index)."""
 

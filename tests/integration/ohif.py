@@ -2,7 +2,8 @@
 
 The viewer needs cross-origin isolation (Cross-Origin-Opener-Policy/Embedder-Policy) for its shared-memory
 decoders, and its data source on its own origin: this server sends the static files of the package with those
-headers, answers /app-config.js with a configuration naming /dicom-web, and relays /dicom-web to Orthanc.
+headers, answers /app-config.js with a configuration naming /dicom-web, and relays /dicom-web to Orthanc: GET for
+QIDO-RS and WADO-RS, POST for STOW-RS (a report the viewer saves).
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ class OhifServer:
                 else:
                     self._static()
 
+            def do_POST(self) -> None:
+                if self.path.startswith("/dicom-web/"):
+                    length = int(self.headers.get("Content-Length") or 0)
+                    self._relay(self.rfile.read(length))
+                else:
+                    self._send(405, b"", "text/plain")
+
             def _static(self) -> None:
                 relative = self.path.split("?")[0].split("#")[0].lstrip("/")
                 path = (server.dist / relative).resolve()
@@ -124,19 +132,22 @@ class OhifServer:
                 kind = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
                 self._send(200, path.read_bytes(), kind)
 
-            def _relay(self) -> None:
+            def _relay(self, body: bytes | None = None) -> None:
+                """The request to Orthanc's DICOMweb, and its answer back; ``body`` (a POST's) goes with its
+                Content-Type (STOW-RS: multipart/related; type="application/dicom"; boundary=...)."""
                 headers = {k: self.headers[k] for k in _RELAYED_REQUEST_HEADERS if self.headers.get(k)}
-                request = urllib.request.Request(server.dicomweb_url + self.path, headers=headers)
+                request = urllib.request.Request(server.dicomweb_url + self.path, data=body, headers=headers,
+                                                 method="GET" if body is None else "POST")
                 try:
                     with urllib.request.urlopen(request, timeout=120) as response:
-                        status, body, relayed = response.status, response.read(), response.headers
+                        status, answer, relayed = response.status, response.read(), response.headers
                 except urllib.error.HTTPError as error:
-                    status, body, relayed = error.code, error.read(), error.headers
+                    status, answer, relayed = error.code, error.read(), error.headers
                 self.send_response(status)
                 for key in _RELAYED_RESPONSE_HEADERS:
                     if relayed.get(key) and key != "Content-Length":
                         self.send_header(key, relayed[key])
-                self._finish(body)
+                self._finish(answer)
 
             def _send(self, status: int, body: bytes, content_type: str) -> None:
                 self.send_response(status)

@@ -42,8 +42,8 @@ class Group(StrEnum):
 
 @dataclass(frozen=True)
 class DriftOptions:
-    """Control limits: the baseline is the first ``baseline_periods`` of the window; a period with fewer than
-    ``min_n`` units is shown but never judged.
+    """Control limits: the baseline is the first ``baseline_periods`` of the window, from the first with studies
+    of the model; a period with fewer than ``min_n`` units is shown but never judged.
 
     The defaults keep a stable rate quiet, as a node watches some twenty metrics per model: simulated over 8 judged
     weeks after a 4-week baseline, at 10 to 100 studies a week and rates of 2-30%, under 2% of series raise any
@@ -306,8 +306,10 @@ def charts_of(grouped: dict[tuple[str, str], dict[Period, list[ReadRun]]],
     options = options or DriftOptions()
     out = []
     for identity in sorted(grouped):
-        periods = grouped[identity]
-        ordered = sorted(periods)
+        ordered = sorted(grouped[identity])
+        started = next((k for k, p in enumerate(ordered) if grouped[identity][p]), len(ordered))
+        ordered = ordered[started:]  # the baseline starts with the model's first studies in the window
+        periods = {p: grouped[identity][p] for p in ordered}
         baseline = [r for p in ordered[:options.baseline_periods] for r in periods[p]]
         runs = [r for p in ordered for r in periods[p]]
         if not runs:

@@ -374,6 +374,19 @@ class MetricsConfig(_Section):
     stall_s: float = Field(300.0, gt=0)  # /readyz fails when a loop (completion, worker, delivery) made no progress
 
 
+class Hl7Config(_Section):
+    """The HL7 v2 listener (MLLP) for ORU^R01 radiology reports from the RIS; off unless enabled."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(2575, ge=0, le=65535)  # 0: any free port (tests)
+    max_message_bytes: int = Field(1024 * 1024, ge=1024)  # a larger MLLP block closes the connection
+    timeout_s: float = Field(60.0, gt=0)  # a message begun must be complete within this
+    idle_timeout_s: float = Field(3600.0, gt=0)  # a connection that sends nothing for this long is closed
+
+    _check_host = field_validator("host")(classmethod(lambda cls, v: check_bind_address(v)))
+
+
 _yaml_file: ContextVar[Path | None] = ContextVar("ctnode_yaml_file", default=None)
 
 
@@ -390,6 +403,7 @@ class Settings(BaseSettings):
     reports: ReportOptions = Field(default_factory=ReportOptions)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    hl7: Hl7Config = Field(default_factory=Hl7Config)
 
     @property
     def database_url(self) -> str:

@@ -23,6 +23,7 @@ from node.delivery import run_delivery
 from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.scp import StorageSCP
 from node.feedback import FeedbackStage
+from node.hl7.listener import Hl7Listener
 from node.logging import configure_logging, get_logger
 from node.loops import LoopHealth, Progress, backoff_s, run_guarded
 from node.pipeline.stabilize import Stabilizer
@@ -203,6 +204,7 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     Receivers: this process plus ``dicom.processes - 1`` siblings sharing the port. Workers: the study
     completion and feedback loops in this process plus ``pipeline.workers`` detection processes, restarted if they die.
     Delivery: one sender thread per destination. Metrics and health on ``metrics.port`` (0 = off).
+    HL7 (``hl7.enabled``): the MLLP listener for radiology reports, in a thread of the receiver process.
     """
     settings = node.settings
     wanted = set(Role) - {Role.ALL} if Role.ALL in roles else set(roles)
@@ -212,11 +214,14 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     threads: list[threading.Thread] = []
     health = LoopHealth()
     server = None
+    hl7: Hl7Listener | None = None
     if Role.RECEIVER in wanted:
         occupancy = Occupancy(settings.dicom.processes, node.scp.policy.limited_aes())
         server = node.scp.start(seat=occupancy.seat(0))
         children.append(_Children("receiver", _receiver_process, settings, settings.dicom.processes - 1, health,
                                   lambda index: (server.socket, occupancy.seat(index + 1))))
+        if settings.hl7.enabled:
+            hl7 = Hl7Listener(settings.hl7, settings.storage.data_dir, node.engine).start()
     if Role.WORKER in wanted:
         stabilize = health.register("stabilize", settings.metrics.stall_s)
         threads.append(threading.Thread(target=_stabilize, args=(node.engine, settings, stop, stabilize),
@@ -242,6 +247,8 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
         stop.set()
         if server is not None:
             server.shutdown()
+        if hl7 is not None:
+            hl7.stop()
         # a sender stuck on a hung destination is abandoned: its leased rows are picked up again later
         for thread in threads:
             thread.join(timeout=settings.delivery.acse_timeout_s + 5)

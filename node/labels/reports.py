@@ -6,7 +6,8 @@ Matching (the same for HL7 and DICOM reports), in this order:
 2. Otherwise the accession-number candidates, in the order the caller gives them (for HL7: OBR-3 filler
    order number, OBR-18 placer field 1, OBR-2 placer order number, ORC-3, ORC-2), are looked up among the
    identifier values the receiver kept per study (``patient_identifier``); the first candidate that matches
-   anything decides.
+   anything decides. With a UID that matched, only the first accession candidate is checked: when it
+   names another study, the report is refused.
 
 One study: recorded. None, or several (an accession two studies share, or an identifier value that is
 another patient's ID: the table keeps values, not which attribute they came from), or a UID and an
@@ -79,6 +80,11 @@ def _transaction(target: Engine | Connection) -> Iterator[Connection]:
         yield target
 
 
+def _studies_with(conn: Connection, value: str) -> list[int]:
+    return sorted(conn.execute(select(PatientIdentifier.study_id).distinct()
+                               .where(PatientIdentifier.value == value)).scalars())
+
+
 def _match(conn: Connection, report: IncomingReport) -> tuple[int | None, str | None, str | None]:
     """(study id, study uid, refusal reason): one of the two first, or the reason alone."""
     by_uid: list[tuple[int, str]] = []
@@ -88,20 +94,19 @@ def _match(conn: Connection, report: IncomingReport) -> tuple[int | None, str | 
                   conn.execute(select(Study.id, Study.study_instance_uid).where(Study.study_instance_uid.in_(uids)))]
         if len(by_uid) > 1:
             return None, None, f"its Study Instance UIDs name {len(by_uid)} studies"
-    by_accession: list[int] = []
-    for candidate in report.accession_numbers:
-        value = (candidate or "").strip()
-        if not identifier_terms(value):
-            continue  # blank or too short: the receiver never keeps such values either
-        by_accession = sorted(conn.execute(select(PatientIdentifier.study_id).distinct()
-                                           .where(PatientIdentifier.value == value)).scalars())
-        if by_accession:
-            break
+    candidates = [c.strip() for c in report.accession_numbers if identifier_terms((c or "").strip())]
+    # blank and too-short values are never kept by the receiver either
     if by_uid:
         study_id, uid = by_uid[0]
-        if by_accession and study_id not in by_accession:
+        primary = _studies_with(conn, candidates[0]) if candidates else []
+        if primary and study_id not in primary:
             return None, None, "its Study Instance UID and its accession number name different studies"
         return study_id, uid, None
+    by_accession: list[int] = []
+    for candidate in candidates:
+        by_accession = _studies_with(conn, candidate)
+        if by_accession:
+            break
     if len(by_accession) > 1:
         return None, None, f"its accession number matches {len(by_accession)} studies"
     if not by_accession:

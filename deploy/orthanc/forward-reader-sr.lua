@@ -17,8 +17,11 @@ local function CameFromCtnode(origin)
     and origin["RemoteAet"] == CTNODE_AE_TITLE
 end
 
+-- Sent by an asynchronous C-STORE job of Orthanc's REST API rather than SendToModality: a send that fails (ctnode
+-- down) is then a failed job in Orthanc's job list (GET /jobs?expand), which POST /jobs/<id>/resubmit sends again.
 function OnStoredInstance(instanceId, tags, metadata, origin)
   if tags["Modality"] == "SR" and not CameFromCtnode(origin) then
-    SendToModality(instanceId, CTNODE_MODALITY)
+    RestApiPost("/modalities/" .. CTNODE_MODALITY .. "/store",
+                DumpJson({ Resources = { instanceId }, Asynchronous = true }, true))
   end
 end

@@ -52,6 +52,8 @@ class Hl7Listener:
         self._known_dirs: set[Path] = set()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
+        self._connections: dict[asyncio.Task[None], bool] = {}  # each connection's task -> recording a message now
+        self._closing = False
         self._thread = threading.Thread(target=self._loop.run_forever, name="hl7", daemon=True)
 
     def start(self) -> Hl7Listener:
@@ -70,12 +72,17 @@ class Hl7Listener:
         return self
 
     def stop(self) -> None:
-        """Stop accepting, close open connections and the loop; a message being recorded finishes first."""
+        """Stop accepting, close open connections and the loop; a message being recorded is ACKed first."""
         if self._server is not None:
             server = self._server
 
             async def close() -> None:
+                self._closing = True
                 server.close()
+                for task, busy in list(self._connections.items()):
+                    if not busy:
+                        task.cancel()
+                await asyncio.gather(*self._connections, return_exceptions=True)
                 await server.wait_closed()
 
             asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=self.config.timeout_s + 5)
@@ -86,9 +93,12 @@ class Hl7Listener:
 
     async def _serve(self, reader: HL7StreamReader, writer: HL7StreamWriter) -> None:
         peer = str((writer.get_extra_info("peername") or ("?",))[0])
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[task] = False
         idle_since = time.monotonic()
         try:
-            while True:
+            while not self._closing:
                 try:
                     block = await asyncio.wait_for(reader.readblock(), self.config.timeout_s)
                 except asyncio.TimeoutError:
@@ -111,13 +121,16 @@ class Hl7Listener:
                 except ValueError:  # python-hl7's readblock: the block passed the stream limit
                     await self._framing(peer, f"message over {self.config.max_message_bytes} bytes", None)
                     return
+                self._connections[task] = True
                 response = await asyncio.to_thread(self.handle, block, peer)
                 writer.writeblock(response)
                 await writer.drain()
+                self._connections[task] = False
                 idle_since = time.monotonic()
         except (ConnectionError, OSError) as exc:
             log.info("hl7 connection lost", peer=peer, error=type(exc).__name__)
         finally:
+            del self._connections[task]
             writer.close()
 
     async def _framing(self, peer: str, reason: str, size: int | None) -> None:

@@ -395,7 +395,8 @@ def _read(sentence: Sentence) -> list[Mention]:
         if decided is None:
             pseudo = next((t for t in triggers if t.kind is Kind.PSEUDO
                            and _words(text[min(t.end, match.end()):max(t.start, match.start())]) <= 8), None)
-            trigger_text, rule = (pseudo.text, f"affirmed.pseudo:{_norm(pseudo.text)}") if pseudo else (None, "affirmed")
+            trigger_text = pseudo.text if pseudo else None
+            rule = f"affirmed.pseudo:{_norm(pseudo.text)}" if pseudo else "affirmed"
         else:
             trigger_text, rule = decided.text, f"{decided.kind}:{_norm(decided.text)}"
         mentions.append(Mention(target.finding_type, value, sentence, match.group(),

@@ -294,3 +294,29 @@ def test_ctnode_serve_runs_the_listener_in_its_receiver(make_node: Callable[...,
     assert '"hl7 report recorded"' in log and '"hl7 report matched no study"' in log
     assert_no_identifier_in(log)
     assert "ACC-5550002" not in log
+
+
+def test_a_database_failure_is_acknowledged_ae_not_aa(tmp_path: Path, logs: Callable[[], str]) -> None:
+    broken = make_engine(f"sqlite:///{tmp_path / 'never-migrated.sqlite'}")  # no tables: every write fails
+    listener = Hl7Listener(Hl7Config(enabled=True, port=0), tmp_path, broken).start()
+    try:
+        (ack,) = send(listener.port, oru("MSG-DB"))
+    finally:
+        listener.stop()
+        broken.dispose()
+    assert msa(ack) == ("AE", "MSG-DB")
+    assert "database error" in str(ack.segment("MSA")(3))
+    assert len(list((tmp_path / "hl7").glob("*/*.hl7"))) == 1  # kept on disk all the same
+    log = logs()
+    assert '"hl7 report not recorded: database error"' in log
+    assert_no_identifier_in(log)
+
+
+def test_stopping_closes_an_idle_connection_at_once(engine: Engine, tmp_path: Path) -> None:
+    listener = Hl7Listener(Hl7Config(enabled=True, port=0), tmp_path, engine).start()
+    with socket.create_connection(("127.0.0.1", listener.port), timeout=10) as sock:
+        time.sleep(0.2)  # accepted, waiting for a message
+        started = time.monotonic()
+        listener.stop()
+        assert time.monotonic() - started < 5
+        assert sock.recv(1) == b""

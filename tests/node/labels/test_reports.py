@@ -38,7 +38,8 @@ def _audits(engine: Engine, kind: AuditKind) -> list[AuditEvent]:
         return list(conn.execute(select(AuditEvent).where(AuditEvent.kind == str(kind)).order_by(AuditEvent.id)))
 
 
-def test_an_accession_number_matches_its_study_and_the_labels_are_stored(engine: Engine, add_study: Callable[..., int]) -> None:
+def test_an_accession_number_matches_its_study_and_the_labels_are_stored(
+        engine: Engine, add_study: Callable[..., int]) -> None:
     study = add_study(HEAD_UID, "ACC-1001", "DOE^JANE")
     recorded = record_report(engine, _report(accession_numbers=["", "ACC-1001"], identifiers=["MRN-77", "DOE^JANE"]))
     assert (recorded.study_id, recorded.study_instance_uid, recorded.refused) == (study, HEAD_UID, None)
@@ -90,7 +91,8 @@ def test_unknown_ambiguous_and_contradictory_reports_are_kept_refused_and_audite
     assert [r.id for r in list_reports(engine, unmatched=True)] == [r.id for r in rows][::-1]
 
 
-def test_a_newer_report_supersedes_and_a_late_preliminary_does_not(engine: Engine, add_study: Callable[..., int]) -> None:
+def test_a_newer_report_supersedes_and_a_late_preliminary_does_not(
+        engine: Engine, add_study: Callable[..., int]) -> None:
     study = add_study(HEAD_UID, "ACC-1001")
     first = record_report(engine, _report(accession_numbers=["ACC-1001"], result_status="P",
                                           text="Possible small subdural haematoma."))

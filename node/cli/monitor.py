@@ -4,17 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from itertools import groupby
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from detector.evaluate.froc import Interval
 from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.monitor.drift import DriftOptions, compute_drift, record_alarms
 from node.monitor.figures import Figures, compute_figures
 from node.monitor.periods import PeriodKind, window_back
 from node.monitor.stats import Proportion
+
+if TYPE_CHECKING:
+    from detector.evaluate.froc import Interval
 
 JUDGED_PERIODS = 8
 """Periods after the baseline that the default window shows."""

@@ -9,19 +9,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
-from detector.evaluate.froc import Froc, Interval, candidates_curve
-from detector.evaluate.run import GRID, threshold_grid
-from detector.infer.models import card_path
 from detector.labels.lesions import MIN_TARGET_DIAMETER_MM, LesionRecord
-from detector.registry import ModelCardError, load_card
 from node.events import FeedbackVerdict, ReportLabelValue
 from node.monitor.periods import Period, PeriodKind, periods_between
 from node.monitor.records import ReadRun, load_runs
 from node.monitor.stats import Proportion, quantile
+
+if TYPE_CHECKING:  # the evaluator and the model registry import torch: only the functions that use them load them
+    from detector.evaluate.froc import Interval
 
 BOOTSTRAP_ROUNDS = 1000
 """Rounds of the lesion-level bootstrap (studies resampled with replacement), as the evaluator draws them."""
@@ -39,6 +38,9 @@ class CardFacts:
 @lru_cache(maxsize=64)
 def card_facts(model: str) -> CardFacts | None:
     """The routed model's card facts (a shipped name or a card path); None when the card is gone or unreadable."""
+    from detector.infer.models import card_path
+    from detector.registry import ModelCardError, load_card
+
     try:
         card = load_card(card_path(model))
     except (LookupError, ModelCardError, OSError):
@@ -196,6 +198,9 @@ def lesion_level(runs: Sequence[ReadRun], operating_threshold: float | None,
                  rounds: int = BOOTSTRAP_ROUNDS) -> LesionLevel | None:
     """FROC over the runs a reader reviewed: each run's findings are its candidates (scores kept), its newest
     review the truth; CPM, sensitivity and FP/scan at the operating threshold with bootstrap CIs over studies."""
+    from detector.evaluate.froc import Froc, candidates_curve
+    from detector.evaluate.run import GRID, threshold_grid
+
     reviewed = [run for run in runs if run.reviews]
     if not reviewed:
         return None

@@ -18,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.config import Settings
 from node.logging import get_logger
 from node.loops import LoopHealth, report_failure
+from node.monitor.prometheus import MonitorCollector
 from node.pipeline.models import ModelChecker
 from node.web.health import readiness
 from node.web.metrics import AuditCollector
@@ -43,6 +44,7 @@ class _App:
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
         self.registry.register(AuditCollector(engine))
+        self.registry.register(MonitorCollector(engine))
         self.routes: dict[str, Callable[[str], Response]] = {
             "/metrics": self.metrics, "/healthz": self.healthz, "/readyz": self.readyz,
         }

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -129,3 +131,10 @@ def test_the_prometheus_view_shows_and_audits_a_drift_breach(engine: Engine, sit
     alarms = ("ctnode_drift_alarms_total", (("metric", "positive rate"), ("model", "ctnode-chest 0.2.0")))
     assert got[alarms] >= 2  # audited by the scrape itself: 2024-W23 and W24
     assert scrape(engine, now)[alarms] == got[alarms]  # and not again
+
+
+def test_the_metrics_server_does_not_load_torch_for_the_monitor() -> None:
+    """Every node process serves /metrics: a receiver must not pay for torch because the figures use the evaluator."""
+    code = "import sys, node.web.server, node.cli.monitor; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"

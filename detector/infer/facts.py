@@ -1,4 +1,4 @@
-"""What a read series was, for drift watching: scanner, kernel, geometry, contrast and a coarse HU histogram of the body."""
+"""What a read series was, for drift: scanner, kernel, geometry, contrast and a coarse HU histogram of the body."""
 
 from __future__ import annotations
 

@@ -347,15 +347,6 @@ def record_alarms(engine: Engine, alarms: Sequence[Alarm]) -> list[Alarm]:
     return recorded
 
 
-def audited_alarms(engine: Engine, since: datetime | None = None) -> list[dict[str, Any]]:
-    """The drift alarms audited (at or after ``since``), oldest first, each with when it was raised."""
-    stmt = select(AuditEvent.at, AuditEvent.detail).where(AuditEvent.kind == str(AuditKind.DRIFT_ALARM))
-    if since is not None:
-        stmt = stmt.where(AuditEvent.at >= since)
-    with engine.connect() as conn:
-        return [{"at": at, **detail} for at, detail in conn.execute(stmt.order_by(AuditEvent.id))]
-
-
 def alarm_counts(engine: Engine) -> dict[tuple[str, str], int]:
     """Audited drift alarms per model (name and version, as one string) and metric."""
     model = AuditEvent.detail["model_name"].as_string()

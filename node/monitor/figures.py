@@ -189,7 +189,8 @@ def truth_lesions(run: ReadRun) -> list[LesionRecord]:
         small = diameter < MIN_TARGET_DIAMETER_MM
         lesions.append(LesionRecord(
             centre_mm=tuple(float(c) for c in centre), diameter_mm=float(diameter),  # type: ignore[arg-type]
-            label=v.label or (str(finding["label"]) if finding else ""), source=f"feedback {review.feedback_id} item {n}",
+            label=v.label or (str(finding["label"]) if finding else ""),
+            source=f"feedback {review.feedback_id} item {n}",
             ignore=small, reason=f"under {MIN_TARGET_DIAMETER_MM:g} mm" if small else ""))
     return lesions
 

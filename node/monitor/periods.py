@@ -51,7 +51,8 @@ def periods_between(since: datetime, until: datetime, kind: PeriodKind) -> list[
     ``ALL`` gives the window itself."""
     since, until = _utc(since), _utc(until)
     if until <= since:
-        raise ValueError(f"the window is empty: until ({until:%Y-%m-%d %H:%M}) is not after since ({since:%Y-%m-%d %H:%M})")
+        raise ValueError(f"the window is empty: until ({until:%Y-%m-%d %H:%M}) is not after since "
+                         f"({since:%Y-%m-%d %H:%M})")
     if kind == PeriodKind.ALL:
         return [Period(since, until, f"{since:%Y-%m-%d %H:%M}..{until:%Y-%m-%d %H:%M}")]
     out = [period_of(since, kind)]

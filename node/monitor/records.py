@@ -102,12 +102,14 @@ def load_runs(engine: Engine, since: datetime, until: datetime, model_name: str 
     for item in items:
         _, verdicts = reviews[item.run_id].setdefault(item.id, (item.received_at, []))
         if item.verdict is not None:
-            centre = tuple(float(v) for v in item.centre_mm) if item.centre_mm else None
-            verdicts.append(Verdict(item.verdict, item.finding_index, centre, item.diameter_mm, item.label))  # type: ignore[arg-type]
+            centre = (float(item.centre_mm[0]), float(item.centre_mm[1]), float(item.centre_mm[2])) \
+                if item.centre_mm else None
+            verdicts.append(Verdict(item.verdict, item.finding_index, centre, item.diameter_mm, item.label))
     reports = _report_values(labels)
     out = [ReadRun(
         id=row.id, study_id=row.study_id, model=row.model, model_name=row.model_name,
-        model_version=row.model_version or "", findings=list(row.findings or []), input_facts=dict(row.input_facts or {}),
+        model_version=row.model_version or "", findings=list(row.findings or []),
+        input_facts=dict(row.input_facts or {}),
         last_instance_at=row.last_instance_at, finished_at=row.finished_at,
         reviews=tuple(Review(fid, at, tuple(v)) for fid, (at, v) in sorted(reviews.get(row.id, {}).items())),
         report=reports.get(row.study_id, {})) for row in newest.values()]
@@ -126,7 +128,7 @@ def _report_values(labels: list[Any]) -> dict[int, dict[str, str]]:
         if (row.received_at, row.id) != newest[row.study_id]:
             continue
         values = out[row.study_id]
-        value = ReportLabelValue(row.value)
-        if row.finding_type not in values or _LABEL_ORDER[value] > _LABEL_ORDER[ReportLabelValue(values[row.finding_type])]:
+        value, known = ReportLabelValue(row.value), values.get(row.finding_type)
+        if known is None or _LABEL_ORDER[value] > _LABEL_ORDER[ReportLabelValue(known)]:
             values[row.finding_type] = str(value)
     return dict(out)

@@ -31,12 +31,6 @@ class Proportion:
         return {"value": self.value, "ci95": list(self.ci95) if self.ci95 else None, "successes": self.successes,
                 "n": self.n}
 
-    def __str__(self) -> str:
-        if not self.n:
-            return "n/a"
-        low, high = self.ci95 or (0.0, 0.0)
-        return f"{self.value:.3f} ({low:.3f}-{high:.3f}) {self.successes}/{self.n}"
-
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
     """The Wilson score interval of a binomial proportion; None when there are no trials."""

@@ -62,7 +62,8 @@ class Site:
                 study_id=study_id, series_instance_uid=generate_uid(), modality="SR")).scalar_one()
             sop = generate_uid()
             instance_id = conn.execute(insert(Instance).returning(Instance.id).values(
-                series_id=series_id, sop_instance_uid=sop, sop_class_uid=ENHANCED_SR, transfer_syntax_uid="1.2.840.10008.1.2.1",
+                series_id=series_id, sop_instance_uid=sop, sop_class_uid=ENHANCED_SR,
+                transfer_syntax_uid="1.2.840.10008.1.2.1",
                 sha256=f"{next(self._n):064d}", size_bytes=1, path="sr.dcm")).scalar_one()
             counts = {str(v): sum(1 for d in verdicts if d["verdict"] == v) for v in FeedbackVerdict}
             feedback_id = conn.execute(insert(Feedback).returning(Feedback.id).values(
@@ -70,7 +71,8 @@ class Site:
                 sop_instance_uid=sop, reader=reader, current=current,
                 received_at=received_at or datetime.now(timezone.utc), **counts)).scalar_one()
             for d in verdicts:
-                conn.execute(insert(FeedbackItem).values(feedback_id=feedback_id, **{**d, "verdict": str(d["verdict"])}))
+                item = {**d, "verdict": str(d["verdict"])}
+                conn.execute(insert(FeedbackItem).values(feedback_id=feedback_id, **item))
         return feedback_id
 
     def report(self, study_id: int, labels: dict[str, str], *, current: bool = True,

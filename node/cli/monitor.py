@@ -78,7 +78,7 @@ def monitor(
     config: ConfigOpt = None,
     since: DateOpt = None,
     until: DateOpt = None,
-    period: Annotated[PeriodKind, typer.Option(help="Figures per day, per ISO week, or for the whole window.")]
+    period: Annotated[PeriodKind, typer.Option(help="Figures per minute (a simulated site), hour, day, ISO week, or for the whole window.")]
     = PeriodKind.WEEK,
     model: Annotated[Optional[str], typer.Option(help="Only this model (card name, e.g. ctnode-chest).")] = None,
     baseline: Annotated[int, typer.Option(min=1, help="Drift baseline: the window's first N periods.")] = 4,

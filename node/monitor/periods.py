@@ -10,9 +10,16 @@ from enum import StrEnum
 class PeriodKind(StrEnum):
     """How a window is cut into periods."""
 
+    MINUTE = "minute"  # for a simulated site (bench/site.py) that lives a few minutes
+    HOUR = "hour"
     DAY = "day"
     WEEK = "week"
     ALL = "all"  # the whole window, one period
+
+
+_STEP = {PeriodKind.MINUTE: timedelta(minutes=1), PeriodKind.HOUR: timedelta(hours=1), PeriodKind.DAY: timedelta(days=1),
+         PeriodKind.WEEK: timedelta(days=7)}
+_LABEL = {PeriodKind.MINUTE: "%Y-%m-%d %H:%M", PeriodKind.HOUR: "%Y-%m-%d %H:00", PeriodKind.DAY: "%Y-%m-%d"}
 
 
 @dataclass(frozen=True, order=True)
@@ -32,18 +39,23 @@ def _utc(at: datetime) -> datetime:
 
 
 def period_start(at: datetime, kind: PeriodKind) -> datetime:
-    """The start of the day or ISO week ``at`` falls in (UTC)."""
-    day = _utc(at).replace(hour=0, minute=0, second=0, microsecond=0)
+    """The start of the minute, hour, day or ISO week ``at`` falls in (UTC)."""
+    at = _utc(at).replace(second=0, microsecond=0)
+    if kind == PeriodKind.MINUTE:
+        return at
+    if kind == PeriodKind.HOUR:
+        return at.replace(minute=0)
+    day = at.replace(hour=0, minute=0)
     return day - timedelta(days=day.weekday()) if kind == PeriodKind.WEEK else day
 
 
 def period_of(at: datetime, kind: PeriodKind) -> Period:
-    """The day or ISO week ``at`` falls in."""
+    """The minute, hour, day or ISO week ``at`` falls in."""
     start = period_start(at, kind)
     if kind == PeriodKind.WEEK:
         year, week, _ = start.isocalendar()
-        return Period(start, start + timedelta(days=7), f"{year}-W{week:02d}")
-    return Period(start, start + timedelta(days=1), start.strftime("%Y-%m-%d"))
+        return Period(start, start + _STEP[kind], f"{year}-W{week:02d}")
+    return Period(start, start + _STEP[kind], start.strftime(_LABEL[kind]))
 
 
 def periods_between(since: datetime, until: datetime, kind: PeriodKind) -> list[Period]:
@@ -64,6 +76,5 @@ def periods_between(since: datetime, until: datetime, kind: PeriodKind) -> list[
 def window_back(until: datetime, kind: PeriodKind, count: int) -> datetime:
     """The start of the period ``count - 1`` periods before the one ``until`` falls in: ``count`` whole periods."""
     if kind == PeriodKind.ALL:
-        raise ValueError("a window of whole periods needs day or week periods")
-    step = timedelta(days=7 if kind == PeriodKind.WEEK else 1)
-    return period_start(_utc(until), kind) - step * (count - 1)
+        raise ValueError("a window of whole periods needs periods of a fixed length (minute, hour, day or week)")
+    return period_start(_utc(until), kind) - _STEP[kind] * (count - 1)

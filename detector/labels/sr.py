@@ -38,8 +38,10 @@ _HALF_PIXEL = 0.5
 
 
 def is_measurement_report(ds: Dataset) -> bool:
-    """Whether a data set is an SR whose document title is Imaging Measurement Report (TID 1500)."""
-    return _is_sr(ds) and _concept(ds) == MEASUREMENT_REPORT
+    """Whether a data set is an SR whose document title is Imaging Measurement Report, or whose content template
+    is TID 1500."""
+    templates = {str(item.get("TemplateIdentifier", "")) for item in ds.get("ContentTemplateSequence", [])}
+    return _is_sr(ds) and (_concept(ds) == MEASUREMENT_REPORT or "1500" in templates)
 
 
 PERSON_OBSERVER_NAME = ("121008", "DCM")

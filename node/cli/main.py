@@ -1,4 +1,4 @@
-"""`ctnode`: init, serve, detect, train, evaluate, synth, db, studies, runs, feedback, monitor, deliveries, store."""
+"""`ctnode`: init, serve, detect, train, evaluate, synth, db, studies, runs, feedback, reports, monitor, deliveries, store."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from node.cli.checks import config_app, models_app
 from node.cli.deliveries import app as deliveries_app
 from node.cli.feedback import app as feedback_app
 from node.cli.monitor import monitor
+from node.cli.reports import app as reports_app
 from node.cli.runs import app as runs_app
 from node.cli.store import app as store_app
 from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
@@ -32,6 +33,7 @@ app.add_typer(studies_app, name="studies")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(runs_app, name="runs")
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(reports_app, name="reports")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")

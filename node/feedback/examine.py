@@ -1,8 +1,9 @@
 """The feedback stage: every SR the PACS sends is examined once and recorded as what it is.
 
 A reader's TID 1500 review of one of our runs becomes feedback (a verdict per finding, plus the lesions we
-missed); our own objects coming back and anything else (a dose report, another vendor's CAD) are stored as
-usual and only classified. Each examination is one ``inbound_document`` row, claimed first, so any number
+missed); a radiology report (Basic Text or Enhanced SR with text) labels its study as an HL7 report does; our
+own objects coming back and anything else (a dose report, another vendor's CAD) are stored as usual and only
+classified. Each examination is one ``inbound_document`` row, claimed first, so any number
 of stages may run against one database and none examines an SR twice.
 """
 
@@ -25,8 +26,9 @@ from detector.labels.sr import SrGroup, is_measurement_report, measurement_group
 from node.config import Settings
 from node.db import audit, identifiers
 from node.db.schema import Feedback, FeedbackItem, InboundDocument, Instance, Run, RunOutput, Series, Study, utcnow
-from node.events import AuditKind, DocumentKind, FeedbackVerdict, RunStatus
+from node.events import AuditKind, DocumentKind, FeedbackVerdict, ReportSource, RunStatus
 from node.feedback.match import OurFinding, Verdict, match_review
+from node.labels.reports import IncomingReport, record_report, report_text_from_sr, sr_result_status
 from node.logging import get_logger
 from node.loops import report_failure, where
 from node.reports.uids import ObjectKind, RunUids, run_key
@@ -108,7 +110,10 @@ class FeedbackStage:
         except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
             return self._refuse(inbound, f"unreadable SR: {type(exc).__name__}: {exc}")
         if not is_measurement_report(ds):
-            return self._classify(inbound, Outcome(DocumentKind.OTHER, f"not a measurement report ({_title(ds)})"))
+            text = report_text_from_sr(ds, self.uid_root)
+            if text is not None:
+                return self._report(inbound, ds, text)
+            return self._classify(inbound, Outcome(DocumentKind.OTHER, f"neither a review nor a report ({_title(ds)})"))
         who = observer(ds)
         if who.device_only:
             return self._classify(inbound, Outcome(DocumentKind.OTHER,
@@ -187,6 +192,28 @@ class FeedbackStage:
         log.info("reader feedback recorded", run_id=run.id, feedback_id=feedback_id,
                  sop_instance_uid=inbound.sop_instance_uid, **{str(v): n for v, n in counts.items()})
         return Outcome(DocumentKind.READER_REVIEW, why, feedback_id)
+
+    def _report(self, inbound: Inbound, ds: Dataset, text: str) -> Outcome | None:
+        """Label the study from a text report, in the transaction that records the SR's examination."""
+        report = IncomingReport(text=text, source=ReportSource.DICOM, study_instance_uids=(inbound.study_instance_uid,),
+                                accession_numbers=(str(ds.get("AccessionNumber", "") or ""),),
+                                sop_instance_uid=inbound.sop_instance_uid, result_status=sr_result_status(ds),
+                                path=str(self.store_dir / inbound.path))
+        try:
+            with self.engine.begin() as conn:
+                if not self._claim(conn, inbound, Outcome(DocumentKind.REPORT, "a radiology report")):
+                    return None
+                recorded = record_report(conn, report)
+                if recorded.refused is not None:
+                    conn.execute(update(InboundDocument).where(InboundDocument.instance_id == inbound.instance_id)
+                                 .values(kind=str(DocumentKind.REFUSED), reason=f"a report: {recorded.refused}"))
+        except IntegrityError:
+            return None
+        if recorded.refused is not None:
+            return Outcome(DocumentKind.REFUSED, f"a report: {recorded.refused}")
+        labels = ", ".join(f"{k}: {v}" for k, v in sorted(recorded.labels.items())) or "no finding type named"
+        log.info("report labelled a study", sop_instance_uid=inbound.sop_instance_uid, report_id=recorded.report_id)
+        return Outcome(DocumentKind.REPORT, f"report {recorded.report_id} ({labels})")
 
     def _refuse(self, inbound: Inbound, reason: str) -> Outcome | None:
         outcome = self._classify(inbound, Outcome(DocumentKind.REFUSED, reason))

@@ -28,6 +28,7 @@ from datetime import datetime
 from pydicom import Dataset
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
+from detector.labels.sr import is_measurement_report
 from node.config import DEFAULT_UID_ROOT
 from node.db import audit, identifiers
 from node.db.schema import PatientIdentifier, ReportLabel, Study, StudyReport
@@ -38,8 +39,6 @@ from node.logging import identifier_terms
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
 TEXT_SR_CLASSES = frozenset({BASIC_TEXT_SR, ENHANCED_SR})
-MEASUREMENT_REPORT_TEMPLATE = "1500"
-MEASUREMENT_REPORT_CODE = ("126000", "DCM")  # Imaging Measurement Report, the title of a TID 1500 document
 FINAL_STATUSES = frozenset({"F", "C"})
 PRELIMINARY = "P"
 
@@ -221,13 +220,6 @@ def get_report(engine: Engine, report_id: int) -> tuple[StudyReport, list[Report
 
 # --- DICOM text reports -----------------------------------------------------------------------------------
 
-def _is_measurement_report(ds: Dataset) -> bool:
-    templates = {str(item.get("TemplateIdentifier", "")) for item in ds.get("ContentTemplateSequence", [])}
-    title = ds.get("ConceptNameCodeSequence")
-    code = (str(title[0].get("CodeValue", "")), str(title[0].get("CodingSchemeDesignator", ""))) if title else None
-    return MEASUREMENT_REPORT_TEMPLATE in templates or code == MEASUREMENT_REPORT_CODE
-
-
 def _texts(items: Sequence[Dataset]) -> Iterator[str]:
     """TEXT items of a content tree in document order (depth first), each led by its concept name."""
     for item in items:
@@ -249,7 +241,7 @@ def report_text_from_sr(ds: Dataset, uid_root: str = DEFAULT_UID_ROOT) -> str | 
     concept name ("Findings: ...") and separated by blank lines. None for any other SOP class, a TID 1500
     measurement report (a viewer's review or a CAD result), ctnode's own SRs (SOP Instance UID under
     ``uid_root``) and an SR with no TEXT content."""
-    if str(ds.get("SOPClassUID", "")) not in TEXT_SR_CLASSES or _is_measurement_report(ds):
+    if str(ds.get("SOPClassUID", "")) not in TEXT_SR_CLASSES or is_measurement_report(ds):
         return None
     if str(ds.get("SOPInstanceUID", "")).startswith(uid_root + "."):
         return None

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from node.cli.main import app
 from node.config import Settings
-from node.db.schema import AuditEvent, InboundDocument
+from node.db.schema import AuditEvent, InboundDocument, ReportLabel, StudyReport
 from node.events import AuditKind, DocumentKind
 from node.feedback import FeedbackStage, feedback_record, list_feedback
 from node.pipeline.records import run_record
@@ -248,3 +248,28 @@ def test_a_study_analysed_twice_attributes_each_review_to_the_run_it_reviewed(
     reviews = {r["reader"]: r for r in list_feedback(engine)}
     assert reviews["Reader^Jane"]["run_id"] == v1["id"] and reviews["Reader^Jane"]["confirmed"] == len(v1["findings"])
     assert reviews["Reader^Late"]["run_id"] == v2_id, "a review without our UIDs is of the newest run of the series"
+
+
+def text_report(series: list[Dataset], sentence: str) -> Dataset:
+    """A radiology report as a PACS or reporting system stores it: an Enhanced SR with TEXT findings."""
+    content = hd.sr.ContainerContentItem(name=Code("18748-4", "LN", "Diagnostic imaging report"))
+    content.ContentSequence = hd.sr.ContentSequence([hd.sr.TextContentItem(
+        name=Code("121071", "DCM", "Finding"), value=sentence,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)])
+    return hd.sr.EnhancedSR(evidence=[series[0]], content=content, series_instance_uid=hd.UID(), series_number=80,
+                            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="reporting system")
+
+
+def test_a_text_report_from_the_pacs_labels_its_study(
+    engine: Engine, settings: Settings, analysed: tuple[dict, list[Dataset]], tmp_path: Path
+) -> None:
+    _, series = analysed
+    _send(engine, settings, text_report(series, "There is a 9 mm nodule in the right upper lobe."), tmp_path, "report")
+    [outcome] = FeedbackStage(engine, settings).poll()
+    assert outcome.kind is DocumentKind.REPORT and "lung_nodule: positive" in outcome.reason
+    with engine.connect() as conn:
+        [(value, source)] = conn.execute(select(ReportLabel.value, StudyReport.source).join(StudyReport)
+                                         .where(ReportLabel.finding_type == "lung_nodule")).all()
+        [kind] = conn.execute(select(InboundDocument.kind)).scalars().all()
+    assert (value, source, kind) == ("positive", "dicom", "report")
+    assert list_feedback(engine) == [], "a text report is not a review"

@@ -10,7 +10,7 @@ from detector.evaluate.froc import (
     classify,
 )
 from detector.evaluate.report import EvaluationReport, FrocLine, StudyResult, plot_froc
-from detector.evaluate.run import EvaluationOptions, evaluate_studies
+from detector.evaluate.run import EvaluationOptions, evaluate_labelled, evaluate_studies
 from detector.evaluate.studies import LabelledStudy, entries_from, studies_in
 from detector.labels.lesions import (
     ImagePlane,
@@ -38,6 +38,7 @@ __all__ = [
     "candidates_curve",
     "classify",
     "entries_from",
+    "evaluate_labelled",
     "evaluate_studies",
     "plot_froc",
     "planes_from_headers",

@@ -62,7 +62,7 @@ def _evaluate_study(study: LabelledStudy, model: LoadedModel, grid: Sequence[flo
     started = time.monotonic()
     try:
         planes = planes_from_headers(study.headers)
-        lesions = read_labels(study.labels, planes)
+        lesions = [*read_labels(study.labels, planes), *study.lesions]
         selection = select_series(HeaderScan(headers=study.headers, ignored=()))
         volume = load_volume(selection.chosen)
     except (LabelError, SeriesInputError) as exc:
@@ -115,17 +115,33 @@ def evaluate_studies(
     ``training`` (default: the card's) flags every study the model was trained on. Studies that cannot be read
     (no eligible series, a malformed label file) are reported with their one-line error and left out of the FROC.
     """
-    options = options or EvaluationOptions()
-    training = training if training is not None else model.card.training
-    grid = threshold_grid(model.card.operating_threshold)
     labelled: list[LabelledStudy] = []
-    results: list[StudyResult] = []
+    unreadable: list[StudyResult] = []
     for entry in studies:
         try:
             labelled += studies_in(entry)
         except SeriesInputError as exc:  # a folder without a DICOM image: reported with the others
             empty = LabelledStudy(entry.id, entry.patient, entry.path, "", (), ())
-            results.append(StudyResult(study=empty, error=str(exc)))
+            unreadable.append(StudyResult(study=empty, error=str(exc)))
+    return evaluate_labelled(model, labelled, training=training, options=options, progress=progress,
+                             console=console, unreadable=unreadable)
+
+
+def evaluate_labelled(
+    model: LoadedModel,
+    labelled: Sequence[LabelledStudy],
+    *,
+    training: TrainingRecord | None = None,
+    options: EvaluationOptions | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+    unreadable: Sequence[StudyResult] = (),
+) -> EvaluationReport:
+    """:func:`evaluate_studies` on studies already gathered (``unreadable`` ones are reported as they are)."""
+    options = options or EvaluationOptions()
+    training = training if training is not None else model.card.training
+    grid = threshold_grid(model.card.operating_threshold)
+    results: list[StudyResult] = list(unreadable)
     curves: list[StudyCurve] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not progress, transient=True) as bar:

@@ -9,6 +9,7 @@ from pathlib import Path
 from detector.data import ManifestError, StudyEntry, load_manifest
 from detector.io import InstanceHeader, read_headers
 from detector.labels import label_files, xml_references
+from detector.labels.lesions import LesionRecord
 from detector.synth.sets import synthetic_entries
 
 MANIFEST_SUFFIXES = (".yaml", ".yml")
@@ -18,7 +19,8 @@ SYNTHETIC_CACHE = Path("var") / "synthetic"
 
 @dataclass(frozen=True, eq=False)
 class LabelledStudy:
-    """One study's DICOM headers (every series) and its label files, under a readable id."""
+    """One study's DICOM headers (every series) and its label files (and lesions known without one, such as a
+    site's reader feedback), under a readable id."""
 
     id: str
     patient: str
@@ -26,6 +28,7 @@ class LabelledStudy:
     study_instance_uid: str
     headers: tuple[InstanceHeader, ...]
     labels: tuple[Path, ...]
+    lesions: tuple[LesionRecord, ...] = ()
 
     @property
     def series_instance_uids(self) -> tuple[str, ...]:

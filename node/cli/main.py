@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -164,8 +165,15 @@ def synth(
 @app.command()
 def evaluate(
     model: Annotated[str, typer.Option("--model", "-m", help="Shipped model (head, chest) or a card JSON.")],
-    data: Annotated[list[Path], typer.Option("--data", "-d", help="A study folder, a folder of studies, or a dataset "
-                                                                  "manifest (YAML; its studies of --role). Repeatable.")],
+    data: Annotated[Optional[list[Path]], typer.Option(
+        "--data", "-d", help="A study folder, a folder of studies, or a dataset manifest (YAML; its studies of "
+                             "--role). Repeatable.")] = None,
+    site: Annotated[bool, typer.Option(
+        "--site", help="Evaluate on the node's own studies that readers reviewed (their confirmed, edited and "
+                       "missed lesions are the truth), read from the store of --config.")] = False,
+    config: ConfigOpt = None,
+    since: Annotated[Optional[datetime], typer.Option(help="--site: runs done from (UTC, YYYY-MM-DD).")] = None,
+    until: Annotated[Optional[datetime], typer.Option(help="--site: runs done before (UTC; default now).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for report.json and froc.png.")] = None,
     role: Annotated[Optional[list[str]], typer.Option(
         help="Which studies of a manifest: train, validation or test (repeatable; default test).")] = None,
@@ -174,10 +182,16 @@ def evaluate(
     card_dataset: Annotated[Optional[str], typer.Option(
         help="Write the figures onto the model card under this dataset name (replacing that dataset's figures).")] = None,
 ) -> None:
-    """Lesion-level FROC of a model on labelled studies, through exactly the node's inference path."""
+    """Lesion-level FROC of a model on labelled studies (or the site's reviewed ones), through exactly the node's
+    inference path."""
+    from node.cli.evaluate import SiteWindow
     from node.cli.evaluate import evaluate as run_evaluate  # imports torch: only for this command
 
-    run_evaluate(model, data, out, role or ["test"], threads, bootstrap, card_dataset)
+    if bool(data) == site:
+        console.print("[red]give --data (labelled studies) or --site (the node's reviewed studies), not both[/red]")
+        raise typer.Exit(2)
+    window = SiteWindow(settings_from(config), since, until) if site else None
+    run_evaluate(model, data or [], out, role or ["test"], threads, bootstrap, card_dataset, window)
 
 
 @db_app.command("upgrade")

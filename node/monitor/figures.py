@@ -33,6 +33,7 @@ class CardFacts:
 
     finding_types: tuple[str, ...]
     operating_threshold: float | None
+    body_part: str
 
 
 @lru_cache(maxsize=64)
@@ -45,7 +46,7 @@ def card_facts(model: str) -> CardFacts | None:
         card = load_card(card_path(model))
     except (LookupError, ModelCardError, OSError):
         return None
-    return CardFacts(tuple(c.label for c in card.classes), card.operating_threshold)
+    return CardFacts(tuple(c.label for c in card.classes), card.operating_threshold, card.body_part)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ other SR classified and left alone (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import json
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import highdicom as hd
@@ -21,6 +23,8 @@ from node.config import Settings
 from node.db.schema import AuditEvent, InboundDocument, ReportLabel, StudyReport
 from node.events import AuditKind, DocumentKind
 from node.feedback import FeedbackStage, feedback_record, list_feedback
+from node.monitor.figures import compute_figures
+from node.monitor.periods import PeriodKind
 from node.pipeline.records import run_record
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
@@ -273,3 +277,36 @@ def test_a_text_report_from_the_pacs_labels_its_study(
         [kind] = conn.execute(select(InboundDocument.kind)).scalars().all()
     assert (value, source, kind) == ("positive", "dicom", "report")
     assert list_feedback(engine) == [], "a text report is not a review"
+
+
+def test_evaluate_site_reads_the_reviewed_studies_through_the_node_path_and_agrees_with_the_monitor(
+    engine: Engine, settings: Settings, analysed: tuple[dict, list[Dataset]], tmp_path: Path
+) -> None:
+    record, series = analysed
+    findings = record["findings"]
+    kept = [(None, s["sop_instance_uid"], box_polyline(tuple(s["box_px"]))) for f in findings[1:] for s in f["slices"]]
+    _send(engine, settings, reader_sr(series, [*kept, (None, *_far_box(series, findings))]), tmp_path, "review")
+    [outcome] = FeedbackStage(engine, settings).poll()
+    assert outcome.kind is DocumentKind.READER_REVIEW
+
+    env = {"CTNODE_DATABASE__URL": settings.database_url, "CTNODE_STORAGE__DATA_DIR": str(settings.storage.data_dir)}
+    result = CliRunner().invoke(app, ["evaluate", "-m", "chest", "--site", "-o", str(tmp_path / "site"),
+                                      "--bootstrap", "200"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "1 reviewed chest study of this node" in result.stdout
+    report = json.loads((tmp_path / "site" / "report.json").read_text())
+    assert report["studies_evaluated"] == 1
+    [study] = report["studies"]
+    assert study["id"] == f"run-{record['id']}"
+    n = len(findings)
+    assert report["metrics"]["sensitivity"]["value"] == pytest.approx((n - 1) / n, abs=1e-4)
+    monitored = compute_figures(engine, datetime(2000, 1, 1, tzinfo=timezone.utc), datetime.now(timezone.utc),
+                                PeriodKind.ALL, rounds=200)
+    [chest] = [f for f in monitored if f.model_name == "ctnode-chest"]
+    assert chest.lesion_level is not None and chest.lesion_level.lesions == n
+    assert chest.lesion_level.sensitivity.value == pytest.approx(report["metrics"]["sensitivity"]["value"], abs=1e-4)
+    assert chest.lesion_level.fp_per_scan.value == pytest.approx(report["metrics"]["fp_per_scan"]["value"], abs=1e-4)
+    assert (tmp_path / "site" / "froc.png").exists()
+
+    wrong = CliRunner().invoke(app, ["evaluate", "-m", "chest", "--site", "-d", str(tmp_path)], env=env)
+    assert wrong.exit_code == 2, "--site and --data together are refused"

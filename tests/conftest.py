@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Engine, insert
 
+from node.db.engine import make_engine
+from node.db.migrate import upgrade
+from node.db.schema import PatientIdentifier, Study
 from tests.support import NodeProcess, require
 
 
@@ -48,3 +52,26 @@ def make_node(tmp_path: Path, db_url: str) -> Iterator[Callable[..., NodeProcess
     yield factory
     statuses = {node.data_dir.name: node.stop() for node in started if not node.killed}
     assert all(status == 0 for status in statuses.values()), f"unclean node shutdown: {statuses}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated database on each backend (a module with its own ``engine`` fixture overrides this one)."""
+    upgrade(db_url)
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def add_study(engine: Engine) -> Callable[..., int]:
+    """Insert a study and the identifier values the receiver would have kept for it; returns its id."""
+
+    def add(uid: str, *values: str) -> int:
+        with engine.begin() as conn:
+            study_id = int(conn.execute(insert(Study).values(study_instance_uid=uid).returning(Study.id)).scalar_one())
+            for value in values:
+                conn.execute(insert(PatientIdentifier).values(study_id=study_id, value=value))
+        return study_id
+
+    return add

@@ -21,7 +21,6 @@ from sqlalchemy import Engine, insert, select
 
 from node.config import Hl7Config
 from node.db.engine import make_engine
-from node.db.migrate import upgrade
 from node.db.schema import AuditEvent, PatientIdentifier, ReportLabel, Study, StudyReport
 from node.events import AuditKind, ReportLabelValue
 from node.hl7.listener import Hl7Listener
@@ -74,26 +73,6 @@ def send(port: int, *messages: str | bytes) -> list[hl7.Message]:
 def msa(ack: hl7.Message) -> tuple[str, str]:
     segment = ack.segment("MSA")
     return str(segment(1)), str(segment(2))
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def add_study(engine: Engine) -> Callable[..., int]:
-    def add(uid: str, *values: str) -> int:
-        with engine.begin() as conn:
-            study = int(conn.execute(insert(Study).values(study_instance_uid=uid).returning(Study.id)).scalar_one())
-            for value in values:
-                conn.execute(insert(PatientIdentifier).values(study_id=study, value=value))
-        return study
-
-    return add
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -11,8 +11,6 @@ import pytest
 from pydicom.uid import generate_uid
 from sqlalchemy import Engine, insert
 
-from node.db.engine import make_engine
-from node.db.migrate import upgrade
 from node.db.schema import Feedback, FeedbackItem, Instance, ReportLabel, Run, Series, Study, StudyReport
 from node.events import FeedbackVerdict, ReportSource, RunStatus
 
@@ -86,14 +84,6 @@ class Site:
                 conn.execute(insert(ReportLabel).values(report_id=report_id, finding_type=finding_type, value=value,
                                                         span_start=0, span_end=6, evidence="report", rule="test"))
         return report_id
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

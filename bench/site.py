@@ -151,8 +151,8 @@ def _spread(positives: list[Path], negatives: list[Path]) -> list[Path]:
 
 
 def prepare_phase(phase: int, count: int, negative_share: float, each: Callable[[], None]) -> list[SiteStudy]:
-    """``count`` studies of the phase's mix, alternating backgrounds; written once into CACHE (write_set keeps a
-    folder already written)."""
+    """``count`` studies of the phase's mix, alternating backgrounds; written once into CACHE/lesions and CACHE/none
+    (write_set keeps a folder already written)."""
     import pydicom
 
     from detector.synth.sets import write_set
@@ -161,10 +161,12 @@ def prepare_phase(phase: int, count: int, negative_share: float, each: Callable[
     per_background = [count // len(mix) + (1 if k < count % len(mix) else 0) for k in range(len(mix))]
     columns = []
     for k, (name, n) in enumerate(zip(mix, per_background, strict=True)):
-        negatives = int(round(n * negative_share))
-        folders = write_set(ct_data() / name, CACHE, "chest", n - negatives, 2, negatives,
-                            SEEDS[phase] + 1000 * k, each=lambda _f: each())
-        columns.append(_spread(folders[:n - negatives], folders[n - negatives:]))
+        negatives, seed = int(round(n * negative_share)), SEEDS[phase] + 1000 * k
+        positives = write_set(ct_data() / name, CACHE / "lesions", "chest", n - negatives, 2, 0, seed,
+                              each=lambda _f: each())
+        controls = write_set(ct_data() / name, CACHE / "none", "chest", 0, 2, negatives, seed,
+                             each=lambda _f: each())
+        columns.append(_spread(positives, controls))
     order = [column[i] for i in range(max(per_background)) for column in columns if i < len(column)]
     studies = []
     for folder, name in zip(order, [n for i in range(max(per_background)) for n, c in zip(mix, columns) if i < len(c)],
@@ -503,9 +505,9 @@ def _minute(label: str) -> datetime:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI: 4 + 3 studies, no minute alignment (~3 min)")
-    parser.add_argument("--phase1", type=int, default=30, help="studies in phase 1")
-    parser.add_argument("--phase2", type=int, default=16, help="studies in phase 2")
-    parser.add_argument("--baseline", type=int, default=2, help="drift baseline minutes (ctnode monitor --baseline)")
+    parser.add_argument("--phase1", type=int, default=50, help="studies in phase 1")
+    parser.add_argument("--phase2", type=int, default=30, help="studies in phase 2")
+    parser.add_argument("--baseline", type=int, default=3, help="drift baseline minutes (ctnode monitor --baseline)")
     parser.add_argument("--negatives", type=float, default=0.34, help="share of studies without inserted lesions")
     parser.add_argument("--seed", type=int, default=7, help="the radiologist's choices")
     args = parser.parse_args()

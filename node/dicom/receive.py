@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ REQUIRED_UIDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SOP
 Header = dict[str, str]
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _INT32 = 2**31 - 1
+_UNAUDITED_MAX = 1000  # audit rows held for the database's return; beyond this only the log and the notes carry them
 
 
 def uid_problem(value: str) -> str | None:
@@ -134,6 +138,8 @@ class Receiver:
         self._lock = threading.Lock()
         self._commits = GroupCommit(engine, isolate=(Refused, IntegrityError), name="receive-commit")
         self._ahead = False  # files go into place ahead of their rows: only while commits succeed
+        self._names: dict[str, tuple[threading.Lock, int]] = {}  # store names being received, and how many wait
+        self._unaudited: list[dict[str, Any]] = []  # audit rows a failed database could not take, written later
 
     def receive(self, item: Received) -> Outcome:
         """Store one instance; never raises. Success only after the file is fsynced and its row committed."""
@@ -147,8 +153,31 @@ class Receiver:
                                header["StudyInstanceUID"])
         relative = self.store.relative_path(header["StudyInstanceUID"], header["SeriesInstanceUID"],
                                             item.sop_instance_uid, item.sha256)
+        with self._holding(relative):
+            return self._store(item, header, relative)
+
+    @contextmanager
+    def _holding(self, relative: str) -> Iterator[None]:
+        """Receive one store name at a time in this process: identical bytes sent at once are stored in turn, so a
+        failed batch never sets aside a file another of our C-STOREs has just indexed under the same name."""
+        with self._lock:
+            lock, users = self._names.get(relative, (threading.Lock(), 0))
+            self._names[relative] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._names[relative]
+                if users == 1:
+                    del self._names[relative]
+                else:
+                    self._names[relative] = (lock, users - 1)
+
+    def _store(self, item: Received, header: Header, relative: str) -> Outcome:
+        """Put a decoded instance into the store under ``relative`` and commit its rows; never raises."""
         # A new name goes into place while the committer writes its row. A name the store already holds (an
-        # indexed duplicate, or a file a failed commit left) is decided row first, in a transaction of its own,
+        # indexed duplicate, or a file a failed row-first commit left) is decided row first, in a transaction of its own,
         # and so is every instance from a failed commit until one succeeds: an unreachable database never
         # fills the store with files no row names.
         placed = self._ahead and not (self.store.root / relative).exists()
@@ -187,15 +216,31 @@ class Receiver:
         return key
 
     def _index_grouped(self, item: Received, header: Header, relative: str) -> Outcome:
-        """Rename and fsync the file while the committer writes its row; the row commits once the file is durable."""
+        """Rename and fsync the file while the committer writes its row; the row commits once the file is durable.
+
+        A batch that cannot commit has its file kept aside at once (audited), not left in the store without a row.
+        """
         ticket = self._commits.submit(lambda conn: self._rows(conn, item, header, relative, placed=True))
         try:
-            self.store.commit_file(item.path, relative)
+            placed = self.store.commit_file(item.path, relative)
         except BaseException:
             ticket.fail()
             raise
         ticket.ready()
-        return self._remember(header, ticket.result())
+        inode = placed.stat().st_ino
+        try:
+            indexed = ticket.result()
+        except (Refused, IntegrityError):
+            raise
+        except Exception as exc:  # the batch did not commit (the database down, locked, or its commit failed)
+            # Only the file this C-STORE put there: a sibling receiver process that renamed the same bytes into
+            # place since then (its own row to commit) keeps its file.
+            try:
+                ours = placed.stat().st_ino == inode
+            except FileNotFoundError:
+                ours = False
+            return self._db_failure(item, exc, placed if ours else None)
+        return self._remember(header, indexed)
 
     def _index(self, item: Received, header: Header, relative: str, placed: bool = False) -> Outcome:
         reruns = 0
@@ -244,6 +289,8 @@ class Receiver:
     def _remember(self, header: Header, indexed: _Indexed) -> Outcome:
         """After the commit: cache the series row and the identifiers recorded for its study."""
         self._ahead = True
+        if self._unaudited:
+            self._write_unaudited()
         if indexed.key is not None:
             with self._lock:
                 self._series[header["SeriesInstanceUID"]] = indexed.key
@@ -267,13 +314,15 @@ class Receiver:
         if kept is None:
             self.store.discard(item.path)
             detail["not_kept"] = why_not
+        row = {"kind": AuditKind.INSTANCE_QUARANTINED, "association_id": item.association_id,
+               "sop_instance_uid": item.sop_instance_uid if uid_problem(item.sop_instance_uid) is None else None,
+               "status": int(refused.status), "path": str(kept) if kept else None, "detail": detail}
         try:
             with self.engine.begin() as conn:
-                audit.record(conn, AuditKind.INSTANCE_QUARANTINED, association_id=item.association_id,
-                             sop_instance_uid=item.sop_instance_uid if uid_problem(item.sop_instance_uid) is None
-                             else None, status=int(refused.status), path=str(kept) if kept else None, detail=detail)
+                audit.record(conn, **row)
         except SQLAlchemyError as exc:
             log.error("audit write failed", kind=str(AuditKind.INSTANCE_QUARANTINED), error=type(exc).__name__)
+            self._defer_audit(row)
         log.warning("instance quarantined", status=f"0x{refused.status:04X}", reason=refused.reason,
                     path=str(kept) if kept else None, not_kept=why_not)
         return Outcome(refused.status, "quarantined", refused.reason, detail={"path": str(kept) if kept else None})
@@ -303,11 +352,39 @@ class Receiver:
         log.warning("invalid C-STORE request", status="0xC000", reason=reason)
         return Outcome(StoreStatus.CANNOT_PARSE, "quarantined", reason)
 
-    def _db_failure(self, item: Received, exc: SQLAlchemyError) -> Outcome:
-        # The file may already be in the store under its content-derived name; a resend indexes it, and
-        # reconciliation (at start, `ctnode store check`) moves it aside if none comes.
+    def _defer_audit(self, row: dict[str, Any]) -> None:
+        """Hold an audit row the database refused until a commit succeeds again (the note beside a kept file and
+        the error log carry it meanwhile)."""
+        row["detail"] = {**row["detail"], "happened_at": datetime.now(UTC).isoformat()}
+        with self._lock:
+            if len(self._unaudited) < _UNAUDITED_MAX:
+                self._unaudited.append(row)
+                return
+        log.error("audit rows held for the database are full, one dropped", kind=str(row["kind"]))
+
+    def _write_unaudited(self) -> None:
+        """Write the audit rows held while the database failed (after a commit of ours succeeded)."""
+        with self._lock:
+            rows, self._unaudited = self._unaudited, []
+        try:
+            with self.engine.begin() as conn:
+                for row in rows:
+                    audit.record(conn, **row)
+        except SQLAlchemyError as exc:
+            log.error("held audit rows still not written", rows=len(rows), error=type(exc).__name__)
+            with self._lock:
+                self._unaudited[:0] = rows[:_UNAUDITED_MAX]
+
+    def _db_failure(self, item: Received, exc: Exception, placed: Path | None = None) -> Outcome:
+        """Answer 0xA700 for a row the database did not commit. ``placed``: the file this C-STORE put into the store
+        ahead of its row (a failed group commit), kept aside now and audited."""
         self._ahead = False
-        self.store.discard(item.path)
+        reason = f"database error: {type(exc).__name__}"
         log.error("database unavailable, instance refused", status="0xA700", error=type(exc).__name__,
                   sop_instance_uid=item.sop_instance_uid)
-        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", f"database error: {type(exc).__name__}")
+        if placed is not None:
+            return self.quarantine(replace(item, path=placed), Refused(StoreStatus.OUT_OF_RESOURCES, reason))
+        # A file the row-first path put into place before a failed commit stays under its content-derived name:
+        # a resend indexes it, and reconciliation (at start, `ctnode store check`) moves it aside if none comes.
+        self.store.discard(item.path)
+        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", reason)

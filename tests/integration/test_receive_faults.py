@@ -96,11 +96,11 @@ def test_full_disk_while_spooling_answers_out_of_resources_audits_and_counts(tmp
 def _break_database(conn: Connection, disk: Path | None) -> None:
     """A real fault just before COMMIT: the database's filesystem full (SQLite), its backend killed (PostgreSQL)."""
     if disk is not None:
-        with (disk / "filler").open("wb") as filler:
-            with contextlib.suppress(OSError):
-                while True:
-                    filler.write(b"\0" * 65536)
-                    filler.flush()
+        # The suppress encloses the close too: closing flushes what the last write buffered, and fails with ENOSPC.
+        with contextlib.suppress(OSError), (disk / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 65536)
+                filler.flush()
         return
     import psycopg
 
@@ -183,6 +183,14 @@ def test_a_failed_group_commit_answers_out_of_resources_to_every_c_store_in_its_
     assert {row.sop_instance_uid for row in rows} == {sop for sop, status in statuses.items() if status == 0}
     for row in rows:  # every committed row names its complete file
         assert hashlib.sha256((store.root / row.path).read_bytes()).hexdigest() == row.sha256
-    orphans = scp.reconcile(older_than_s=0).orphans  # the failed batch's durable, unindexed files move aside
-    assert {relative.split("/")[2].rsplit(".", 2)[0] for relative in orphans} == failed
+    # The failed batch's files left the store at once (no restart, no reconciliation), kept aside and audited.
+    assert {p.relative_to(store.root).as_posix() for p in store.root.rglob("*.dcm")} == {row.path for row in rows}
+    kept = {p.name.split("-", 2)[2].rsplit(".", 2)[0]: p for p in store.quarantine_root.rglob("*.dcm")}
+    assert set(kept) == failed
+    with engine.connect() as conn:
+        audited = conn.execute(select(AuditEvent).where(AuditEvent.kind == "instance.quarantined")).all()
+    assert {e.sop_instance_uid for e in audited} == failed
+    assert all(e.status == StoreStatus.OUT_OF_RESOURCES and e.path == str(kept[e.sop_instance_uid])
+               and "database error" in e.detail["reason"] for e in audited)
+    assert scp.reconcile(older_than_s=0).orphans == {}
     engine.dispose()

@@ -11,6 +11,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
+from node.events import RunMode
+
 # A UUID-derived root (2.25.<uuid as integer>) owned by ctnode; sites with their own root configure it.
 DEFAULT_UID_ROOT = "2.25.275020071003996822760402709912833401401"
 DEFAULT_BANNER = "AI result - not for diagnosis"
@@ -310,12 +312,41 @@ class Route(_Section):
     ``body_parts`` (Body Part Examined, any case) and ``description_patterns`` (regular expressions
     searched, ignoring case, in the series and study descriptions) are alternatives: when both are
     given, either may match. ``calling_aes`` restricts the route to studies sent by those AEs.
+
+    ``mode``: ``live`` delivers to the clinical destinations; ``silent`` runs and records everything and
+    delivers nothing to them. ``shadows``: candidate models (shipped names or card paths) that read the same
+    series after the route's model, at lower priority, recorded but never delivered to the clinical
+    destinations. ``review_destination``: the one destination that silent and shadow objects go to (e.g. a
+    research PACS); it must not be one the clinical results go to.
     """
 
     model: str = Field(min_length=1)  # a shipped model ("head", "chest") or a model card JSON path
     body_parts: list[str] = Field(default_factory=list)
     description_patterns: list[str] = Field(default_factory=list)
     calling_aes: list[str] = Field(default_factory=list)
+    mode: Literal["live", "silent"] = "live"
+    shadows: list[str] = Field(default_factory=list)
+    review_destination: str | None = Field(None, min_length=1)
+
+    @field_validator("shadows")
+    @classmethod
+    def _distinct_shadows(cls, shadows: list[str]) -> list[str]:
+        if any(not name for name in shadows):
+            raise ValueError("a shadow model name must not be empty")
+        if len(set(shadows)) != len(shadows):
+            raise ValueError(f"shadow models must be distinct, got {shadows}")
+        return shadows
+
+    @property
+    def run_mode(self) -> RunMode:
+        """The mode of the runs of the route's own model."""
+        return RunMode(self.mode)
+
+    @model_validator(mode="after")
+    def _shadow_is_not_the_model(self) -> Route:
+        if self.model in self.shadows:
+            raise ValueError(f"model {self.model!r} cannot shadow itself")
+        return self
 
     @field_validator("description_patterns")
     @classmethod
@@ -404,6 +435,23 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     hl7: Hl7Config = Field(default_factory=Hl7Config)
+
+    @model_validator(mode="after")
+    def _review_destinations(self) -> Settings:
+        """A review destination is a configured destination that no clinical result goes to."""
+        names = [d.name for d in self.delivery.destinations]
+        clinical = {*self.delivery.default_destinations, *self.delivery.reply_to.values()}
+        for index, route in enumerate(self.pipeline.routes):
+            name = route.review_destination
+            if name is None:
+                continue
+            where = f"pipeline.routes.{index}.review_destination"
+            if name not in names:
+                raise ValueError(f"{where} names destination {name!r}, which is not in delivery.destinations {names}")
+            if name in clinical:
+                raise ValueError(f"{where} {name!r} receives clinical results (delivery.default_destinations or "
+                                 "reply_to): a review destination must be apart from them")
+        return self
 
     @property
     def database_url(self) -> str:

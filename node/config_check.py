@@ -62,13 +62,15 @@ def environment_problems(settings: Settings, models: bool = True) -> list[str]:
 
 
 def model_name_problems(settings: Settings) -> list[str]:
-    """Routes naming a model that is neither shipped nor a card file (the card itself is `ctnode models check`'s)."""
+    """Routes naming a model or shadow that is neither shipped nor a card file (the card itself is `ctnode models check`'s)."""
     from detector.infer.models import card_path
 
     problems = []
     for index, route in enumerate(settings.pipeline.routes):
-        try:
-            card_path(route.model)
-        except LookupError as exc:
-            problems.append(f"pipeline.routes.{index}.model: {exc}")
+        named = [("model", route.model), *((f"shadows.{n}", shadow) for n, shadow in enumerate(route.shadows))]
+        for key, model in named:
+            try:
+                card_path(model)
+            except LookupError as exc:
+                problems.append(f"pipeline.routes.{index}.{key}: {exc}")
     return problems

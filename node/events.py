@@ -32,6 +32,7 @@ class AuditKind(StrEnum):
     RUN_DEGRADED = "run.degraded"  # the objects leave out what the source images lack (e.g. 3D coordinates)
     RUN_TRUNCATED = "run.truncated"  # more findings passed the operating point than the per-study cap reports
     RUN_REQUEUED = "run.requeued"
+    RUN_YIELDED = "run.yielded"  # a shadow run gave its worker up to a live or silent run that fell due; queued again
     LOOP_FAILED = "loop.failed"  # a round of a long-lived loop raised; the loop backed off and went on
     LEASE_LOST = "lease.lost"  # a run's lease could not be renewed in time: its worker stopped writing
     FEEDBACK_RECORDED = "feedback.recorded"  # a reader's SR on one of our runs was matched to its findings
@@ -74,6 +75,24 @@ class RunStatus(StrEnum):
     DONE = "done"  # findings recorded, reports built and queued for delivery
     FAILED = "failed"  # gave up: bad input, or max attempts; the error says which
     SKIPPED = "skipped"  # no model applies to the study; the trigger says why
+
+
+class RunMode(StrEnum):
+    """What a run's results are for (a route's ``mode``, or one of its ``shadows``)."""
+
+    LIVE = "live"  # delivered to the clinical destinations, as results
+    SILENT = "silent"  # runs and records everything; delivered only to the route's review destination, if any
+    SHADOW = "shadow"  # a candidate model on the same series after the live run, at lower priority; as silent
+
+    @property
+    def clinical(self) -> bool:
+        """Whether the run's objects go to the clinical destinations (the PACS)."""
+        return self is RunMode.LIVE
+
+    @property
+    def notice(self) -> str | None:
+        """What a non-clinical run's objects state, in their series descriptions, TID 4019 and overlays."""
+        return None if self.clinical else f"{self.value.upper()} - not for clinical use"
 
 
 class DocumentKind(StrEnum):

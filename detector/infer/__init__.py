@@ -2,6 +2,7 @@
 
 from detector.infer.engine import (
     DetectionResult,
+    InferenceCancelled,
     InferenceOptions,
     default_device,
     detect_series,
@@ -15,6 +16,7 @@ from detector.infer.models import LoadedModel, card_path, load_model, shipped_ca
 
 __all__ = [
     "DetectionResult",
+    "InferenceCancelled",
     "InferenceOptions",
     "LoadedModel",
     "OutOfDomainError",

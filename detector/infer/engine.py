@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,17 +23,24 @@ CANDIDATE_FRACTION = 0.5
 """Per-slice boxes down to this fraction of the operating threshold may extend a finding whose peak passes it."""
 
 
+class InferenceCancelled(Exception):
+    """The caller's ``should_stop`` asked the inference to stop between two slice batches."""
+
+
 @dataclass(frozen=True)
 class InferenceOptions:
     """How to run: slices per batch (bounds memory), device (default CUDA when present), CPU threads, progress bar.
 
     ``threads`` None keeps torch's setting (one per core); a number applies during the run only.
+    ``should_stop``: asked before each slice batch; True stops the inference with ``InferenceCancelled``
+    (a lower-priority run making way for a more urgent one).
     """
 
     batch_slices: int = 8
     device: torch.device | None = None
     threads: int | None = None
     progress: bool = False
+    should_stop: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_slices < 1:
@@ -96,6 +103,8 @@ def slice_detections(
     with _threads(options.threads), torch.no_grad(), autocast, bar:
         task = bar.add_task("detecting", total=depth)
         for start in range(0, depth, batch_slices):
+            if options.should_stop is not None and options.should_stop():
+                raise InferenceCancelled(f"stopped by the caller after {start} of {depth} slices")
             batch = model_input(volume, range(start, min(start + batch_slices, depth)), card.input_spec)
             images = batch.images.contiguous(memory_format=layout)
             if device.type == "cuda":

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
-from node.events import RunStatus
+from node.events import RunMode, RunStatus
 from node.pipeline.queue import requeue_run
 from node.pipeline.records import list_runs, run_record
 
@@ -21,21 +21,28 @@ def runs_list(
     config: ConfigOpt = None,
     status: Annotated[Optional[RunStatus], typer.Option(help="Only runs in this status.")] = None,
     study: Annotated[Optional[str], typer.Option(help="Only runs of this Study Instance UID.")] = None,
+    mode: Annotated[Optional[RunMode], typer.Option(help="Only runs in this mode (live, silent, shadow).")] = None,
     limit: Annotated[int, typer.Option(help="At most this many runs, newest first.")] = 200,
     as_json: JsonOpt = False,
 ) -> None:
-    """Runs: study, model and version, status, findings, when it was ready and finished."""
-    runs = list_runs(open_database(settings_from(config)), status=status, study_instance_uid=study, limit=limit)
+    """Runs: study, model, mode and version, status, findings, when it was ready and finished."""
+    runs = list_runs(open_database(settings_from(config)), status=status, study_instance_uid=study, limit=limit,
+                     mode=mode)
     if as_json:
         dump_json(runs)
         return
-    table = Table("id", "study", "model", "v", "status", "attempts", "instances", "findings", "ready", "finished",
-                  "trigger / error")
+    table = Table("id", "study", "model", "mode", "v", "status", "attempts", "instances", "findings", "ready",
+                  "finished", "trigger / error")
     for r in runs:
-        table.add_row(str(r["id"]), r["study_instance_uid"], r["model"], str(r["version"]), r["status"],
-                      str(r["attempts"]), str(r["instance_count"]), str(r["findings"]), fmt_time(r["ready_at"]),
+        table.add_row(str(r["id"]), r["study_instance_uid"], r["model"], _mode(r["mode"]), str(r["version"]),
+                      r["status"], str(r["attempts"]), str(r["instance_count"]), str(r["findings"]), fmt_time(r["ready_at"]),
                       fmt_time(r["finished_at"]), r["error"] or r["trigger"])
     console.print(table)
+
+
+def _mode(mode: str) -> str:
+    """The mode as an operator reads it: a run that is not delivered clinically in capitals (SHADOW, SILENT)."""
+    return mode if RunMode(mode).clinical else mode.upper()
 
 
 @app.command("show")
@@ -53,7 +60,8 @@ def runs_show(
         dump_json(record)
         return
     console.print(f"[bold]run {record['id']}[/bold] of study {record['study_instance_uid']}: {record['model']} "
-                  f"v{record['version']}, {record['status']} after {record['attempts']} attempt(s)")
+                  f"v{record['version']}, {_mode(record['mode'])}, {record['status']} after {record['attempts']} "
+                  "attempt(s)")
     console.print(f"model {record['model_name']} {record['model_version']} weights sha256 {record['weights_sha256']}")
     console.print(f"{record['instance_count']} inputs, digest {record['input_digest']}; read series "
                   f"{record['series_instance_uid']}; predecessor run {record['predecessor_id']}")

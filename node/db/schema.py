@@ -220,6 +220,8 @@ class Run(Base):
     version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per study and model
     predecessor_id: Mapped[int | None] = mapped_column(ForeignKey("run.id"))
     status: Mapped[str] = mapped_column(String(16))
+    # what the results are for (events.RunMode): live ones are delivered clinically, silent and shadow ones never
+    mode: Mapped[str] = mapped_column(String(8), default="live", server_default="live")
     trigger: Mapped[str] = mapped_column(Text)  # why the study was ready (or why it was skipped)
     routing: Mapped[list[str]] = mapped_column(JSON, default=list)  # which series the route matched, and why
     # the queue: attempts so far, not retried before not_before, held by claim_token until lease_until

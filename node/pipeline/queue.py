@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, case, exists, or_, select, update
 
 from node.config import PipelineConfig
 from node.db import audit
 from node.db.clock import db_now
 from node.db.schema import Run, utcnow
-from node.events import AuditKind, RunStatus
+from node.events import AuditKind, RunMode, RunStatus
 from node.logging import get_logger
 
 log = get_logger(__name__)
@@ -41,6 +41,7 @@ class ClaimedRun:
     study_instance_uid: str
     model: str
     version: int
+    mode: RunMode = RunMode.LIVE
 
 
 def _claimable(now: Any) -> Any:
@@ -48,8 +49,20 @@ def _claimable(now: Any) -> Any:
                and_(Run.status == str(RunStatus.RUNNING), Run.lease_until < now))
 
 
+_SHADOW_LAST = case((Run.mode == str(RunMode.SHADOW), 1), else_=0)
+"""The claim order's first key: every due live or silent run before any shadow run."""
+
+
+def clinical_run_due(engine: Engine) -> bool:
+    """Whether a live or silent run is due (queued, or its worker's lease ran out): a shadow run yields to it."""
+    with engine.connect() as conn:
+        now = db_now(conn)
+        return bool(conn.execute(select(exists().where(_claimable(now), Run.mode != str(RunMode.SHADOW)))).scalar())
+
+
 def claim_run(engine: Engine, config: PipelineConfig, worker: str) -> ClaimedRun | None:
-    """Take the oldest due run: queued and due, or running with an expired lease (its worker died).
+    """Take the oldest due run: queued and due, or running with an expired lease (its worker died); shadow runs
+    only when no live or silent run is due.
 
     PostgreSQL skips rows another worker has locked; on SQLite the guarded UPDATE is the single-writer
     compare-and-set. A reclaimed run that has used up its attempts is failed instead of claimed.
@@ -58,7 +71,7 @@ def claim_run(engine: Engine, config: PipelineConfig, worker: str) -> ClaimedRun
         with engine.begin() as conn:
             now = db_now(conn)
             row = conn.execute(select(Run.id, Run.status, Run.attempts, Run.worker, Run.study_instance_uid)
-                               .where(_claimable(now)).order_by(Run.id).limit(1)
+                               .where(_claimable(now)).order_by(_SHADOW_LAST, Run.id).limit(1)
                                .with_for_update(skip_locked=True)).one_or_none()
             if row is None:
                 return None
@@ -81,11 +94,11 @@ def claim_run(engine: Engine, config: PipelineConfig, worker: str) -> ClaimedRun
             if reclaim:
                 audit.record(conn, AuditKind.RUN_RECLAIMED, study_instance_uid=row.study_instance_uid,
                              detail={"run_id": row.id, "from_worker": row.worker, "to_worker": worker})
-            claimed = conn.execute(select(Run.study_id, Run.model, Run.version, Run.attempts)
+            claimed = conn.execute(select(Run.study_id, Run.model, Run.version, Run.attempts, Run.mode)
                                    .where(Run.id == row.id)).one()
         log.info("run claimed", run_id=row.id, worker=worker, reclaimed=reclaim, attempt=claimed.attempts)
         return ClaimedRun(row.id, token, claimed.attempts, claimed.study_id, row.study_instance_uid, claimed.model,
-                          claimed.version)
+                          claimed.version, RunMode(claimed.mode))
 
 
 def update_run(engine: Engine, run: ClaimedRun, **values: Any) -> bool:
@@ -151,14 +164,15 @@ def skip_run(engine: Engine, run: ClaimedRun, reason: str) -> RunStatus | None:
     return RunStatus.SKIPPED if held else None
 
 
-def release_run(engine: Engine, run: ClaimedRun) -> bool:
-    """Give an interrupted run back to the queue at once (the attempt does not count); False if not held."""
+def release_run(engine: Engine, run: ClaimedRun, kind: AuditKind = AuditKind.RUN_RELEASED) -> bool:
+    """Give an interrupted run back to the queue at once (the attempt does not count), audited as ``kind``
+    (released: a worker shutting down; yielded: a shadow run making way); False if not held."""
     with engine.begin() as conn:
         held = conn.execute(update(Run).where(Run.id == run.id, Run.claim_token == run.token).values(
             status=str(RunStatus.QUEUED), claim_token=None, lease_until=None, attempts=Run.attempts - 1,
             not_before=utcnow())).rowcount
         if held:
-            audit.record(conn, AuditKind.RUN_RELEASED, study_instance_uid=run.study_instance_uid,
+            audit.record(conn, kind, study_instance_uid=run.study_instance_uid,
                          detail={"run_id": run.id, "worker": worker_name()})
     return bool(held)
 

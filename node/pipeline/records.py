@@ -14,7 +14,7 @@ STAGES = ("first_instance_at", "last_instance_at", "ready_at", "claimed_at", "in
           "inference_ended_at", "reports_built_at", "finished_at")
 """The per-stage timestamps of a run, in the order the stages happen."""
 
-SUMMARY = ("id", "study_instance_uid", "model", "version", "status", "attempts", "instance_count",
+SUMMARY = ("id", "study_instance_uid", "model", "mode", "version", "status", "attempts", "instance_count",
            "series_instance_uid", "model_name", "model_version", "predecessor_id", "worker", "error", "trigger")
 
 
@@ -24,9 +24,11 @@ def _summary(run: Run) -> dict[str, Any]:
 
 
 def list_runs(engine: Engine, status: str | None = None, study_instance_uid: str | None = None,
-              limit: int = 200) -> list[dict[str, Any]]:
-    """Runs, newest first, optionally of one status and/or study."""
+              limit: int = 200, mode: str | None = None) -> list[dict[str, Any]]:
+    """Runs, newest first, optionally of one status, study and/or mode."""
     query = select(Run).order_by(Run.id.desc()).limit(limit)
+    if mode is not None:
+        query = query.where(Run.mode == mode)
     if status is not None:
         query = query.where(Run.status == status)
     if study_instance_uid is not None:

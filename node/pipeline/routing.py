@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from node.config import Route
+from node.events import RunMode
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,17 @@ class SeriesFacts:
 
 @dataclass(frozen=True)
 class RoutedModel:
-    """A model to run on a study, the series it may read, and why each was routed to it."""
+    """A model to run on a study, the series it may read, and why each was routed to it.
+
+    ``mode``: live, or silent when any route that gave it a series is silent (nothing a silent route read is
+    delivered clinically). ``shadows``: the candidate models of those routes, each to read the same series.
+    """
 
     model: str
     series_instance_uids: tuple[str, ...]
     reasons: tuple[str, ...]
+    mode: RunMode = RunMode.LIVE
+    shadows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,15 @@ def route_study(routes: Sequence[Route], series: Sequence[SeriesFacts],
                 pixels: PixelReader | None = None) -> RoutingDecision:
     """Give each CT series to the first route that matches it; one model run per matched model.
 
+    A model's shadows that another route runs as its own model on this study are left out (one model reads a
+    study once per settling).
+
     A CT series without Body Part Examined that no route matches by its tags is read by ``pixels`` (when given),
     and routed by the body part its pixels show.
     """
     by_model: dict[str, tuple[list[str], list[str]]] = {}
+    modes: dict[str, set[RunMode]] = {}
+    shadows: dict[str, dict[str, None]] = {}
     unrouted = []
     for facts in series:
         if (facts.modality or "").upper() != "CT":
@@ -107,12 +119,15 @@ def route_study(routes: Sequence[Route], series: Sequence[SeriesFacts],
             uids, reasons = by_model.setdefault(route.model, ([], []))
             uids.append(facts.series_instance_uid)
             reasons.append(f"{facts.label} -> {route.model}: {why}")
+            modes.setdefault(route.model, set()).add(route.run_mode)
+            shadows.setdefault(route.model, {}).update(dict.fromkeys(route.shadows))
         else:
             unrouted.append(
                 f"{facts.label}: no route matches (body part {facts.body_part or 'absent'}, series description "
                 f"{facts.series_description or 'absent'!r}, study description {facts.study_description or 'absent'!r})"
             )
-    return RoutingDecision(
-        tuple(RoutedModel(model, tuple(uids), tuple(reasons)) for model, (uids, reasons) in by_model.items()),
-        tuple(unrouted),
-    )
+    routed = tuple(RoutedModel(model, tuple(uids), tuple(reasons),
+                               RunMode.SILENT if RunMode.SILENT in modes[model] else RunMode.LIVE,
+                               tuple(name for name in shadows[model] if name not in by_model))
+                   for model, (uids, reasons) in by_model.items())
+    return RoutingDecision(routed, tuple(unrouted))

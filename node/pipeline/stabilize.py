@@ -4,8 +4,8 @@ A study is a candidate while its ``generation`` (bumped by every stored instance
 ``settled_generation``. It is ready when no instance arrived for ``pipeline.quiet_s``, or at once
 (fast path) when every association that brought it is released and every CT series' slices are
 complete. Settling copies the generation it acted on (compare-and-set, so several stabilizers never
-settle one generation twice), routes the series to models and queues one run per model, unless
-that model's last run read exactly the same instances.
+settle one generation twice), routes the series to models and queues one run per model (live or
+silent, then each route's shadow models), unless that model's last run read exactly the same instances.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.config import Settings
 from node.db import audit, identifiers
 from node.db.schema import Association, Instance, Run, RunInput, Series, Study, utcnow
-from node.events import AssociationOutcome, AuditKind, RunStatus
+from node.events import AssociationOutcome, AuditKind, RunMode, RunStatus
 from node.logging import get_logger
 from node.loops import report_failure
 from node.pipeline.evidence import SeriesEvidence, series_evidence
@@ -185,23 +185,21 @@ class Stabilizer:
                                .values(settled_generation=candidate.generation)).rowcount
             if not won:
                 return []  # another stabilizer settled this generation
-            plans: list[tuple[RoutedModel | None, list[StoredInstance], RunStatus, str]] = [
-                (routed, [i for i in candidate.instances if i.series_instance_uid in routed.series_instance_uids],
-                 RunStatus.QUEUED, trigger) for routed in decision.routed
-            ] or [(None, list(candidate.instances), RunStatus.SKIPPED, f"skipped: no model applies ({trigger})")]
-            for routed, inputs, status, why in plans:
-                run_id = self._queue(conn, candidate, routed, inputs, status, why, decision.explain(), now)
+            plans = _plans(candidate, decision.routed, trigger) or [
+                _Plan(SKIPPED_MODEL, RunMode.LIVE, list(candidate.instances), RunStatus.SKIPPED,
+                      f"skipped: no model applies ({trigger})", [])]
+            for plan in plans:
+                run_id = self._queue(conn, candidate, plan, [*decision.explain(), *plan.routing], now)
                 if run_id is not None:
                     created.append(run_id)
         log.info("study settled", study_instance_uid=candidate.study_instance_uid, generation=candidate.generation,
                  trigger=trigger, runs=created)
         return created
 
-    def _queue(self, conn: Connection, candidate: Candidate, routed: RoutedModel | None,
-               inputs: list[StoredInstance], status: RunStatus, trigger: str, routing: list[str],
+    def _queue(self, conn: Connection, candidate: Candidate, plan: _Plan, routing: list[str],
                now: datetime) -> int | None:
         """Insert the next run version of (study, model), unless its last run read the same instances."""
-        model = routed.model if routed is not None else SKIPPED_MODEL
+        model, inputs, status, trigger = plan.model, plan.inputs, plan.status, plan.trigger
         digest = input_digest(inputs)
         last = conn.execute(select(Run.id, Run.version, Run.input_digest)
                             .where(Run.study_id == candidate.study_id, Run.model == model)
@@ -213,7 +211,7 @@ class Stabilizer:
         run_id = conn.execute(insert(Run).returning(Run.id).values(
             study_id=candidate.study_id, study_instance_uid=candidate.study_instance_uid, model=model,
             version=(last.version + 1) if last is not None else 1, predecessor_id=last.id if last else None,
-            status=str(status), trigger=trigger, routing=routing, attempts=0, not_before=now,
+            status=str(status), mode=str(plan.mode), trigger=trigger, routing=routing, attempts=0, not_before=now,
             input_digest=digest, instance_count=len(inputs), selection=[], findings=[],
             first_instance_at=min(i.received_at for i in inputs) if inputs else None,
             last_instance_at=max(i.received_at for i in inputs) if inputs else None, ready_at=now,
@@ -223,6 +221,39 @@ class Stabilizer:
             conn.execute(insert(RunInput), [{"run_id": run_id, "instance_id": i.id} for i in inputs])
         kind = AuditKind.RUN_SKIPPED if status is RunStatus.SKIPPED else AuditKind.RUN_QUEUED
         audit.record(conn, kind, study_instance_uid=candidate.study_instance_uid,
-                     detail={"run_id": run_id, "model": model, "trigger": trigger, "instances": len(inputs)})
+                     detail={"run_id": run_id, "model": model, "mode": str(plan.mode), "trigger": trigger,
+                             "instances": len(inputs)})
         return run_id
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One run to queue for a settled study: model, mode, what it reads, its status and trigger, extra routing."""
+
+    model: str
+    mode: RunMode
+    inputs: list[StoredInstance]
+    status: RunStatus
+    trigger: str
+    routing: list[str]
+
+
+def _plans(candidate: Candidate, routed: tuple[RoutedModel, ...], trigger: str) -> list[_Plan]:
+    """The routed models' runs (live or silent, in route order), then one run per shadow model on the series
+    of the models it shadows: queued after them, and claimed after every live and silent run that is due."""
+    def reading(uids: set[str]) -> list[StoredInstance]:
+        return [i for i in candidate.instances if i.series_instance_uid in uids]
+
+    plans = [_Plan(r.model, r.mode, reading(set(r.series_instance_uids)), RunStatus.QUEUED, trigger, [])
+             for r in routed]
+    shadowed: dict[str, tuple[set[str], list[str]]] = {}
+    for r in routed:
+        for shadow in r.shadows:
+            uids, of = shadowed.setdefault(shadow, (set(), []))
+            uids.update(r.series_instance_uids)
+            of.append(r.model)
+    plans += [_Plan(shadow, RunMode.SHADOW, reading(uids), RunStatus.QUEUED, trigger,
+                    [f"shadow of {', '.join(of)}: reads its series after it, never delivered clinically"])
+              for shadow, (uids, of) in shadowed.items()]
+    return plans
 

@@ -2,6 +2,10 @@
 
 Stages, in order, each timestamped on the run: claimed, inference started, inference ended (findings,
 selection and model identity recorded), reports built (outputs recorded), done (deliveries queued).
+A live run's objects go to the clinical destinations; a silent or shadow run's only to its route's
+review destination, if it has one, marked as not for clinical use. A shadow run makes way for any
+live or silent run that falls due while it runs: it goes back to the queue (audited) between two
+slice batches, and is run again once no live or silent run is due.
 A heartbeat thread renews the lease while the stages run; a worker that loses its claim stops
 writing. UIDs derive from the run id, so a reclaimed run rebuilds byte-identical objects and the
 outbox (unique per object and destination) never sends one twice.
@@ -11,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +23,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import Settings
+from node.config import Route, Settings
 from node.db import identifiers
 from node.db.audit import record
 from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
@@ -27,12 +31,13 @@ from node.db.upsert import insert_ignore
 from node.delivery import enqueue
 from node.delivery.outbox import OutputObject
 from node.delivery.routing import destinations_for_study
-from node.events import AuditKind, RunStatus
+from node.events import AuditKind, RunMode, RunStatus
 from node.logging import get_logger
 from node.loops import Progress, report_failure, run_guarded
 from node.pipeline.queue import (
     ClaimedRun,
     claim_run,
+    clinical_run_due,
     fail_run,
     finish_run,
     heartbeat,
@@ -57,6 +62,25 @@ class ClaimLost(Exception):
 
 class ModelUnavailable(Exception):
     """A routed model's card or weights do not load; the message says which and why."""
+
+
+class ShadowYielded(Exception):
+    """A live or silent run fell due while this shadow run held the worker: give the shadow run back."""
+
+
+YIELD_CHECK_S = 0.25
+"""How often (at most) a shadow run asks whether a live or silent run is due, between slice batches."""
+
+
+def review_destination(routes: list[Route], model: str, mode: RunMode) -> str | None:
+    """Where a silent or shadow run of ``model`` may send its objects under ``routes`` as they are now: the
+    review destination of the first route that runs ``model`` in that mode (None: nowhere)."""
+    for route in routes:
+        runs_it = model in route.shadows if mode is RunMode.SHADOW else (route.model == model
+                                                                          and route.run_mode is mode)
+        if runs_it:
+            return route.review_destination
+    return None
 
 
 class WorkerShutdown(BaseException):
@@ -136,11 +160,13 @@ class Worker:
         self.name = worker_name()
         self.busy = False  # a run is in progress (a shutdown must interrupt it, not wait for it)
         self._models: dict[str, LoadedModel] = {}
+        self._last_yield_check = float("-inf")
 
     def run_forever(self) -> None:
         """Load the routed models (so the first study does not wait for them), then work the queue."""
 
-        for model in dict.fromkeys(route.model for route in self.settings.pipeline.routes):
+        routes = self.settings.pipeline.routes  # live models first, then the shadows
+        for model in dict.fromkeys([*(route.model for route in routes), *(m for r in routes for m in r.shadows)]):
             try:
                 self._model(model)
             except ModelUnavailable as exc:  # its runs will fail with this error, audited
@@ -160,14 +186,17 @@ class Worker:
 
     def process(self, run: ClaimedRun) -> RunStatus | None:
         """All stages of one claimed run; returns where it ended (None when the claim was lost)."""
-        from detector.infer import OutOfDomainError
+        from detector.infer import InferenceCancelled, OutOfDomainError
         from detector.io import SeriesInputError
         from detector.registry import ModelCardError
 
         try:
             self.busy = True
-            with Heartbeat(self.engine, run, self.settings, self.progress) as beat:
-                self._stages(run, beat)
+            try:
+                with Heartbeat(self.engine, run, self.settings, self.progress) as beat:
+                    self._stages(run, beat)
+            except InferenceCancelled as exc:
+                raise ShadowYielded(run.id) from exc
         except WorkerShutdown:
             release_run(self.engine, run)
             log.info("run given back to the queue: worker shutting down", run_id=run.id)
@@ -175,6 +204,10 @@ class Worker:
         except ClaimLost:
             log.warning("run abandoned: another worker holds it", run_id=run.id)
             return None
+        except ShadowYielded:
+            release_run(self.engine, run, AuditKind.RUN_YIELDED)
+            log.info("shadow run gave way to a live or silent run", run_id=run.id, model=run.model)
+            return RunStatus.QUEUED
         except OutOfDomainError as exc:
             return skip_run(self.engine, run, f"refused by the model's domain gate: {exc}")
         except ModelUnavailable as exc:  # the operator may fix the model: retried, then failed with the reason
@@ -214,10 +247,14 @@ class Worker:
         config = self.settings.pipeline
         model = self._model(run.model)
         card = model.card
+        should_stop = self._clinical_due if run.mode is RunMode.SHADOW else None
+        if should_stop is not None and should_stop():
+            raise ShadowYielded(run.id)
         self._stage(run, beat, model_name=card.name, model_version=card.version, weights_sha256=card.weights_sha256,
                     inference_started_at=utcnow())
         device = default_device() if config.device == "auto" else torch.device(config.device)
-        options = InferenceOptions(batch_slices=config.batch_slices, device=device, threads=config.threads)
+        options = InferenceOptions(batch_slices=config.batch_slices, device=device, threads=config.threads,
+                                   should_stop=should_stop)
         result = detect_series(self._input_paths(run), model, options=options, max_findings=config.max_findings,
                                gate=config.domain_gate, anatomy=config.anatomy.get(run.model))
         self._stage(run, beat, inference_ended_at=utcnow(), series_instance_uid=result.volume.series_instance_uid,
@@ -228,24 +265,49 @@ class Worker:
         # one folder per attempt: a worker that lost its claim never writes into the files of the one holding it
         folder = (self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
                   / f"attempt-{run.attempts}")
+        notice = run.mode.notice
+        reports = options_for(card, self.settings.reports)
+        if notice is not None:  # the overlays burn the notice in where the banner goes
+            reports = reports.model_copy(update={"banner_text": notice})
         objects, written = report_stage(
-            report_run(result, run_key(run.id), self._earlier_reports(run), self._ready_at(run)),
-            options_for(card, self.settings.reports), folder)
+            replace(report_run(result, run_key(run.id), self._earlier_reports(run), self._ready_at(run)),
+                    notice=notice),
+            reports, folder)
         if objects.omissions:
             with self.engine.begin() as conn:
                 record(conn, AuditKind.RUN_DEGRADED, study_instance_uid=run.study_instance_uid,
                        detail={"run_id": run.id, "omitted": list(objects.omissions)})
         self._record_outputs(run, written)
         self._stage(run, beat, reports_built_at=utcnow())
-        destinations = destinations_for_study(self.engine, self.settings.delivery, run.study_instance_uid)
+        destinations = self._destinations(run)
         for output in written:
             enqueue(self.engine, OutputObject(output.path, output.sop_class_uid, output.sop_instance_uid,
                                               output.study_instance_uid, output.transfer_syntax_uid),
                     destinations, run.id)
         if beat.lost or not finish_run(self.engine, run):
             raise ClaimLost(run.id)
-        log.info("run done", run_id=run.id, findings=len(result.findings), outputs=len(written),
+        log.info("run done", run_id=run.id, mode=str(run.mode), findings=len(result.findings), outputs=len(written),
                  destinations=destinations)
+
+    def _destinations(self, run: ClaimedRun) -> list[str]:
+        """A live run's clinical destinations; a silent or shadow run's review destination (from the routes as
+        they are now), or none."""
+        if run.mode.clinical:
+            return destinations_for_study(self.engine, self.settings.delivery, run.study_instance_uid)
+        review = review_destination(self.settings.pipeline.routes, run.model, run.mode)
+        return [review] if review is not None else []
+
+    def _clinical_due(self) -> bool:
+        """Whether a live or silent run is due (asked at most every ``YIELD_CHECK_S``; a failed look says no)."""
+        now = time.monotonic()
+        if now - self._last_yield_check < YIELD_CHECK_S:
+            return False
+        self._last_yield_check = now
+        try:
+            return clinical_run_due(self.engine)
+        except SQLAlchemyError as exc:
+            log.warning("could not look for due live runs", error=type(exc).__name__)
+            return False
 
     def _audit_truncation(self, run: ClaimedRun, kept: list[Finding], dropped: list[Finding]) -> None:
         """The findings the per-study cap left out: how many, and their scores and centres, for the auditor."""

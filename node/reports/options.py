@@ -69,7 +69,9 @@ class ReportRun:
     """One detector run to report: its id, the read series (datasets), findings, model and earlier SRs.
 
     ``created``: the run's time, which every date and time of its objects carries (so a rebuild is
-    byte-identical); None takes the newest date and time its source images state.
+    byte-identical); None takes the newest date and time its source images state. ``notice``: for a run whose
+    objects are not for clinical use (shadow, silent), what they state in their series descriptions and
+    algorithm parameters, e.g. "SHADOW - not for clinical use".
     """
 
     run_id: str
@@ -78,7 +80,15 @@ class ReportRun:
     algorithm: AlgorithmIdentity
     earlier_reports: Sequence[EarlierReport] = field(default_factory=tuple)
     created: datetime | None = None
+    notice: str | None = None
+
+    def series_description(self, what: str, clinical: str) -> str:
+        """The objects' Series Description: ``clinical`` for a clinical run, else the notice and ``what``."""
+        return clinical if self.notice is None else f"{self.notice} ({what})"[:64]
 
     def __post_init__(self) -> None:
         if not self.run_id:
             raise ValueError("a report run needs a non-empty run id: UIDs are derived from it")
+        if self.notice is not None and not 0 < len(self.notice) <= 40:
+            raise ValueError(f"a report notice is 1-40 characters (it heads a 64-character description), "
+                             f"got {self.notice!r}")

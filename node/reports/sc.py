@@ -63,7 +63,7 @@ def _secondary_capture(
         **report.identity(ObjectKind.SC, index),
         pixel_spacing=pixel_spacing,
         patient_orientation=series.patient_orientation(),
-        series_description=SC_SERIES_DESCRIPTION,
+        series_description=report.run.series_description("AI findings overlay", SC_SERIES_DESCRIPTION),
     )
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"

@@ -32,7 +32,7 @@ def algorithm_identification(run: ReportRun) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=run.algorithm.name,
         version=run.algorithm.version,
-        parameters=list(run.algorithm.all_parameters),
+        parameters=[*run.algorithm.all_parameters, *([run.notice] if run.notice is not None else [])],
         family=codes.cid7162.ArtificialIntelligence,
     )
 
@@ -164,7 +164,7 @@ def build_sr(report: PreparedReport) -> hd.sr.Comprehensive3DSR:
         is_complete=True,
         is_final=True,
         previous_versions=[e.as_dataset() for e in run.earlier_reports] or None,
-        series_description=SR_SERIES_DESCRIPTION,
+        series_description=run.series_description("AI findings report", SR_SERIES_DESCRIPTION),
     )
     report.stamp(sr)
     return sr

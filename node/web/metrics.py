@@ -16,7 +16,7 @@ from sqlalchemy import Connection, Engine, case, extract, func, select
 from sqlalchemy.sql import ColumnElement
 
 from node.db.schema import Association, Delivery, DeliveryAttempt, Instance, Run
-from node.events import AssociationOutcome, AttemptOutcome, DeliveryState, RunStatus
+from node.events import AssociationOutcome, AttemptOutcome, DeliveryState, RunMode, RunStatus
 
 # Upper bounds (seconds) of the stage latency buckets: 0.1 s up to 15 min; +Inf is added.
 BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
@@ -32,7 +32,7 @@ class AuditCollector(Collector):
         with self.engine.connect() as conn:
             instances = conn.scalar(select(func.count()).select_from(Instance)) or 0
             associations = _counts(conn, Association.outcome)
-            runs = _counts(conn, Run.status)
+            runs = _grouped(conn, select(Run.status, Run.mode, func.count()).group_by(Run.status, Run.mode))
             deliveries = _grouped(conn, select(Delivery.destination, Delivery.state, func.count())
                                   .group_by(Delivery.destination, Delivery.state))
             failures = _grouped(conn, select(Delivery.destination, func.count())
@@ -45,10 +45,17 @@ class AuditCollector(Collector):
                                   value=instances)
         yield _labelled(CounterMetricFamily("ctnode_associations", "DICOM associations by how they ended.",
                                             labels=["outcome"]), _with_zeros(associations, AssociationOutcome))
-        yield _labelled(GaugeMetricFamily("ctnode_runs", "Detection runs by current status.", labels=["status"]),
-                        _with_zeros(runs, RunStatus))
-        yield GaugeMetricFamily("ctnode_run_queue_depth", "Runs queued for a worker (first try or retry).",
-                                value=runs.get(str(RunStatus.QUEUED), 0))
+        statuses = sorted({*map(str, RunStatus), *(status for status, _ in runs)})
+        modes = sorted({*map(str, RunMode), *(mode for _, mode in runs)})
+        by_run = GaugeMetricFamily("ctnode_runs", "Detection runs by current status and mode (live, silent, shadow).",
+                                   labels=["status", "mode"])
+        for status in statuses:
+            for mode in modes:
+                by_run.add_metric([status, mode], runs.get((status, mode), 0))
+        yield by_run
+        yield _labelled(GaugeMetricFamily("ctnode_run_queue_depth", "Runs queued for a worker (first try or retry), "
+                                          "by mode.", labels=["mode"]),
+                        {mode: runs.get((str(RunStatus.QUEUED), mode), 0) for mode in modes})
         destinations = sorted({d for d, _ in deliveries} | {d for (d,) in failures})
         yield _labelled(GaugeMetricFamily("ctnode_delivery_queue_depth", "Outbox rows waiting for an attempt.",
                                           labels=["destination"]),
@@ -61,10 +68,10 @@ class AuditCollector(Collector):
                                           labels=["destination"]),
                         {d: deliveries.get((d, str(DeliveryState.DEAD)), 0) for d in destinations})
         histogram = HistogramMetricFamily("ctnode_stage_duration_seconds",
-                                          "Seconds a run spent in each stage, over runs that have both timestamps.",
-                                          labels=["stage"])
-        for stage, (buckets, total) in stages.items():
-            histogram.add_metric([stage], buckets, total)
+                                          "Seconds a run spent in each stage, over runs that have both timestamps, "
+                                          "by run mode.", labels=["stage", "mode"])
+        for (stage, mode), (buckets, total) in stages.items():
+            histogram.add_metric([stage, mode], buckets, total)
         yield histogram
 
 
@@ -88,8 +95,9 @@ def _labelled(family: CounterMetricFamily | GaugeMetricFamily, values: Mapping[s
     return family
 
 
-def _stage_histograms(conn: Connection) -> dict[str, tuple[list[tuple[str, float]], float]]:
-    """Per stage: cumulative ``(le, count)`` buckets ending with +Inf, and the sum of seconds; one query."""
+def _stage_histograms(conn: Connection) -> dict[tuple[str, str], tuple[list[tuple[str, float]], float]]:
+    """Per stage and run mode: cumulative ``(le, count)`` buckets ending with +Inf, and the sum of seconds; one
+    query (a shadow run's queue time is not a live run's)."""
     sr_ack = (select(Delivery.run_id, func.min(Delivery.acknowledged_at).label("at"))
               .where(Delivery.sop_class_uid == Comprehensive3DSRStorage, Delivery.acknowledged_at.is_not(None))
               .group_by(Delivery.run_id).subquery())
@@ -106,13 +114,16 @@ def _stage_histograms(conn: Connection) -> dict[str, tuple[list[tuple[str, float
         seconds = _seconds(conn.dialect.name, start, end)
         columns += [func.count(seconds), func.coalesce(func.sum(seconds), 0.0)]
         columns += [func.sum(case((seconds <= bound, 1), else_=0)) for bound in BUCKETS_S]
-    row = conn.execute(select(*columns).select_from(Run).outerjoin(sr_ack, sr_ack.c.run_id == Run.id)).one()
+    rows = {row[0]: row[1:] for row in conn.execute(select(Run.mode, *columns).select_from(Run)
+                                                    .outerjoin(sr_ack, sr_ack.c.run_id == Run.id).group_by(Run.mode))}
     width = 2 + len(BUCKETS_S)
     result = {}
-    for i, stage in enumerate(spans):
-        count, total, *cumulative = row[i * width:(i + 1) * width]
-        buckets = [(str(bound), float(n or 0)) for bound, n in zip(BUCKETS_S, cumulative, strict=True)]
-        result[stage] = ([*buckets, ("+Inf", float(count))], float(total))
+    for mode in sorted({*map(str, RunMode), *rows}):
+        row = rows.get(mode, (0, 0.0, *(0,) * len(BUCKETS_S)) * len(spans))
+        for i, stage in enumerate(spans):
+            count, total, *cumulative = row[i * width:(i + 1) * width]
+            buckets = [(str(bound), float(n or 0)) for bound, n in zip(BUCKETS_S, cumulative, strict=True)]
+            result[(stage, mode)] = ([*buckets, ("+Inf", float(count))], float(total or 0.0))
     return result
 
 

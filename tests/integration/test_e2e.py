@@ -141,8 +141,8 @@ def test_orthanc_sends_a_study_and_gets_sr_and_overlays_back_in_the_same_study(
     assert all(d["state"] == "delivered" and d["acknowledged_at"] for d in record["deliveries"])
     assert None not in record["durations_s"].values()
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{node.config['metrics']['port']}/metrics").read().decode()
-    assert 'ctnode_runs{status="done"} 1.0' in metrics
-    assert 'ctnode_stage_duration_seconds_count{stage="turnaround"} 1.0' in metrics
+    assert 'ctnode_runs{mode="live",status="done"} 1.0' in metrics
+    assert 'ctnode_stage_duration_seconds_count{mode="live",stage="turnaround"} 1.0' in metrics
     ready = urllib.request.urlopen(f"http://127.0.0.1:{node.config['metrics']['port']}/readyz")
     assert ready.status == 200
 

@@ -20,7 +20,7 @@ from node.config import MetricsConfig, Settings, StorageConfig
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
 from node.db.schema import Association, Delivery, DeliveryAttempt, Instance, Run, Series, Study
-from node.events import AttemptOutcome, DeliveryState, RunStatus
+from node.events import AttemptOutcome, DeliveryState, RunMode, RunStatus
 from node.web.metrics import BUCKETS_S
 from node.web.server import start_http
 from tests.support import free_port
@@ -77,9 +77,10 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def add_run(conn: Connection, study: int, version: int, status: RunStatus, **stamps: datetime | None) -> int:
+def add_run(conn: Connection, study: int, version: int, status: RunStatus, model: str = "head",
+            mode: RunMode = RunMode.LIVE, **stamps: datetime | None) -> int:
     return conn.execute(insert(Run).values(
-        study_id=study, study_instance_uid="1.2.3", model="head", version=version, status=str(status),
+        study_id=study, study_instance_uid="1.2.3", model=model, version=version, status=str(status), mode=str(mode),
         trigger="test", input_digest="0" * 64, instance_count=1, **stamps,
     ).returning(Run.id)).scalar_one()
 
@@ -141,13 +142,18 @@ def populate(conn: Connection) -> None:
     add_run(conn, study, 6, RunStatus.QUEUED, last_instance_at=at(6000), ready_at=at(6030.5))
     add_run(conn, study, 7, RunStatus.FAILED, last_instance_at=at(7000), ready_at=at(7005), claimed_at=at(7005.15),
             inference_started_at=at(7005.2))
+    # shadow runs of a candidate: counted under their own mode, their stages apart from the live runs'
+    add_run(conn, study, 1, RunStatus.DONE, "candidate.json", RunMode.SHADOW, last_instance_at=at(0),
+            ready_at=at(0.05), claimed_at=at(50.05), inference_started_at=at(50.1), inference_ended_at=at(95.1),
+            reports_built_at=at(96.1))
+    add_run(conn, study, 2, RunStatus.QUEUED, "candidate.json", RunMode.SHADOW, ready_at=at(1061))
 
 
 def test_metrics_count_the_audit_database(engine: Engine, serve: Serve):
     base = serve(engine)
     empty = scrape(base)
     assert empty[("ctnode_instances_received_total", ())] == 0
-    assert empty[("ctnode_stage_duration_seconds_count", (("stage", "turnaround"),))] == 0
+    assert empty[("ctnode_stage_duration_seconds_count", (("mode", "live"), ("stage", "turnaround")))] == 0
     assert "process_cpu_seconds_total" in {name for name, _ in empty}, "the process collector is served too"
     with engine.begin() as conn:
         populate(conn)
@@ -158,24 +164,33 @@ def test_metrics_count_the_audit_database(engine: Engine, serve: Serve):
 
     assert samples[("ctnode_instances_received_total", ())] == 4
     assert by("ctnode_associations_total", "outcome") == {"open": 0, "released": 3, "rejected": 1, "aborted": 1}
-    assert by("ctnode_runs", "status") == {"queued": 2, "running": 1, "done": 3, "failed": 1, "skipped": 0}
-    assert samples[("ctnode_run_queue_depth", ())] == 2
+    def runs(mode: str) -> dict[str, float]:
+        return {dict(labels)["status"]: v for (n, labels), v in samples.items()
+                if n == "ctnode_runs" and dict(labels)["mode"] == mode}
+
+    assert runs("live") == {"queued": 2, "running": 1, "done": 3, "failed": 1, "skipped": 0}
+    assert runs("shadow") == {"queued": 1, "running": 0, "done": 1, "failed": 0, "skipped": 0}
+    assert runs("silent") == {"queued": 0, "running": 0, "done": 0, "failed": 0, "skipped": 0}
+    assert by("ctnode_run_queue_depth", "mode") == {"live": 2, "shadow": 1, "silent": 0}
     assert by("ctnode_delivery_queue_depth", "destination") == {"pacs": 2, "archive": 1, "viewer": 0}
     assert by("ctnode_delivery_failures_total", "destination") == {"pacs": 3, "archive": 3, "viewer": 0}
     assert by("ctnode_delivery_dead_letters", "destination") == {"pacs": 0, "archive": 1, "viewer": 0}
 
-    def histogram(stage: str) -> dict[str, float]:
+    def histogram(stage: str, mode: str = "live") -> dict[str, float]:
         return {dict(labels)["le"]: v for (n, labels), v in samples.items()
-                if n == "ctnode_stage_duration_seconds_bucket" and ("stage", stage) in labels}
+                if n == "ctnode_stage_duration_seconds_bucket" and ("stage", stage) in labels
+                and ("mode", mode) in labels}
 
     assert histogram("queue") == {"0.1": 1, "0.25": 2, "0.5": 3, "1.0": 3, "2.5": 3, "5.0": 4, "10.0": 4, "30.0": 4,
                                   "60.0": 4, "120.0": 4, "300.0": 4, "600.0": 4, "900.0": 4, "+Inf": 5}
     for stage, seconds in STAGES.items():
         expected = {str(bound): sum(s <= bound for s in seconds) for bound in BUCKETS_S} | {"+Inf": len(seconds)}
         assert histogram(stage) == expected, stage
-        assert samples[("ctnode_stage_duration_seconds_count", (("stage", stage),))] == len(seconds)
-        assert samples[("ctnode_stage_duration_seconds_sum", (("stage", stage),))] == pytest.approx(sum(seconds),
-                                                                                                   abs=0.01)
+        live = (("mode", "live"), ("stage", stage))
+        assert samples[("ctnode_stage_duration_seconds_count", live)] == len(seconds)
+        assert samples[("ctnode_stage_duration_seconds_sum", live)] == pytest.approx(sum(seconds), abs=0.01)
+    assert histogram("queue", "shadow") == {str(bound): int(bound >= 50) for bound in BUCKETS_S} | {"+Inf": 1}
+    assert samples[("ctnode_stage_duration_seconds_count", (("mode", "silent"), ("stage", "queue")))] == 0
 
 
 def test_health_and_readiness_on_a_migrated_database(engine: Engine, serve: Serve):
@@ -216,7 +231,7 @@ def test_not_ready_when_storage_is_unwritable_or_full(engine: Engine, serve: Ser
 
 def test_metrics_answer_503_when_the_database_goes_away(engine: Engine, serve: Serve):
     base = serve(engine)
-    assert scrape(base)[("ctnode_run_queue_depth", ())] == 0
+    assert scrape(base)[("ctnode_run_queue_depth", (("mode", "live"),))] == 0
     engine.dispose()
     if engine.dialect.name == "sqlite":  # a fresh empty file replaces it on the next connect
         database = Path(str(engine.url.database))

@@ -18,7 +18,8 @@ from node.cli.monitor import monitor
 from node.cli.reports import app as reports_app
 from node.cli.runs import app as runs_app
 from node.cli.store import app as store_app
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
+from node.cli.options import (ConfigOpt, JsonOpt, VerboseOpt, console, dump_json, log_verbosely, open_database,
+                              settings_from)
 from node.config import AllowedPeer
 from node.config_check import environment_problems
 from node.db.engine import make_engine
@@ -39,6 +40,12 @@ app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
 app.add_typer(store_app, name="store")
 app.command("monitor")(monitor)
+
+
+@app.callback()
+def main(verbose: VerboseOpt = False) -> None:
+    """ctnode: a DICOM node that finds urgent CT findings and reports them to the PACS."""
+    log_verbosely(verbose)  # commands other than `serve` log warnings only unless asked
 
 
 @app.command()
@@ -101,7 +108,7 @@ def serve(
         overrides["dicom"] = dicom
     if data_dir is not None:
         overrides["storage"] = {"data_dir": data_dir.resolve()}
-    settings = settings_from(config, overrides)
+    settings = settings_from(config, overrides, serving=True)
     problems = environment_problems(settings, models=bool({Role.ALL, Role.WORKER} & set(roles)))
     for line in problems:
         typer.echo(f"configuration error: {line}", err=True)

@@ -1,8 +1,9 @@
-"""What every `ctnode` command shares: the --config option, loading settings with readable errors, JSON output."""
+"""What every `ctnode` command shares: the --config option, loading settings and logging, JSON output."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -24,18 +25,40 @@ console = Console()
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML configuration file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log at logging.level (commands log warnings only).")]
+LEVEL_VARIABLE = "CTNODE_LOGGING__LEVEL"
+_verbose = False  # set by the root command on every invocation (`ctnode --verbose ...`)
 
 
-def settings_from(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Load settings and configure logging; a bad file or value exits with status 2 and the reason."""
+def log_verbosely(on: bool) -> None:
+    """Whether this invocation's command logs at ``logging.level`` (the root command's --verbose)."""
+    global _verbose
+    _verbose = on
+
+
+def settings_from(config: Path | None, overrides: dict[str, Any] | None = None, serving: bool = False) -> Settings:
+    """Load settings and configure logging; a bad file or value exits with status 2 and the reason.
+
+    Logs go to stderr. ``serving`` (`ctnode serve`) logs at ``logging.level``; any other command logs warnings and
+    errors only, so that its output is its own, unless asked for more: `ctnode -v ...`, or the level set for this
+    invocation in the environment (``CTNODE_LOGGING__LEVEL``).
+    """
     try:
         settings = load_settings(config, overrides)
     except (FileNotFoundError, ValidationError, ValueError, yaml.YAMLError) as exc:
         for line in problem_lines(exc, config):
             typer.echo(f"configuration error: {line}", err=True)
         raise typer.Exit(2) from exc
-    configure_logging(settings.logging.format, settings.logging.level)
+    level = settings.logging.level
+    if not (serving or _asked_to_log() or level in ("WARNING", "ERROR")):
+        level = "WARNING"
+    configure_logging(settings.logging.format, level)
     return settings
+
+
+def _asked_to_log() -> bool:
+    """`ctnode --verbose`, or a level in the environment."""
+    return _verbose or any(name.upper() == LEVEL_VARIABLE for name in os.environ)
 
 
 def open_database(settings: Settings) -> Engine:

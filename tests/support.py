@@ -141,6 +141,10 @@ class NodeProcess:
         self._log_start = 0
 
     def start(self) -> NodeProcess:
+        level = self.config["logging"].get("level", "INFO")
+        if (not self.roles or "receiver" in self.roles) and level not in ("DEBUG", "INFO"):
+            raise ValueError(f"logging.level {level} hides the receivers' INFO \"listening\" lines that start() "
+                             "waits for: leave the node at INFO")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(yaml.safe_dump(self.config))
         log = self.log_file.open("ab")

@@ -38,7 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
 CHEST = "chest_lung_pet_ct_dx_A0001"
 FIRST_KEYS = ("gpu", "cuda_op_tests", "dcn_max_abs_diff_fwd", "dcn_max_abs_diff_bwd", "dcn_fwd_vs_torchvision",
@@ -77,7 +77,8 @@ def cmd_device(args: argparse.Namespace) -> None:
     values: dict[str, Any] = {"torch": torch.__version__, "torch_cuda": torch.version.cuda or "none"}
     if device.type == "cuda":
         values["gpu"] = torch.cuda.get_device_name().replace(" ", "_")
-        values["compute_capability"] = "%d.%d" % torch.cuda.get_device_capability()
+        major, minor = torch.cuda.get_device_capability()
+        values["compute_capability"] = f"{major}.{minor}"
     else:
         values["gpu"] = f"none(cpu,{torch.get_num_threads()}threads)"
     print(" ".join(f"{k}={v}" for k, v in values.items()))
@@ -91,7 +92,7 @@ def _counterpart() -> tuple[str, Callable[..., torch.Tensor]]:
     """torchvision's deform_conv2d (ours' argument order), else ctnode's pure-PyTorch reference."""
     try:
         from torchvision.ops import deform_conv2d as tv_deform_conv2d
-    except Exception as exc:  # torchvision built for another torch fails in many ways (ImportError, RuntimeError)
+    except (ImportError, RuntimeError, OSError, AttributeError) as exc:  # torchvision built for another torch
         from detector.ops import _reference as reference
 
         print(f"torchvision does not import here ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "

@@ -76,6 +76,32 @@ def _child(target: str, variant: str, device: str, card: str) -> None:
                       "second_stage_s": second_stage if scored is not None else 0.0}))
 
 
+def _middle_slices(count: int) -> Path:
+    """A data folder (removed at exit) with the middle ``count`` slices of each series, as symbolic links."""
+    import atexit
+    import shutil
+    import tempfile
+
+    import pydicom
+    from pydicom.misc import is_dicom
+
+    root = Path(tempfile.mkdtemp(prefix="ctnode-detect-quick-"))
+    atexit.register(shutil.rmtree, root, True)
+    for series in SERIES.values():
+        by_series: dict[str, list[tuple[float, Path]]] = {}
+        for path in (_data_root() / series).rglob("*"):
+            if path.is_file() and path.name != "DIRFILE" and is_dicom(path):
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+                if "ImagePositionPatient" in ds:
+                    by_series.setdefault(ds.SeriesInstanceUID, []).append((float(ds.ImagePositionPatient[2]), path))
+        slices = sorted(max(by_series.values(), key=len))  # the series the detector reads: the largest
+        (root / series).mkdir()
+        start = max(0, (len(slices) - count) // 2)
+        for number, (_, path) in enumerate(slices[start:start + count]):
+            (root / series / f"{number:04d}.dcm").symlink_to(path)
+    return root
+
+
 def _measure(target: str, variant: str, device: str, card: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--child", target, variant, device, card],
                          capture_output=True, text=True, check=True, cwd=REPO)
@@ -87,11 +113,15 @@ def main() -> None:
     parser.add_argument("--child", nargs=4, metavar=("TARGET", "VARIANT", "DEVICE", "CARD"), help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--chest", default="chest", help="the chest model's card (e.g. a two-stage one)")
+    parser.add_argument("--quick", action="store_true", help="one repeat on CPU (CI)")
     args = parser.parse_args()
     if args.child:
         _child(*args.child)
         return
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.quick:
+        args.repeats = 1
+        os.environ["CTNODE_TEST_DATA"] = str(_middle_slices(24))  # read by the children
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.quick else [])
     jobs = [(t, d, v) for t in SERIES for d in devices for _ in range(args.repeats) for v in ("dcn", "plain")]
     best: dict[tuple[str, str, str], dict[str, float]] = {}
     for target, device, variant in track(jobs, description="benchmark runs"):

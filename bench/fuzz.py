@@ -97,7 +97,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--echo-every", type=int, default=100)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "ct" / "head_ge_patient")
+    parser.add_argument("--quick", action="store_true", help="300 cases, an echo every 50 (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.cases, args.echo_every = 300, 50
     rng = random.Random(args.seed)
 
     ds = pydicom.dcmread(dicom_files(args.data)[0])

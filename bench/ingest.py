@@ -155,7 +155,10 @@ def main() -> None:
     parser.add_argument("--postgres", metavar="ADMIN_URL",
                         help="ctnode on PostgreSQL (a fresh database per run, created with this URL) instead of SQLite")
     parser.add_argument("--bare-scp", nargs=2, metavar=("PORT", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="20 instances, one repeat (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.instances, args.repeats = 20, 1
     if args.bare_scp:
         bare_scp(int(args.bare_scp[0]), Path(args.bare_scp[1]))
         return

@@ -116,8 +116,11 @@ def measure(shape: tuple[int, int, int, int, int], device: str, rounds: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per timing (best is kept)")
+    parser.add_argument("--quick", action="store_true", help="one round of the headline shape on CPU (CI)")
     args = parser.parse_args()
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.quick:
+        args.rounds = 1
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and not args.quick else [])
     headline: dict[str, float] = {}
     for device in devices:
         threads = f"{torch.get_num_threads()} threads" if device == "cpu" else torch.cuda.get_device_name()
@@ -127,7 +130,7 @@ def main() -> None:
             "| ours fwd+bwd / conv fwd | reference fwd / conv fwd | ours vs reference (fwd speedup) |"
         )
         print("|---|---|---|---|---|---|---|")
-        for shape in SHAPES:
+        for shape in [HEADLINE] if args.quick else SHAPES:
             r = measure(shape, device, args.rounds)
             n, c, h, w, o = shape
             print(

@@ -366,7 +366,11 @@ def main() -> int:
     parser.add_argument("--deadline-s", type=float, default=2400.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/ctnode-soak"))
+    parser.add_argument("--quick", action="store_true", help="2 studies, 2 clients, 2 kills, the PACS down 4 s (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.studies, args.clients, args.kills, args.pacs_down_s = 2, 2, 2, 4.0
+        args.kill_gap_s, args.send_gap_s, args.deadline_s = (2.0, 5.0), (1.0, 3.0), 600.0
     rng = random.Random(args.seed)
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)

@@ -76,6 +76,35 @@ class TrainingRecord:
 
 
 @dataclass(frozen=True)
+class Lineage:
+    """Where a fine-tuned model comes from: its parent card, the site data it learnt from and how that was split.
+
+    ``site_data_sha256``: sha256 over the sorted Study Instance UIDs and feedback ids used; ``split``: the Study
+    Instance UIDs of each role (train, validation, test; the test studies never trained on); ``split_by``: "patient"
+    (hashed Patient IDs kept a patient's studies in one role) or "study" (patients unknown)."""
+
+    parent_name: str
+    parent_version: str
+    parent_weights_sha256: str
+    site_data_sha256: str
+    split_by: str
+    split_seed: int
+    split: tuple[tuple[str, tuple[str, ...]], ...]
+
+    def __post_init__(self) -> None:
+        for digest, name in ((self.parent_weights_sha256, "parent.weights_sha256"),
+                             (self.site_data_sha256, "site_data_sha256")):
+            if not _SHA256.fullmatch(digest):
+                raise ModelCardError(f"lineage.{name} must be 64 lowercase hex digits, got {digest!r}")
+        if self.split_by not in ("patient", "study"):
+            raise ModelCardError(f"lineage.split_by must be patient or study, got {self.split_by!r}")
+
+    def role(self, role: str) -> tuple[str, ...]:
+        """The Study Instance UIDs the split gave ``role`` (none when it has no such role)."""
+        return dict(self.split).get(role, ())
+
+
+@dataclass(frozen=True)
 class Domain:
     """What series the model may read (the domain gate): contrast phase, slice thickness, coverage along the table."""
 
@@ -141,6 +170,8 @@ class ModelCard:
     anatomy: str = "none"
     """Where findings must be centred to be reported (:mod:`detector.preprocess.regions`): body, lungs, intracranial
     or none."""
+    lineage: Lineage | None = None
+    """A fine-tuned model's parent, site data digest and split (see :class:`Lineage`)."""
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -310,6 +341,33 @@ def _second_stage(data: Any, where: str) -> SecondStage | None:
                        voxels=f.get("voxels", int, 24), scale=f.number("scale", 1.5))
 
 
+def _lineage(data: Any, where: str) -> Lineage | None:
+    if data is None:
+        return None
+    keys = {"parent", "site_data_sha256", "split_by", "split_seed", "split"}
+    f = _Fields(data, where, keys, keys)
+    parent = _Fields(data["parent"], f.at("parent"), {"name", "version", "weights_sha256"},
+                     {"name", "version", "weights_sha256"})
+    split = _Fields(data["split"], f.at("split"), {"train", "validation", "test"}, set())
+    roles = []
+    for role in ("train", "validation", "test"):
+        uids = split.get(role, list, [])
+        if not all(isinstance(u, str) for u in uids):
+            raise ModelCardError(f"{split.at(role)}: expected a list of Study Instance UIDs")
+        roles.append((role, tuple(uids)))
+    return Lineage(parent_name=parent.get("name", str), parent_version=parent.get("version", str),
+                   parent_weights_sha256=parent.get("weights_sha256", str),
+                   site_data_sha256=f.get("site_data_sha256", str), split_by=f.get("split_by", str),
+                   split_seed=f.get("split_seed", int), split=tuple(roles))
+
+
+def _lineage_dict(lineage: Lineage) -> dict[str, Any]:
+    return {"parent": {"name": lineage.parent_name, "version": lineage.parent_version,
+                       "weights_sha256": lineage.parent_weights_sha256},
+            "site_data_sha256": lineage.site_data_sha256, "split_by": lineage.split_by,
+            "split_seed": lineage.split_seed, "split": {role: list(uids) for role, uids in lineage.split}}
+
+
 def _training_dict(record: TrainingRecord) -> dict[str, Any]:
     return {
         "manifest": record.manifest,
@@ -327,14 +385,14 @@ def _training_dict(record: TrainingRecord) -> dict[str, Any]:
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
     "classes", "input", "operating_threshold", "evaluation", "training", "max_findings", "domain",
-    "second_stage", "anatomy",
+    "second_stage", "anatomy", "lineage",
 }
 
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
-        optional = {"evaluation", "training", "max_findings", "domain", "second_stage", "anatomy"}
+        optional = {"evaluation", "training", "max_findings", "domain", "second_stage", "anatomy", "lineage"}
         f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - optional)
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
@@ -355,6 +413,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             domain=_domain(data.get("domain"), f.at("domain")),
             second_stage=_second_stage(data.get("second_stage"), f.at("second_stage")),
             anatomy=f.get("anatomy", str, "none"),
+            lineage=_lineage(data.get("lineage"), f.at("lineage")),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
@@ -406,6 +465,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         ],
         **({} if card.training is None else {"training": _training_dict(card.training)}),
         **({} if card.second_stage is None else {"second_stage": _second_stage_dict(card.second_stage)}),
+        **({} if card.lineage is None else {"lineage": _lineage_dict(card.lineage)}),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +36,8 @@ class _Section(BaseModel):
 class Data(_Section):
     """Which studies the samples come from, how many samples, and the seed of everything random."""
 
-    manifest: Path
+    manifest: Path | None = None
+    """The dataset manifest; none when the data comes from a node (``site``)."""
     backgrounds: tuple[str, ...] | None = None
     """Manifest ids of train studies; default: every train study of the target's body part (or of none)."""
     pool: int | None = Field(None, gt=0)
@@ -85,6 +87,43 @@ class Evaluation(_Section):
     fp_per_scan: float = Field(1.0, gt=0.0)
 
 
+class SiteSource(_Section):
+    """Fine-tune on a node's own reviewed studies (read by `ctnode train`, which knows the node): its studies with
+    lesion-level feedback, split by patient (hashed Patient ID; by study when patients are unknown) into train,
+    validation and test with ``split_seed``; the test part is never trained on. Nothing leaves the node."""
+
+    config: Path | None = None
+    """The node's config YAML (relative to this file): its database and store."""
+    database_url: str | None = None
+    store_dir: Path | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    body_part: str | None = None
+    """Default: the target's body part."""
+    parent: str | None = None
+    """The card to fine-tune (a shipped name or a card path); default: the live model of the node's route for
+    the body part."""
+    fractions: tuple[float, float, float] = (0.5, 0.15, 0.35)
+    """Shares of the patients (or studies) in train, validation and test."""
+    split_seed: int = 0
+    synthetic: float = Field(0.25, ge=0.0, le=1.0)
+    """Share of the pool with synthetic lesions inserted into the site's train studies (their own lesions
+    ignored); the rest are slices of the train studies with their reviewed lesions as boxes."""
+    hard_negatives: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of the lesion-free samples taken on the slices of findings readers rejected."""
+
+    @model_validator(mode="after")
+    def _where(self) -> SiteSource:
+        if (self.config is None) == (self.database_url is None):
+            raise PydanticCustomError("site", "site: give config (the node's YAML) or database_url and store_dir")
+        if self.database_url is not None and self.store_dir is None:
+            raise PydanticCustomError("site", "site: database_url needs store_dir (the node's store)")
+        if any(f < 0 for f in self.fractions) or self.fractions[0] <= 0 or abs(sum(self.fractions) - 1) > 1e-6:
+            raise PydanticCustomError("site", "site.fractions: three shares (train, validation, test) summing to 1, "
+                                      "train above 0; got {f}", {"f": list(self.fractions)})
+        return self
+
+
 class SecondStageConfig(_Section):
     """Train only a second stage over an existing detector: its candidates mined on the train studies (and the
     manifest's synthetic sets over them), then a patch network fitted to them (see detector/refine)."""
@@ -118,6 +157,7 @@ class TrainConfig(_Section):
     augmentation: Augmentation = Field(default_factory=Augmentation)
     evaluation: Evaluation = Field(default_factory=Evaluation)
     second_stage: SecondStageConfig | None = None
+    site: SiteSource | None = None
 
     @property
     def spec(self) -> TargetSpec:
@@ -128,6 +168,14 @@ class TrainConfig(_Section):
         spec = self.spec
         values = {**self.architecture, "in_channels": spec.input_spec.channels, "num_classes": len(spec.classes)}
         return TypeAdapter(DetectorConfig).validate_python(values)
+
+    @model_validator(mode="after")
+    def _source(self) -> TrainConfig:
+        if (self.data.manifest is None) == (self.site is None):
+            raise PydanticCustomError("data", "give data.manifest (a dataset) or site (a node's reviewed studies)")
+        if self.site is not None and self.second_stage is not None:
+            raise PydanticCustomError("site", "site fine-tunes a detector; second_stage is not supported with it")
+        return self
 
     @model_validator(mode="after")
     def _architecture(self) -> TrainConfig:
@@ -166,5 +214,11 @@ def load_train_config(path: Path) -> TrainConfig:
         config = TrainConfig.model_validate(data)
     except ValidationError as exc:
         raise TrainConfigError(f"{path}: {_describe(exc)}") from exc
+    if config.site is not None:
+        site = config.site
+        update = {k: (path.parent / v).resolve() for k, v in (("config", site.config), ("store_dir", site.store_dir))
+                  if v is not None}
+        return config.model_copy(update={"site": site.model_copy(update=update)})
+    assert config.data.manifest is not None
     manifest = (path.parent / config.data.manifest).resolve()
     return config.model_copy(update={"data": config.data.model_copy(update={"manifest": manifest})})

@@ -225,6 +225,8 @@ def run_training(config_path: Path, out: Path | None = None, resume: bool | None
     Returns the card's path.
     """
     config = load_train_config(config_path)
+    if config.data.manifest is None:
+        raise TrainConfigError(f"{config_path}: site: a node's studies are read by `ctnode train` on that node")
     try:
         manifest = load_manifest(config.data.manifest)
     except ManifestError as exc:

@@ -11,7 +11,9 @@ while the previous study's shadow is inferring, the case where a shadow could de
 A live run's time to result is last instance stored -> run finished (its SR and overlays written and queued
 for delivery; delivery itself is not part of it: there is no PACS here). Prints each pass's runs and ends with:
 ``studies=N live_alone_s=A live_with_shadow_s=B ratio=R shadow_yields=Y shadows_done=D`` (medians over the
-live runs; ratio = B / A; the target is ratio <= 1.05). ``--quick``: two studies.
+live runs; ratio = B / A; the target is ratio <= 1.05), after a line with the live runs' mean wait for the
+worker in each pass (the part a shadow can add; the medians also carry the machine's noise). ``--quick``: two
+studies.
 """
 
 from __future__ import annotations
@@ -107,12 +109,20 @@ def run_pass(work: Path, routes: list[Route], studies: list[list[Path]], interva
     return engine, time.monotonic() - started
 
 
-def live_times(engine: Engine) -> list[float]:
+def live_times(engine: Engine, start: str = "last_instance_at") -> list[float]:
+    """Each live run's seconds from ``start`` (last instance stored, or ready_at) to finished."""
     with engine.connect() as conn:
-        rows = conn.execute(select(Run.last_instance_at, Run.finished_at, Run.status)
+        rows = conn.execute(select(getattr(Run, start).label("start"), Run.finished_at, Run.claimed_at, Run.status)
                             .where(Run.mode == str(RunMode.LIVE)).order_by(Run.id)).all()
     assert all(r.status == str(RunStatus.DONE) for r in rows), [r.status for r in rows]
-    return [(r.finished_at - r.last_instance_at).total_seconds() for r in rows]
+    return [(r.finished_at - r.start).total_seconds() for r in rows]
+
+
+def live_queue_waits(engine: Engine) -> list[float]:
+    """Each live run's seconds from ready to claimed: what a shadow holding the worker could add."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(Run.ready_at, Run.claimed_at).where(Run.mode == str(RunMode.LIVE))).all()
+    return [(r.claimed_at - r.ready_at).total_seconds() for r in rows]
 
 
 def describe(name: str, engine: Engine, wall_s: float) -> None:
@@ -152,8 +162,12 @@ def main() -> None:
                                  .where(AuditEvent.kind == str(AuditKind.RUN_YIELDED)))
             shadows = conn.scalar(select(func.count()).select_from(Run).where(
                 Run.mode == str(RunMode.SHADOW), Run.status == str(RunStatus.DONE)))
+        wait_a = statistics.mean(live_queue_waits(alone))
+        wait_b = statistics.mean(live_queue_waits(with_shadow))
         for engine in (warm, alone, with_shadow):
             engine.dispose()
+    print(f"live runs' wait for the worker (ready -> claimed), mean: alone {wait_a:.2f} s, with the shadow "
+          f"{wait_b:.2f} s ({(wait_b - wait_a) / a:.1%} of a live run's time to result)")
     print(f"studies={count} live_alone_s={a:.2f} live_with_shadow_s={b:.2f} ratio={b / a:.3f} "
           f"shadow_yields={yields} shadows_done={shadows}")
 

@@ -34,6 +34,7 @@ from node.delivery.routing import destinations_for_study
 from node.events import AuditKind, RunMode, RunStatus
 from node.logging import get_logger
 from node.loops import Progress, report_failure, run_guarded
+from node.pipeline.assignment import current_routes
 from node.pipeline.queue import (
     ClaimedRun,
     claim_run,
@@ -70,6 +71,9 @@ class ShadowYielded(Exception):
 
 YIELD_CHECK_S = 0.25
 """How often (at most) a shadow run asks whether a live or silent run is due, between slice batches."""
+
+SHADOW_BATCH_SLICES = 2
+"""Slices per batch of a shadow run at most: the longest a live run that falls due waits is one such batch."""
 
 
 def review_destination(routes: list[Route], model: str, mode: RunMode) -> str | None:
@@ -165,7 +169,7 @@ class Worker:
     def run_forever(self) -> None:
         """Load the routed models (so the first study does not wait for them), then work the queue."""
 
-        routes = self.settings.pipeline.routes  # live models first, then the shadows
+        routes = current_routes(self.engine, self.settings.pipeline.routes)  # live models first, then the shadows
         for model in dict.fromkeys([*(route.model for route in routes), *(m for r in routes for m in r.shadows)]):
             try:
                 self._model(model)
@@ -253,7 +257,8 @@ class Worker:
         self._stage(run, beat, model_name=card.name, model_version=card.version, weights_sha256=card.weights_sha256,
                     inference_started_at=utcnow())
         device = default_device() if config.device == "auto" else torch.device(config.device)
-        options = InferenceOptions(batch_slices=config.batch_slices, device=device, threads=config.threads,
+        batch_slices = config.batch_slices if should_stop is None else min(config.batch_slices, SHADOW_BATCH_SLICES)
+        options = InferenceOptions(batch_slices=batch_slices, device=device, threads=config.threads,
                                    should_stop=should_stop)
         result = detect_series(self._input_paths(run), model, options=options, max_findings=config.max_findings,
                                gate=config.domain_gate, anatomy=config.anatomy.get(run.model))
@@ -290,11 +295,14 @@ class Worker:
                  destinations=destinations)
 
     def _destinations(self, run: ClaimedRun) -> list[str]:
-        """A live run's clinical destinations; a silent or shadow run's review destination (from the routes as
-        they are now), or none."""
+        """A live run's clinical destinations; a silent or shadow run's review destination (from the routes with
+        the live models they run now, read at each run; else as configured, for a run queued before a change), or
+        none."""
         if run.mode.clinical:
             return destinations_for_study(self.engine, self.settings.delivery, run.study_instance_uid)
-        review = review_destination(self.settings.pipeline.routes, run.model, run.mode)
+        configured = self.settings.pipeline.routes
+        review = review_destination(current_routes(self.engine, configured), run.model, run.mode) \
+            or review_destination(configured, run.model, run.mode)
         return [review] if review is not None else []
 
     def _clinical_due(self) -> bool:

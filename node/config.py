@@ -16,6 +16,7 @@ from node.events import RunMode
 # A UUID-derived root (2.25.<uuid as integer>) owned by ctnode; sites with their own root configure it.
 DEFAULT_UID_ROOT = "2.25.275020071003996822760402709912833401401"
 DEFAULT_BANNER = "AI result - not for diagnosis"
+ROUTE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _UID_ROOT = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _CS = re.compile(r"^[A-Z0-9_ ]{1,16}$")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -313,6 +314,8 @@ class Route(_Section):
     searched, ignoring case, in the series and study descriptions) are alternatives: when both are
     given, either may match. ``calling_aes`` restricts the route to studies sent by those AEs.
 
+    ``name``: what promotion, rollback and comparisons call the route (default: derived from ``model``);
+    ``ctnode models promote`` can give the route another model without a restart (see node.pipeline.assignment).
     ``mode``: ``live`` delivers to the clinical destinations; ``silent`` runs and records everything and
     delivers nothing to them. ``shadows``: candidate models (shipped names or card paths) that read the same
     series after the route's model, at lower priority, recorded but never delivered to the clinical
@@ -321,6 +324,8 @@ class Route(_Section):
     """
 
     model: str = Field(min_length=1)  # a shipped model ("head", "chest") or a model card JSON path
+    # the route's stable name (promotion and rollback name it); default: the model's ("chest", a card file's stem)
+    name: str | None = Field(None, pattern=ROUTE_NAME)
     body_parts: list[str] = Field(default_factory=list)
     description_patterns: list[str] = Field(default_factory=list)
     calling_aes: list[str] = Field(default_factory=list)
@@ -346,7 +351,14 @@ class Route(_Section):
     def _shadow_is_not_the_model(self) -> Route:
         if self.model in self.shadows:
             raise ValueError(f"model {self.model!r} cannot shadow itself")
+        if self.name is None:  # a default: not among the fields set (a name given must be unique)
+            self.__dict__["name"] = route_name_of(self.model)
         return self
+
+    @property
+    def key(self) -> str:
+        """The route's name (always set once validated)."""
+        return self.name or route_name_of(self.model)
 
     @field_validator("description_patterns")
     @classmethod
@@ -357,6 +369,14 @@ class Route(_Section):
             except re.error as exc:
                 raise ValueError(f"description pattern {pattern!r} is not a regular expression: {exc}") from None
         return patterns
+
+
+def route_name_of(model: str) -> str:
+    """A route's default name from its model: a shipped name as given ("chest"), a card path's file stem, with
+    characters a name may not hold replaced by "-"."""
+    stem = Path(model).stem if model.endswith(".json") else model
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", stem).lstrip("._-")[:64]
+    return name or "route"
 
 
 def _default_routes() -> list[Route]:
@@ -392,6 +412,46 @@ class PipelineConfig(_Section):
         if self.heartbeat_s * 2 > self.lease_s:
             raise ValueError(f"heartbeat_s ({self.heartbeat_s}) must be at most half of lease_s ({self.lease_s})")
         return self
+
+    @model_validator(mode="after")
+    def _route_names_unique(self) -> PipelineConfig:
+        """Names given must be unique; a default name that another route has too gets the route's position
+        ("chest-2"): give such routes names to keep them stable when the list changes."""
+        given = [route.key for route in self.routes if "name" in route.model_fields_set]
+        twice = sorted({name for name in given if given.count(name) > 1})
+        if twice:
+            raise ValueError(f"route names must be unique, {', '.join(map(repr, twice))} is given twice "
+                             "(pipeline.routes.N.name)")
+        names = [route.key for route in self.routes]
+        for index, route in enumerate(self.routes):
+            if "name" not in route.model_fields_set and names.count(route.key) > 1:
+                route.__dict__["name"] = f"{route.key[:60]}-{index + 1}"
+        names = [route.key for route in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"route names must be unique, got {names}: name the routes (pipeline.routes.N.name)")
+        return self
+
+    def route(self, name: str) -> Route:
+        """The route called ``name``; KeyError when there is none."""
+        for route in self.routes:
+            if route.key == name:
+                return route
+        raise KeyError(name)
+
+
+class PromotionConfig(_Section):
+    """What a comparison must show before `ctnode models promote` gives a route its candidate as the live model.
+
+    Judged on the paired figures of the newest comparison of (the route's live model, the candidate), on the
+    studies both read that a reader reviewed: at least ``min_studies`` of them; non-inferior lesion-level
+    sensitivity at each card's operating point (the paired 95% CI's low end of candidate - live at least
+    ``-sensitivity_margin``); false positives per scan rising by at most ``max_fp_per_scan_increase`` (the CI's
+    high end; None: not judged); with ``require_cpm_gain``, a CPM gain (the CI's low end above 0)."""
+
+    min_studies: int = Field(20, ge=1)
+    sensitivity_margin: float = Field(0.05, ge=0, le=1)
+    max_fp_per_scan_increase: float | None = Field(0.5, ge=0)
+    require_cpm_gain: bool = False
 
 
 class MetricsConfig(_Section):
@@ -435,6 +495,7 @@ class Settings(BaseSettings):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     hl7: Hl7Config = Field(default_factory=Hl7Config)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @model_validator(mode="after")
     def _review_destinations(self) -> Settings:

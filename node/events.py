@@ -40,6 +40,9 @@ class AuditKind(StrEnum):
     REPORT_RECORDED = "report.recorded"  # a radiology report (HL7 or DICOM text) labelled a study
     REPORT_REFUSED = "report.refused"  # a report message that was malformed or matched no study
     DRIFT_ALARM = "drift.alarm"  # a watched input, output or outcome left its control limits
+    MODEL_COMPARED = "model.compared"  # a candidate's paired figures against a route's live model were kept
+    MODEL_PROMOTED = "model.promoted"  # a route's live model was replaced by a compared candidate (the evidence)
+    MODEL_ROLLED_BACK = "model.rolled_back"  # a route's last promotion was undone: its previous live model again
 
 
 class AssociationOutcome(StrEnum):
@@ -127,3 +130,18 @@ class ReportSource(StrEnum):
 
     HL7 = "hl7"
     DICOM = "dicom"
+
+
+class RouteChange(StrEnum):
+    """What a route_model row records: a change of a route's live model."""
+
+    PROMOTED = "promoted"  # a candidate became the live model, on the evidence of a comparison
+    ROLLED_BACK = "rolled_back"  # the last promotion not yet undone was undone
+
+
+class ModelRole(StrEnum):
+    """What a model is to a route now (`ctnode models list`)."""
+
+    LIVE = "live"  # the route's model: its runs are the route's results (live or silent, as the route's mode)
+    SHADOW = "shadow"  # a candidate reading the route's series after it, never delivered clinically
+    RETIRED = "retired"  # was the route's live model, replaced by a promotion (or a rolled-back candidate)

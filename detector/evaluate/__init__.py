@@ -6,8 +6,10 @@ from detector.evaluate.froc import (
     Interval,
     Outcome,
     StudyCurve,
+    bootstrap_weights,
     candidates_curve,
     classify,
+    paired_difference,
 )
 from detector.evaluate.report import EvaluationReport, FrocLine, StudyResult, plot_froc
 from detector.evaluate.run import EvaluationOptions, evaluate_labelled, evaluate_studies
@@ -35,11 +37,13 @@ __all__ = [
     "Outcome",
     "StudyCurve",
     "StudyResult",
+    "bootstrap_weights",
     "candidates_curve",
     "classify",
     "entries_from",
     "evaluate_labelled",
     "evaluate_studies",
+    "paired_difference",
     "plot_froc",
     "planes_from_headers",
     "studies_in",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,13 +188,19 @@ class Froc:
     def study_weights(self, rounds: int, seed: int = 0) -> NDArray[np.float64]:
         """(rounds, studies): how often each study is drawn in each bootstrap round (studies with replacement).
         The same weights applied to two models' curves over the same studies give a paired comparison."""
-        rng = np.random.default_rng(seed)
-        return np.stack([np.bincount(rng.integers(self.studies, size=self.studies), minlength=self.studies)
-                         for _ in range(rounds)]).astype(np.float64)
+        return bootstrap_weights(self.studies, rounds, seed)
 
     def cpm_of(self, weights: NDArray[np.float64]) -> NDArray[np.float64]:
         """The CPM under each row of study ``weights`` (see :meth:`study_weights`)."""
         return self._at_rates(weights).mean(axis=1)
+
+    def sensitivity_of(self, weights: NDArray[np.float64], threshold: float) -> NDArray[np.float64]:
+        """Lesion-level sensitivity at ``threshold`` (on the grid) under each row of study ``weights``."""
+        return self._sensitivity(weights)[:, self.index(threshold)]
+
+    def fp_per_scan_of(self, weights: NDArray[np.float64], threshold: float) -> NDArray[np.float64]:
+        """False positives per scan at ``threshold`` (on the grid) under each row of study ``weights``."""
+        return self._fp_per_scan(weights)[:, self.index(threshold)]
 
     def summary(self, threshold: float, rounds: int = 2000, seed: int = 0) -> dict[str, Interval]:
         """CPM, sensitivity at each FP rate, and sensitivity / FP per scan / size bands at ``threshold``, with
@@ -226,6 +232,37 @@ class Froc:
             if count := self.band_count(band):
                 out[f"sensitivity {band_name(band)} ({count})"] = both(lambda w, band=band: self._band(w, k, band))
         return out
+
+
+def bootstrap_weights(studies: int, rounds: int, seed: int = 0) -> NDArray[np.float64]:
+    """(rounds, studies): how often each of ``studies`` is drawn in each bootstrap round (with replacement)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([np.bincount(rng.integers(studies, size=studies), minlength=studies)
+                     for _ in range(rounds)]).astype(np.float64).reshape(rounds, studies)
+
+
+StudyMetric = Callable[[NDArray[np.float64]], NDArray[np.float64]]
+"""A figure under each row of (R, S) study weights (e.g. ``Froc.cpm_of``): R values, NaN where undefined."""
+
+
+def paired_difference(candidate: StudyMetric, live: StudyMetric, studies: int, rounds: int = 2000,
+                      seed: int = 0) -> Interval:
+    """``candidate - live`` over the same ``studies`` (both metrics index them alike), with the 95% percentile
+    interval of the paired bootstrap: each round draws the studies with replacement and weights both models'
+    figures by the same draw, so that what the studies share cancels. No interval below two studies; rounds where
+    either figure is undefined (e.g. no lesion drawn) are left out."""
+    if studies < 1:
+        return Interval(float("nan"), None)
+    ones = np.ones((1, studies))
+    value = float(candidate(ones)[0] - live(ones)[0])
+    if studies < 2 or np.isnan(value):
+        return Interval(value, None)
+    weights = bootstrap_weights(studies, rounds, seed)
+    samples = candidate(weights) - live(weights)
+    samples = samples[~np.isnan(samples)]
+    if samples.size == 0:
+        return Interval(value, None)
+    return Interval(value, (float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))))
 
 
 def band_name(band: tuple[float, float]) -> str:

@@ -11,9 +11,10 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from node.cli.checks import config_app, models_app
+from node.cli.checks import config_app
 from node.cli.deliveries import app as deliveries_app
 from node.cli.feedback import app as feedback_app
+from node.cli.models import models_app
 from node.cli.monitor import monitor
 from node.cli.reports import app as reports_app
 from node.cli.runs import app as runs_app

@@ -379,3 +379,47 @@ class ReportLabel(Base):
     span_end: Mapped[int] = mapped_column(Integer)
     evidence: Mapped[str] = mapped_column(Text)  # the sentence, as written
     rule: Mapped[str] = mapped_column(String(64))
+
+
+class ModelComparison(Base):
+    """A candidate model against a route's live model on the studies both read: agreement, the paired differences
+    with their bootstrap CIs (``figures``), time per study; the report (JSON, FROC plot) is under ``report_path``.
+    Promotion names the comparison it rests on."""
+
+    __tablename__ = "model_comparison"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    route: Mapped[str] = mapped_column(String(64), index=True)
+    live_model: Mapped[str] = mapped_column(String(256))  # as the routes name it: a shipped name or a card path
+    live_name: Mapped[str] = mapped_column(String(64))
+    live_version: Mapped[str] = mapped_column(String(32))
+    live_weights_sha256: Mapped[str] = mapped_column(SHA256)
+    candidate_model: Mapped[str] = mapped_column(String(256))
+    candidate_name: Mapped[str] = mapped_column(String(64))
+    candidate_version: Mapped[str] = mapped_column(String(32))
+    candidate_weights_sha256: Mapped[str] = mapped_column(SHA256)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    studies: Mapped[int] = mapped_column(Integer)  # studies both read
+    figures: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    report_path: Mapped[str | None] = mapped_column(Text)
+
+
+class RouteModel(Base):
+    """One change of a route's live model (append-only): a promotion, or a rollback of the last promotion not yet
+    undone. With no row a route runs its configured model; otherwise the promotions left after the rollbacks say
+    which model is live. Who, when, why and on which comparison are kept with what was replaced."""
+
+    __tablename__ = "route_model"
+    __table_args__ = (UniqueConstraint("route", "seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    route: Mapped[str] = mapped_column(String(64), index=True)
+    seq: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per route: two changes made at once cannot both be n
+    change: Mapped[str] = mapped_column(String(16))  # events.RouteChange
+    model: Mapped[str] = mapped_column(String(256))  # the live model from this change on
+    replaced: Mapped[str] = mapped_column(String(256))  # the live model before it
+    comparison_id: Mapped[int | None] = mapped_column(ForeignKey("model_comparison.id"))
+    undoes_id: Mapped[int | None] = mapped_column(ForeignKey("route_model.id"))  # a rollback: the promotion undone
+    by: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    reason: Mapped[str] = mapped_column(Text, default="")

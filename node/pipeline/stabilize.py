@@ -6,6 +6,8 @@ A study is a candidate while its ``generation`` (bumped by every stored instance
 complete. Settling copies the generation it acted on (compare-and-set, so several stabilizers never
 settle one generation twice), routes the series to models and queues one run per model (live or
 silent, then each route's shadow models), unless that model's last run read exactly the same instances.
+The routes are the configured ones with the live model each runs now (node.pipeline.assignment), read at
+every settling: a promotion or rollback takes effect for the next study settled.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from node.db.schema import Association, Instance, Run, RunInput, Series, Study, 
 from node.events import AssociationOutcome, AuditKind, RunMode, RunStatus
 from node.logging import get_logger
 from node.loops import report_failure
+from node.pipeline.assignment import current_routes
 from node.pipeline.evidence import SeriesEvidence, series_evidence
 from node.pipeline.routing import PixelReader, RoutedModel, SeriesFacts, route_study
 
@@ -177,7 +180,8 @@ class Stabilizer:
         return read
 
     def _settle(self, candidate: Candidate, trigger: str, now: datetime) -> list[int]:
-        decision = route_study(self.config.routes, candidate.series, self._pixel_body_part(candidate))
+        routes = current_routes(self.engine, self.config.routes)  # a promotion takes effect for the next study
+        decision = route_study(routes, candidate.series, self._pixel_body_part(candidate))
         created = []
         with self.engine.begin() as conn:
             won = conn.execute(update(Study).where(Study.id == candidate.study_id,

@@ -11,6 +11,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from detector.findings import Finding
+from node.logging import configure_logging
 from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_report_objects, write_report_objects
 from tests.node.reports.conftest import LUNG, NEOPLASM, finding_on
 
@@ -54,6 +55,7 @@ def test_patient_identifiers_stay_out_of_warnings_and_logs(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity,
     tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ) -> None:
+    configure_logging("json", "INFO")  # as a node process does; a CLI test before this one may have set WARNING
     options = ReportOptions(enable_gsps=True, enable_kos=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

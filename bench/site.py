@@ -41,13 +41,13 @@ studies, no minute alignment, baseline 1 minute) prints the same line; its minut
 so its drift fields say nothing (0/0, or 0/1 when a finding-level metric such as the mean score, whose n counts
 findings, happens to be judged).
 
-Measured on the 2-core development machine (CPU, one worker): the full run (50 + 30 studies, cold study cache:
-2.6 min of writing) took 13.0 min, ``studies=80 feedback_sr=70 matched=0.97 report_labels=80
-extractor_accuracy=1.00 site_cpm=0.285 drift_alarm_phase1=1 drift_alarm_phase2=1``, with phase 1 still the 50/50
-mix: its one phase-1 alarm was the median slice thickness of a minute (2.5 against 5.0 mm, z -3.55), which the
-2:1 mix now in MIXES is meant to prevent; its rerun could not be measured (the shared machine was loaded by
-other benches, inference went from ~5 s to ~30 s a study and no minute reached min_n). --quick: 1.0 min
-idle, 2.3 min under that load.
+Measured on the 2-core development machine (CPU, one worker, quiet, study cache warm), 2026-12-07: the full run
+(50 + 30 studies) took 6.8 min and printed ``studies=80 feedback_sr=70 matched=0.97 report_labels=80
+extractor_accuracy=1.00 site_cpm=0.293 drift_alarm_phase1=0 drift_alarm_phase2=1``. An earlier run with a 50/50
+phase-1 mix raised one phase-1 alarm (a minute's median slice thickness, 2.5 against 5.0 mm, z -3.55), which the
+2:1 mix now in MIXES prevents. 2 of 70 reviews are recorded otherwise than meant (a missed lesion drawn where a
+deleted false finding's box overlaps it is matched to that finding as an edit: OHIF keeps no tracking UID).
+--quick: 1.0 min idle.
 """
 
 from __future__ import annotations

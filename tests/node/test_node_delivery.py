@@ -22,8 +22,6 @@ from pynetdicom import AE, evt
 from sqlalchemy import Engine, insert, select
 
 from node.config import DeliveryConfig, Destination
-from node.db.engine import make_engine
-from node.db.migrate import upgrade
 from node.db.schema import Association, AuditEvent, Delivery, Instance, Series, Study
 from node.delivery import OutputObject, destinations_for_study, enqueue, get_delivery, requeue
 from node.delivery.backoff import retry_delay_s
@@ -103,14 +101,6 @@ def write_object(folder: Path, syntax: str = ExplicitVRLittleEndian) -> Path:
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 def _audits(engine: Engine, kind: AuditKind) -> list[AuditEvent]:

@@ -18,7 +18,6 @@ from sqlalchemy import Connection, Engine, insert
 
 from node.config import MetricsConfig, Settings, StorageConfig
 from node.db.engine import make_engine
-from node.db.migrate import upgrade
 from node.db.schema import Association, Delivery, DeliveryAttempt, Instance, Run, Series, Study
 from node.events import AttemptOutcome, DeliveryState, RunMode, RunStatus
 from node.web.metrics import BUCKETS_S
@@ -27,14 +26,6 @@ from tests.support import free_port
 
 T0 = datetime(2024, 5, 1, 8, 0, tzinfo=timezone.utc)
 Serve = Callable[..., str]
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    upgrade(db_url)
-    engine = make_engine(db_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

@@ -37,7 +37,6 @@ from node.reports.render import BOX_RGB
 from tests.integration.orthanc import Orthanc
 from tests.node.reports.conftest import algorithm, chest_series, chest_tumour  # noqa: F401  (fixtures)
 from tests.node.reports.conftest import CHEST
-from tests.node.test_node_delivery import engine  # noqa: F401  (fixture)
 from tests.support import REPO, require_ct
 
 pytestmark = pytest.mark.integration

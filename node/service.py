@@ -235,8 +235,8 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
     for thread in threads:
         thread.daemon = True
         thread.start()
-    models = [route.model for route in settings.pipeline.routes] if Role.WORKER in wanted and settings.pipeline.workers else []
-    http = start_http(settings, node.engine, "+".join(sorted(wanted)), health, models)
+    routes = settings.pipeline.routes if Role.WORKER in wanted and settings.pipeline.workers else []
+    http = start_http(settings, node.engine, "+".join(sorted(wanted)), health, routes=routes)
     log.info("node running", roles=sorted(wanted))
     try:
         while not termination.wait(1.0):

@@ -17,21 +17,27 @@ from node.pipeline.models import ModelChecker
 
 @dataclass(frozen=True)
 class Check:
-    """One readiness check: its name, whether it passed, and why in a few words."""
+    """One readiness check: its name, whether it passed, and why in a few words. A check not ``required`` is
+    reported but does not make the process unready (a shadow model never holds back the live work)."""
 
     name: str
     ok: bool
     detail: str
+    required: bool = True
 
 
 def readiness(engine: Engine, storage: StorageConfig, loops: LoopHealth | None = None,
               models: ModelChecker | None = None) -> list[Check]:
-    """Every check, in a fixed order; the process is ready when all pass."""
+    """Every check, in a fixed order; the process is ready when all the required ones pass."""
     checks = [_database(engine), _writable(storage), _free_space(storage)]
     if loops is not None and loops.loops:
         checks.append(_loops(loops))
-    if models is not None and models.models:
-        checks.append(_models(models))
+    if models is not None:
+        routed = models.routed()
+        if routed.live:
+            checks.append(_models(models, routed.live))
+        if routed.shadows:
+            checks.append(_shadow_models(models, routed.shadows))
     return checks
 
 
@@ -43,12 +49,22 @@ def _loops(loops: LoopHealth) -> Check:
     return Check("loops", True, f"{len(loops.loops)} loops making progress")
 
 
-def _models(models: ModelChecker) -> Check:
-    """Every routed model loads (card valid, weights present, sha256 matching, network built)."""
-    bad = [f"{m.model}: {m.detail}" for m in models.check() if not m.ok]
+def _models(models: ModelChecker, live: tuple[str, ...]) -> Check:
+    """Every model the routes run live now (a promoted one included) loads (card valid, weights present, sha256
+    matching, network built)."""
+    bad = [f"{m.model}: {m.detail}" for m in models.check(live) if not m.ok]
     if bad:
         return Check("models", False, "cannot be loaded: " + "; ".join(bad))
-    return Check("models", True, f"{len(models.models)} routed models load")
+    return Check("models", True, f"{len(live)} routed models load")
+
+
+def _shadow_models(models: ModelChecker, shadows: tuple[str, ...]) -> Check:
+    """Every shadow model of the routes loads; one that does not is named, and the process stays ready (its runs
+    fail after their retries, the live runs go on)."""
+    bad = [f"{m.model}: {m.detail}" for m in models.check(shadows) if not m.ok]
+    if bad:
+        return Check("shadow_models", False, "cannot be loaded: " + "; ".join(bad), required=False)
+    return Check("shadow_models", True, f"{len(shadows)} shadow models load", required=False)
 
 
 def _database(engine: Engine) -> Check:

@@ -15,7 +15,7 @@ from prometheus_client.exposition import choose_encoder
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from node.config import Settings
+from node.config import Route, Settings
 from node.logging import get_logger
 from node.loops import LoopHealth, report_failure
 from node.monitor.prometheus import MonitorCollector
@@ -36,10 +36,10 @@ class _App:
     """The three endpoints, as functions of the request's Accept header."""
 
     def __init__(self, settings: Settings, engine: Engine, role: str, loops: LoopHealth | None = None,
-                 models: list[str] | None = None) -> None:
+                 models: list[str] | None = None, routes: list[Route] | None = None) -> None:
         self.settings, self.engine, self.role = settings, engine, role
         self.loops = loops
-        self.models = ModelChecker(models or [])
+        self.models = ModelChecker(models or [], engine, routes)
         self.registry = CollectorRegistry()
         for collector in (ProcessCollector, PlatformCollector, GCCollector):
             collector(registry=self.registry)
@@ -62,9 +62,10 @@ class _App:
 
     def readyz(self, _accept: str) -> Response:
         checks = readiness(self.engine, self.settings.storage, self.loops, self.models)
-        ready = all(check.ok for check in checks)
-        if not ready:
-            log.warning("not ready", failed=[check.name for check in checks if not check.ok],
+        ready = all(check.ok for check in checks if check.required)
+        if not all(check.ok for check in checks):
+            log.warning("not ready" if not ready else "ready, but a check failed",
+                        failed=[check.name for check in checks if not check.ok],
                         reasons=[check.detail for check in checks if not check.ok])
         return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "role": self.role,
                                              "checks": [asdict(check) for check in checks]})
@@ -129,10 +130,13 @@ class HttpServer:
 
 
 def start_http(settings: Settings, engine: Engine, role: str, loops: LoopHealth | None = None,
-               models: list[str] | None = None) -> HttpServer | None:
-    """Serve the endpoints on ``settings.metrics`` host and port; None when the port is 0 (off)."""
+               models: list[str] | None = None, routes: list[Route] | None = None) -> HttpServer | None:
+    """Serve the endpoints on ``settings.metrics`` host and port; None when the port is 0 (off). /readyz checks
+    ``models``, or (given ``routes``) the models those routes run now: each live model, promoted ones included,
+    and the shadows."""
     if settings.metrics.port == 0:
         return None
-    server = HttpServer(_Server((settings.metrics.host, settings.metrics.port), _App(settings, engine, role, loops, models)))
+    app = _App(settings, engine, role, loops, models, routes)
+    server = HttpServer(_Server((settings.metrics.host, settings.metrics.port), app))
     log.info("http endpoints listening", host=settings.metrics.host, port=server.port, role=role)
     return server

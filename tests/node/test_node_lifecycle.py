@@ -420,3 +420,65 @@ def test_promotion_needs_the_weights_it_measured_and_a_rollback_needs_a_promotio
     assert result.exit_code == 0, result.output
     assert current_routes(engine, routes)[0].model == "chest"
     assert current_routes(engine, routes)[0].shadows == [str(card)]
+
+
+def test_models_check_and_readyz_load_the_models_the_routes_run_now(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    """After a promotion the route's live model is the promoted card (from the database), not the configured one:
+    `ctnode models check` and /readyz load it, and the route's shadows, as they are at each call (no restart)."""
+    from node.web.server import start_http
+    from tests.node.test_node_reliability import corrupt_weights, damaged_model, get
+    from tests.support import free_port
+
+    card = candidate_card(tmp_path / "candidate")
+    broken_shadow = damaged_model(tmp_path / "corrupt", weights=corrupt_weights())
+    base = routed(settings, card).model_dump()
+    [route] = base["pipeline"]["routes"]
+    settings = Settings.model_validate({
+        **base, "pipeline": {**base["pipeline"], "routes": [{**route, "shadows": [str(card), str(broken_shadow)]}]},
+        "metrics": {"host": "127.0.0.1", "port": free_port()}})
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    config = config_file(tmp_path, settings)
+
+    result = cli("models", "check", "-c", config)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("chest: ok: ctnode-chest 0.2.0") and len(lines) == 3, result.output
+    assert lines[1].startswith(f"{card} (shadow): ok: ctnode-chest-candidate 0.2.1")
+    assert lines[2].startswith(f"{broken_shadow} (shadow): CANNOT BE LOADED: ")
+
+    sha = json.loads(card.read_text())["weights"]["sha256"]
+    _comparison(engine, str(card), sha, utcnow())
+    promote(engine, settings.pipeline.routes, settings.promotion, "chest", str(card), "me", "trial done")
+    weights = card.parent / json.loads(card.read_text())["weights"]["file"]
+    weights.write_bytes(corrupt_weights())  # the promoted card's weights damaged after the promotion
+
+    result = cli("models", "check", "-c", config)
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith(f"{card}: CANNOT BE LOADED: "), result.output  # the live model now
+    assert lines[1].startswith(f"{broken_shadow} (shadow): CANNOT BE LOADED: "), result.output
+    assert len(lines) == 2 and not any(line.startswith("chest") for line in lines)  # the retired one is not run
+
+    server = start_http(settings, engine, "worker", None, routes=settings.pipeline.routes)
+    assert server is not None
+    try:
+        status, body = get(server.port, "/readyz")
+        assert status == 503, body
+        checks = {c["name"]: c for c in body["checks"]}
+        assert not checks["models"]["ok"] and checks["models"]["detail"].startswith(f"cannot be loaded: {card}: ")
+        assert not checks["shadow_models"]["ok"] and str(broken_shadow) in checks["shadow_models"]["detail"]
+        assert checks["shadow_models"]["required"] is False
+
+        result = cli("models", "rollback", "--route", "chest", "-c", config)  # the same server sees the change
+        assert result.exit_code == 0, result.output
+        status, body = get(server.port, "/readyz")
+        assert status == 200, body  # the configured model is live again; a broken shadow is named, not fatal
+        checks = {c["name"]: c for c in body["checks"]}
+        assert checks["models"] == {"name": "models", "ok": True, "detail": "1 routed models load", "required": True}
+        assert not checks["shadow_models"]["ok"]
+        assert str(card) in checks["shadow_models"]["detail"]  # a shadow again, its weights still damaged
+        assert str(broken_shadow) in checks["shadow_models"]["detail"]
+    finally:
+        server.shutdown()

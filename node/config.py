@@ -332,6 +332,7 @@ class Route(_Section):
     mode: Literal["live", "silent"] = "live"
     shadows: list[str] = Field(default_factory=list)
     review_destination: str | None = Field(None, min_length=1)
+    notify: list[str] = Field(default_factory=list)  # notification channels (notify.channels) of its live results
 
     @field_validator("shadows")
     @classmethod
@@ -481,6 +482,89 @@ class Hl7Config(_Section):
 _yaml_file: ContextVar[Path | None] = ContextVar("ctnode_yaml_file", default=None)
 
 
+class OAuth2ClientConfig(_Section):
+    """OAuth2 client credentials (RFC 6749 section 4.4): the token endpoint, our client id and secret, scopes."""
+
+    token_url: str = Field(pattern=r"^https?://")
+    client_id: str = Field(min_length=1)
+    client_secret_file: Path  # a file holding the secret (not the YAML: it is readable by more people)
+    scope: str | None = None
+
+
+NOTIFY_DECISIONS = ("suspected_positive", "negative", "not_analysed")
+
+
+class NotifyChannel(_Section):
+    """One destination of triage notifications: an HL7 v2 RIS (ORU^R01 over MLLP), a FHIR R4 server, a webhook.
+
+    ``decisions``: which study decisions it is told of (default: suspected positive and not analysed; add
+    ``negative`` for a "no urgent finding" result). ``include_identifiers``: whether the payload carries patient
+    identifiers (name, ID, birth date, accession); default yes for HL7 and FHIR (they file the result on the
+    patient), no for webhooks (pagers and chat).
+    """
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    kind: Literal["hl7", "fhir", "webhook"]
+    decisions: list[Literal["suspected_positive", "negative", "not_analysed"]] = Field(
+        default_factory=lambda: ["suspected_positive", "not_analysed"])
+    include_identifiers: bool | None = None
+    timeout_s: float = Field(10.0, gt=0)  # connect, send and wait for the acknowledgement
+    # hl7
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    tls: ClientTLSConfig = Field(default_factory=ClientTLSConfig)
+    sending_application: str = "CTNODE"
+    sending_facility: str = ""
+    receiving_application: str = ""
+    receiving_facility: str = ""
+    # fhir and webhook
+    url: str | None = Field(None, pattern=r"^https?://")
+    bearer_token_file: Path | None = None  # fhir: a static bearer token
+    oauth2: OAuth2ClientConfig | None = None  # fhir: client credentials instead
+    secret_file: Path | None = None  # webhook: the HMAC-SHA256 key
+
+    @property
+    def identifiers(self) -> bool:
+        """Whether this channel's payloads carry patient identifiers."""
+        return self.kind != "webhook" if self.include_identifiers is None else self.include_identifiers
+
+    @model_validator(mode="after")
+    def _complete(self) -> NotifyChannel:
+        where = f"notify channel {self.name!r} ({self.kind})"
+        if self.kind == "hl7" and (self.host is None or self.port is None):
+            raise ValueError(f"{where} needs host and port")
+        if self.kind in ("fhir", "webhook") and self.url is None:
+            raise ValueError(f"{where} needs url")
+        if self.kind == "webhook" and self.secret_file is None:
+            raise ValueError(f"{where} needs secret_file (every request is signed)")
+        if self.bearer_token_file is not None and self.oauth2 is not None:
+            raise ValueError(f"{where}: bearer_token_file and oauth2 are alternatives")
+        if len(set(self.decisions)) != len(self.decisions) or not self.decisions:
+            raise ValueError(f"{where}: decisions must be distinct and not empty")
+        return self
+
+
+class NotifyConfig(_Section):
+    """Triage notifications: the channels, and how hard and how soon the senders try."""
+
+    channels: list[NotifyChannel] = Field(default_factory=list)
+    max_attempts: int = Field(20, ge=1)
+    backoff_initial_s: float = Field(2.0, gt=0)
+    backoff_max_s: float = Field(300.0, gt=0)
+    backoff_jitter: float = Field(0.2, ge=0, le=1)
+    poll_interval_s: float = Field(0.2, gt=0)  # how soon a new notification is seen when the sender is idle
+    lease_s: float = Field(120.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> NotifyConfig:
+        names = [c.name for c in self.channels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"notify channel names must be unique, got {names}")
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("notify.backoff_max_s must be at least notify.backoff_initial_s")
+        return self
+
+
 class Settings(BaseSettings):
     """The whole node configuration. Precedence: CLI overrides > CTNODE_* environment > YAML file > defaults."""
 
@@ -496,6 +580,18 @@ class Settings(BaseSettings):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     hl7: Hl7Config = Field(default_factory=Hl7Config)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+
+    @model_validator(mode="after")
+    def _notify_channels(self) -> Settings:
+        """Every channel a route names is configured."""
+        names = [c.name for c in self.notify.channels]
+        for index, route in enumerate(self.pipeline.routes):
+            for name in route.notify:
+                if name not in names:
+                    raise ValueError(f"pipeline.routes.{index}.notify names channel {name!r}, which is not in "
+                                     f"notify.channels {names}")
+        return self
 
     @model_validator(mode="after")
     def _review_destinations(self) -> Settings:

@@ -43,6 +43,12 @@ class AuditKind(StrEnum):
     MODEL_COMPARED = "model.compared"  # a candidate's paired figures against a route's live model were kept
     MODEL_PROMOTED = "model.promoted"  # a route's live model was replaced by a compared candidate (the evidence)
     MODEL_ROLLED_BACK = "model.rolled_back"  # a route's last promotion was undone: its previous live model again
+    NOTIFICATION_QUEUED = "notification.queued"  # a run's result is to be told to a channel (original or correction)
+    NOTIFICATION_UNCHANGED = "notification.unchanged"  # a later version said what the channel was told: not resent
+    NOTIFICATION_ACKNOWLEDGED = "notification.acknowledged"  # the channel acknowledged it (HL7 AA/CA, HTTP 2xx)
+    NOTIFICATION_FAILED = "notification.failed"  # one attempt failed (refused, wrong ACK, timeout): retried
+    NOTIFICATION_DEAD_LETTER = "notification.dead_letter"  # max attempts failed; `ctnode notifications retry`
+    NOTIFICATION_REQUEUED = "notification.requeued"
 
 
 class AssociationOutcome(StrEnum):

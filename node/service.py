@@ -26,6 +26,7 @@ from node.feedback import FeedbackStage
 from node.hl7.listener import Hl7Listener
 from node.logging import configure_logging, get_logger
 from node.loops import LoopHealth, Progress, backoff_s, run_guarded
+from node.notify.sender import run_notify
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker, WorkerShutdown
 from node.signals import Termination
@@ -203,7 +204,7 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
 
     Receivers: this process plus ``dicom.processes - 1`` siblings sharing the port. Workers: the study
     completion and feedback loops in this process plus ``pipeline.workers`` detection processes, restarted if they die.
-    Delivery: one sender thread per destination. Metrics and health on ``metrics.port`` (0 = off).
+    Delivery: one sender thread per destination and one per notification channel. Metrics and health on ``metrics.port`` (0 = off).
     HL7 (``hl7.enabled``): the MLLP listener for radiology reports, in a thread of the receiver process.
     """
     settings = node.settings
@@ -232,6 +233,7 @@ def run_forever(node: Node, roles: Sequence[Role] = (Role.ALL,)) -> None:
         children.append(_Children("worker", _worker_process, settings, settings.pipeline.workers, health))
     if Role.DELIVERY in wanted:
         threads.append(threading.Thread(target=run_delivery, args=(settings, stop, health), name="delivery"))
+        threads.append(threading.Thread(target=run_notify, args=(settings, stop, health), name="notify"))
     for thread in threads:
         thread.daemon = True
         thread.start()

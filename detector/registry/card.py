@@ -150,6 +150,33 @@ class SecondStage:
 
 
 @dataclass(frozen=True)
+class UrgentClass:
+    """A finding type that makes a study urgent: its class label, and the size (largest extent, mm) from which it
+    does (0: any size)."""
+
+    label: str
+    min_size_mm: float = 0.0
+
+
+@dataclass(frozen=True)
+class Urgency:
+    """What makes a study suspected positive (triage): a finding of an urgent class at or above ``threshold`` (a
+    score, separate from the reporting threshold and not below it) and at least its class's size."""
+
+    threshold: float
+    classes: tuple[UrgentClass, ...]
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ModelCardError(f"urgency.threshold must be in (0, 1), got {self.threshold}")
+        if not self.classes:
+            raise ModelCardError("urgency.classes must name at least one class")
+        for urgent in self.classes:
+            if urgent.min_size_mm < 0:
+                raise ModelCardError(f"urgency.classes: min_size_mm of {urgent.label!r} must be >= 0")
+
+
+@dataclass(frozen=True)
 class ModelCard:
     """A model's identity, weights (file next to the card, and its sha256), classes, input and operating point."""
 
@@ -172,6 +199,8 @@ class ModelCard:
     or none."""
     lineage: Lineage | None = None
     """A fine-tuned model's parent, site data digest and split (see :class:`Lineage`)."""
+    urgency: Urgency | None = None
+    """What makes a study urgent (:mod:`detector.triage`); None: no finding of this model is urgent."""
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -192,6 +221,13 @@ class ModelCard:
             raise ModelCardError(f"max_findings must be at least 1, got {self.max_findings}")
         if self.anatomy not in ANATOMIES:
             raise ModelCardError(f"anatomy must be one of {', '.join(ANATOMIES)}, got {self.anatomy!r}")
+        if self.urgency is not None:
+            if self.urgency.threshold < self.operating_threshold:
+                raise ModelCardError(f"urgency.threshold {self.urgency.threshold} is below the operating threshold "
+                                     f"{self.operating_threshold}: an urgent finding must also be reported")
+            for urgent in self.urgency.classes:
+                if urgent.label not in labels:
+                    raise ModelCardError(f"urgency names class {urgent.label!r}, which the card has not ({labels})")
 
     def class_by_label(self, label: str) -> ModelClass:
         """The class named ``label``; KeyError names the card's labels when there is none."""
@@ -361,6 +397,22 @@ def _lineage(data: Any, where: str) -> Lineage | None:
                    split_seed=f.get("split_seed", int), split=tuple(roles))
 
 
+def _urgency(data: Any, where: str) -> Urgency | None:
+    if data is None:
+        return None
+    f = _Fields(data, where, {"threshold", "classes"}, {"threshold", "classes"})
+    classes = []
+    for c_where, item in f.items("classes"):
+        c = _Fields(item, c_where, {"label", "min_size_mm"}, {"label"})
+        classes.append(UrgentClass(label=c.get("label", str), min_size_mm=c.number("min_size_mm", 0.0)))
+    return Urgency(threshold=f.number("threshold"), classes=tuple(classes))
+
+
+def _urgency_dict(urgency: Urgency) -> dict[str, Any]:
+    return {"threshold": urgency.threshold,
+            "classes": [{"label": c.label, "min_size_mm": c.min_size_mm} for c in urgency.classes]}
+
+
 def _lineage_dict(lineage: Lineage) -> dict[str, Any]:
     return {"parent": {"name": lineage.parent_name, "version": lineage.parent_version,
                        "weights_sha256": lineage.parent_weights_sha256},
@@ -385,14 +437,15 @@ def _training_dict(record: TrainingRecord) -> dict[str, Any]:
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
     "classes", "input", "operating_threshold", "evaluation", "training", "max_findings", "domain",
-    "second_stage", "anatomy", "lineage",
+    "second_stage", "anatomy", "lineage", "urgency",
 }
 
 
 def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
-        optional = {"evaluation", "training", "max_findings", "domain", "second_stage", "anatomy", "lineage"}
+        optional = {"evaluation", "training", "max_findings", "domain", "second_stage", "anatomy", "lineage",
+                    "urgency"}
         f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - optional)
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
@@ -414,6 +467,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             second_stage=_second_stage(data.get("second_stage"), f.at("second_stage")),
             anatomy=f.get("anatomy", str, "none"),
             lineage=_lineage(data.get("lineage"), f.at("lineage")),
+            urgency=_urgency(data.get("urgency"), f.at("urgency")),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
@@ -466,6 +520,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         **({} if card.training is None else {"training": _training_dict(card.training)}),
         **({} if card.second_stage is None else {"second_stage": _second_stage_dict(card.second_stage)}),
         **({} if card.lineage is None else {"lineage": _lineage_dict(card.lineage)}),
+        **({} if card.urgency is None else {"urgency": _urgency_dict(card.urgency)}),
     }
 
 

@@ -242,6 +242,9 @@ class Run(Base):
     findings: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     # what the read series was (scanner model, kernel, slice thickness, contrast, HU histogram of the body), for drift
     input_facts: Mapped[dict[str, object]] = mapped_column(JSON, default=dict, server_default="{}")
+    # the study-level triage decision (detector.triage.Decision) and why; None until the run ends
+    decision: Mapped[str | None] = mapped_column(String(24))
+    decision_reason: Mapped[str | None] = mapped_column(Text)
     # per-stage timestamps
     first_instance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_instance_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -254,6 +257,57 @@ class Run(Base):
 
     inputs: Mapped[list[RunInput]] = relationship(order_by="RunInput.instance_id")
     outputs: Mapped[list[RunOutput]] = relationship(order_by="RunOutput.id")
+
+
+class Notification(Base):
+    """The notification outbox: one run's study-level result, to be told to one channel (a RIS over HL7, a FHIR
+    server, a webhook), exactly once per run (a study version), and where that stands.
+
+    ``revision``: original, correction (a later version changed the result told before) or withdrawal (a later
+    version no longer stands by it); ``replaces_id`` the notification it corrects. ``payload`` holds no patient
+    identifier: the sender reads those from the run's images when the channel carries them.
+    """
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        UniqueConstraint("run_id", "channel"),
+        Index("ix_notification_channel_state_due", "channel", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("run.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # hl7, fhir, webhook
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    decision: Mapped[str] = mapped_column(String(24))
+    revision: Mapped[str] = mapped_column(String(16))
+    replaces_id: Mapped[int | None] = mapped_column(ForeignKey("notification.id"))
+    payload: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16))  # events.DeliveryState: pending, delivered (acknowledged), dead
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    acknowledgement: Mapped[dict[str, object] | None] = mapped_column(JSON)  # what the destination answered
+    last_image_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # the study's last image, for the timing
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    attempt_log: Mapped[list[NotificationAttempt]] = relationship(order_by="NotificationAttempt.id")
+
+
+class NotificationAttempt(Base):
+    """One try at telling a channel: when, what came back (or did not), and why it failed."""
+
+    __tablename__ = "notification_attempt"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notification.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    response: Mapped[str | None] = mapped_column(Text)  # the reply, abridged (an ACK, an HTTP status line)
 
 
 class RunInput(Base):

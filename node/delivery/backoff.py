@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import random
+from typing import Protocol
 
-from node.config import DeliveryConfig
+
+class BackoffPolicy(Protocol):
+    """What a retry policy names (delivery and notify configurations both do)."""
+
+    backoff_initial_s: float
+    backoff_max_s: float
+    backoff_jitter: float
 
 
-def retry_delay_s(config: DeliveryConfig, failed_attempts: int, rng: random.Random | None = None) -> float:
+def retry_delay_s(config: BackoffPolicy, failed_attempts: int, rng: random.Random | None = None) -> float:
     """Seconds to wait after the ``failed_attempts``-th failure (1 = the first).
 
     The delay is ``backoff_initial_s * 2**(failed_attempts - 1)`` scaled by a random factor in

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, insert, or_, select, update
+from sqlalchemy import Engine, insert
 
 from node.config import DeliveryConfig
-from node.db import audit
-from node.db.clock import db_now
+from node.db import audit, leases
 from node.db.schema import Delivery, DeliveryAttempt, utcnow
 from node.delivery.backoff import retry_delay_s
 from node.delivery.outbox import OutputObject
@@ -50,25 +48,9 @@ class Claim:
 
 
 def claim(engine: Engine, destination: str, limit: int, lease_s: float) -> Claim:
-    """Take up to ``limit`` due, unclaimed pending rows of ``destination``, oldest first.
-
-    PostgreSQL skips rows another sender has locked; on SQLite the single guarded UPDATE is atomic. A row
-    whose lease ran out (its sender died) is due again.
-    """
-    token = uuid.uuid4().hex
-    with engine.begin() as conn:
-        now = db_now(conn)
-        free = or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now)
-        due = (select(Delivery.id)
-               .where(Delivery.destination == destination, Delivery.state == str(DeliveryState.PENDING),
-                      Delivery.next_attempt_at <= now, free)
-               .order_by(Delivery.id).limit(limit).with_for_update(skip_locked=True))
-        ids = list(conn.execute(due).scalars())
-        if not ids:
-            return Claim(token, ())
-        conn.execute(update(Delivery).where(Delivery.id.in_(ids), free)
-                     .values(claimed_until=now + timedelta(seconds=lease_s), claim_token=token))
-        rows = conn.execute(select(Delivery).where(Delivery.claim_token == token).order_by(Delivery.id)).all()
+    """Take up to ``limit`` due, unclaimed pending rows of ``destination``, oldest first (see
+    :func:`node.db.leases.claim_due`)."""
+    token, rows = leases.claim_due(engine, Delivery, [Delivery.destination == destination], limit, lease_s)
     return Claim(token, tuple(Claimed(r.id, OutputObject(Path(r.path), r.sop_class_uid, r.sop_instance_uid,
                                                          r.study_instance_uid, r.transfer_syntax_uid), r.attempts)
                               for r in rows))
@@ -76,14 +58,7 @@ def claim(engine: Engine, destination: str, limit: int, lease_s: float) -> Claim
 
 def renew(engine: Engine, claim: Claim, items: Sequence[Claimed], lease_s: float) -> set[int]:
     """Extend the lease of ``items`` to ``lease_s`` from now (database clock); the ids still held."""
-    if not items:
-        return set()
-    with engine.begin() as conn:
-        until = db_now(conn) + timedelta(seconds=lease_s)
-        held = conn.execute(update(Delivery).where(Delivery.id.in_([i.id for i in items]),
-                                                   Delivery.claim_token == claim.token)
-                            .values(claimed_until=until).returning(Delivery.id)).scalars()
-        return set(held)
+    return leases.renew(engine, Delivery, claim.token, [i.id for i in items], lease_s)
 
 
 def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed, result: AttemptResult,
@@ -92,8 +67,7 @@ def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed
     now = utcnow()
     attempts = item.attempts + 1
     delivered = result.outcome in (AttemptOutcome.SUCCESS, AttemptOutcome.WARNING)
-    values: dict[str, object] = {"attempts": attempts, "last_status": result.status, "last_error": result.error,
-                                 "claimed_until": None, "claim_token": None}
+    values: dict[str, object] = {"attempts": attempts, "last_status": result.status, "last_error": result.error}
     if delivered:
         state = DeliveryState.DELIVERED
         values["acknowledged_at"] = now
@@ -106,8 +80,7 @@ def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed
     with engine.begin() as conn:
         conn.execute(insert(DeliveryAttempt).values(delivery_id=item.id, at=now, outcome=str(result.outcome),
                                                     status=result.status, error=result.error))
-        held = conn.execute(update(Delivery).where(Delivery.id == item.id, Delivery.claim_token == claim.token)
-                            .values(**values)).rowcount
+        held = leases.settle(conn, Delivery, item.id, claim.token, **values)
         event = {AttemptOutcome.WARNING: AuditKind.DELIVERY_WARNING}.get(result.outcome)
         if state is DeliveryState.DEAD:
             event = AuditKind.DELIVERY_DEAD_LETTER
@@ -125,8 +98,4 @@ def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed
 
 def release(engine: Engine, claim: Claim, items: Sequence[Claimed], next_attempt_at: datetime | None = None) -> None:
     """Give back claimed rows that were not attempted, due again at ``next_attempt_at`` (default now)."""
-    if not items:
-        return
-    with engine.begin() as conn:
-        conn.execute(update(Delivery).where(Delivery.id.in_([i.id for i in items]), Delivery.claim_token == claim.token)
-                     .values(claimed_until=None, claim_token=None, next_attempt_at=next_attempt_at or utcnow()))
+    leases.release(engine, Delivery, claim.token, [i.id for i in items], next_attempt_at)

@@ -34,6 +34,7 @@ from node.delivery.routing import destinations_for_study
 from node.events import AuditKind, RunMode, RunStatus
 from node.logging import get_logger
 from node.loops import Progress, report_failure, run_guarded
+from node.notify.outbox import channels_for, enqueue_run
 from node.pipeline.assignment import current_routes
 from node.pipeline.queue import (
     ClaimedRun,
@@ -213,17 +214,46 @@ class Worker:
             log.info("shadow run gave way to a live or silent run", run_id=run.id, model=run.model)
             return RunStatus.QUEUED
         except OutOfDomainError as exc:
-            return skip_run(self.engine, run, f"refused by the model's domain gate: {exc}")
+            reason = f"refused by the model's domain gate: {exc}"
+            self._not_analysed(run, reason)
+            return skip_run(self.engine, run, reason)
         except ModelUnavailable as exc:  # the operator may fix the model: retried, then failed with the reason
-            return fail_run(self.engine, run, str(exc), True, self.settings.pipeline)
+            return self._fail(run, str(exc), True)
         except (SeriesInputError, ModelCardError, LookupError) as exc:
-            return fail_run(self.engine, run, f"{type(exc).__name__}: {exc}", False, self.settings.pipeline)
+            return self._fail(run, f"{type(exc).__name__}: {exc}", False)
         except Exception as exc:  # anything else may be passing (memory, a file system hiccup): retried
             log.exception("run attempt crashed", run_id=run.id)
-            return fail_run(self.engine, run, f"{type(exc).__name__}: {exc}", True, self.settings.pipeline)
+            return self._fail(run, f"{type(exc).__name__}: {exc}", True)
         finally:
             self.busy = False
         return RunStatus.DONE
+
+    def _fail(self, run: ClaimedRun, error: str, retryable: bool) -> RunStatus:
+        """A failed attempt: retried while attempts remain; a run that fails for good is "not analysed"."""
+        if not (retryable and run.attempts < self.settings.pipeline.max_attempts):
+            self._not_analysed(run, f"the analysis failed: {error}")
+        return fail_run(self.engine, run, error, retryable, self.settings.pipeline)
+
+    def _not_analysed(self, run: ClaimedRun, reason: str) -> None:
+        """Record that the study was not analysed, and why, and tell the route's channels (before the run ends, so
+        that a worker dying here leaves a run whose next attempt does it again)."""
+        from detector.triage import not_analysed
+
+        decision = not_analysed(reason)
+        try:
+            if update_run(self.engine, run, decision=str(decision.decision), decision_reason=decision.reason):
+                self._notify(run)
+        except SQLAlchemyError as exc:
+            log.error("not-analysed result not recorded", run_id=run.id, error=type(exc).__name__)
+
+    def _notify(self, run: ClaimedRun) -> None:
+        """Queue the run's recorded decision for the notification channels of its live route (none for silent
+        and shadow runs)."""
+        if run.mode is not RunMode.LIVE:
+            return
+        channels = channels_for(current_routes(self.engine, self.settings.pipeline.routes), run.model)
+        if channels:
+            enqueue_run(self.engine, self.settings, run.id, channels)
 
     def _model(self, name: str) -> LoadedModel:
         """The routed model, loaded once; a model that does not load is tried again at its next run."""
@@ -247,6 +277,7 @@ class Worker:
         from detector.infer import InferenceOptions, detect_series
         from detector.infer.engine import default_device
         from detector.infer.facts import series_facts
+        from detector.triage import decide
 
         config = self.settings.pipeline
         model = self._model(run.model)
@@ -262,9 +293,13 @@ class Worker:
                                    should_stop=should_stop)
         result = detect_series(self._input_paths(run), model, options=options, max_findings=config.max_findings,
                                gate=config.domain_gate, anatomy=config.anatomy.get(run.model))
+        decision = decide(card, result.findings)
         self._stage(run, beat, inference_ended_at=utcnow(), series_instance_uid=result.volume.series_instance_uid,
-                    selection=list(result.selection.reasons), findings=[asdict(f) for f in result.findings],
-                    input_facts=series_facts(result.volume, result.selection))
+                    selection=list(result.selection.reasons),
+                    findings=[{**asdict(f), "urgent": n in decision.urgent} for n, f in enumerate(result.findings)],
+                    input_facts=series_facts(result.volume, result.selection), decision=str(decision.decision),
+                    decision_reason=decision.reason)
+        self._notify(run)  # the triage result goes out before the report objects are built: it needs none of them
         if result.dropped:
             self._audit_truncation(run, result.findings, result.dropped)
         # one folder per attempt: a worker that lost its claim never writes into the files of the one holding it

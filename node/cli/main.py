@@ -1,4 +1,5 @@
-"""`ctnode`: init, serve, detect, train, evaluate, synth, db, studies, runs, feedback, reports, monitor, deliveries, store."""
+"""`ctnode`: init, serve, detect, train, evaluate, synth, db, studies, runs, feedback, reports, monitor, deliveries,
+notifications, store."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from node.cli.checks import config_app
 from node.cli.deliveries import app as deliveries_app
+from node.cli.notifications import app as notifications_app
 from node.cli.feedback import app as feedback_app
 from node.cli.models import models_app
 from node.cli.monitor import monitor
@@ -34,6 +36,7 @@ studies_app = typer.Typer(help="What the node has received.", no_args_is_help=Tr
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(notifications_app, name="notifications")
 app.add_typer(runs_app, name="runs")
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(reports_app, name="reports")

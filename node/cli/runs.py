@@ -70,6 +70,8 @@ def runs_show(
         console.print(f"  {line}")
     if record["error"]:
         console.print(f"[red]error:[/red] {record['error']}")
+    if record["decision"]:
+        console.print(f"triage: [bold]{record['decision']}[/bold] ({record['decision_reason']})")
     stages = Table("stage", "at", title="stages")
     for stage, at in record["timestamps"].items():
         stages.add_row(stage.removesuffix("_at"), fmt_time(at, precise=True))
@@ -85,6 +87,14 @@ def runs_show(
             outputs.add_row(o["kind"], o["sop_instance_uid"], d["destination"] if d else "", d["state"] if d else "",
                             fmt_time(d["acknowledged_at"], precise=True) if d else "")
     console.print(outputs)
+    if record["notifications"]:
+        told = Table("notification", "channel", "decision", "revision", "state", "attempts", "acknowledged",
+                     "notify s", "last error", title="notifications (ctnode notifications show ID)")
+        for n in record["notifications"]:
+            told.add_row(str(n["id"]), f"{n['channel']} ({n['kind']})", n["decision"], n["revision"], n["state"],
+                         str(n["attempts"]), fmt_time(n["acknowledged_at"], precise=True),
+                         "" if n["notify_s"] is None else f"{n['notify_s']:.2f}", n["last_error"] or "")
+        console.print(told)
     if record["feedback"]:
         reviews = Table("feedback", "reader", "confirmed", "rejected", "edited", "missed", "received", "current",
                         title="readers' reviews (ctnode feedback show ID)")

@@ -296,6 +296,13 @@ class Notification(Base):
 
     attempt_log: Mapped[list[NotificationAttempt]] = relationship(order_by="NotificationAttempt.id")
 
+    @property
+    def notify_s(self) -> float | None:
+        """Seconds from the study's last image to the channel's acknowledgement (None until acknowledged)."""
+        if self.acknowledged_at is None or self.last_image_at is None:
+            return None
+        return round((self.acknowledged_at - self.last_image_at).total_seconds(), 3)
+
 
 class NotificationAttempt(Base):
     """One try at telling a channel: when, what came back (or did not), and why it failed."""

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from node.db.schema import AuditEvent, Delivery, Feedback, Instance, Run, RunInput, RunOutput, Series
+from node.db.schema import AuditEvent, Delivery, Feedback, Instance, Notification, Run, RunInput, RunOutput, Series
 
 STAGES = ("first_instance_at", "last_instance_at", "ready_at", "claimed_at", "inference_started_at",
           "inference_ended_at", "reports_built_at", "finished_at")
@@ -45,7 +45,7 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
     """Everything the audit holds about one run, or None when there is no such run.
 
     Inputs with their digests, the model's identity, routing and selection reasons, findings, outputs,
-    each output's deliveries and acknowledgements, the readers' reviews (feedback), the per-stage timestamps and durations, and the
+    each output's deliveries and acknowledgements, the triage decision and its notifications, the readers' reviews (feedback), the per-stage timestamps and durations, and the
     audit events that name the run.
     """
     with Session(engine) as session:
@@ -58,6 +58,8 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
             .where(RunInput.run_id == run_id).order_by(Instance.id)).all()
         outputs = session.scalars(select(RunOutput).where(RunOutput.run_id == run_id).order_by(RunOutput.id)).all()
         deliveries = session.scalars(select(Delivery).where(Delivery.run_id == run_id).order_by(Delivery.id)).all()
+        told = session.scalars(select(Notification).where(Notification.run_id == run_id)
+                               .order_by(Notification.id)).all()
         reviews = session.scalars(select(Feedback).where(Feedback.run_id == run_id).order_by(Feedback.id)).all()
         events = session.scalars(select(AuditEvent).where(AuditEvent.study_instance_uid == run.study_instance_uid)
                                  .order_by(AuditEvent.id)).all()
@@ -73,6 +75,12 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
             "routing": run.routing,
             "selection": run.selection,
             "findings": run.findings,
+            "decision": run.decision,
+            "decision_reason": run.decision_reason,
+            "notifications": [{"id": n.id, "channel": n.channel, "kind": n.kind, "decision": n.decision,
+                               "revision": n.revision, "state": n.state, "attempts": n.attempts,
+                               "last_error": n.last_error, "acknowledged_at": n.acknowledged_at,
+                               "notify_s": n.notify_s} for n in told],
             "inputs": [{"sop_instance_uid": i.sop_instance_uid, "sha256": i.sha256,
                         "series_instance_uid": i.series_instance_uid, "received_at": i.received_at} for i in inputs],
             "outputs": [{"kind": o.kind, "sop_class_uid": o.sop_class_uid, "sop_instance_uid": o.sop_instance_uid,

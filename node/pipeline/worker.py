@@ -48,7 +48,7 @@ from node.pipeline.queue import (
     update_run,
     worker_name,
 )
-from node.reports import EarlierReport, WrittenObject, report_stage
+from node.reports import EarlierReport, ReportRun, WrittenObject, report_stage
 from node.reports.from_detection import options_for, report_run
 from node.reports.uids import run_key
 
@@ -235,16 +235,57 @@ class Worker:
         return fail_run(self.engine, run, error, retryable, self.settings.pipeline)
 
     def _not_analysed(self, run: ClaimedRun, reason: str) -> None:
-        """Record that the study was not analysed, and why, and tell the route's channels (before the run ends, so
-        that a worker dying here leaves a run whose next attempt does it again)."""
+        """Record that the study was not analysed, and why; tell the route's channels; and send the SR and SC page
+        that say so into the study (before the run ends, so that a worker dying here leaves a run whose next
+        attempt does it all again: the outboxes are idempotent)."""
         from detector.triage import not_analysed
 
         decision = not_analysed(reason)
         try:
-            if update_run(self.engine, run, decision=str(decision.decision), decision_reason=decision.reason):
-                self._notify(run)
-        except SQLAlchemyError as exc:
-            log.error("not-analysed result not recorded", run_id=run.id, error=type(exc).__name__)
+            if not update_run(self.engine, run, decision=str(decision.decision), decision_reason=decision.reason):
+                return
+            self._notify(run)
+            self._send_not_analysed(run, reason)
+        except Exception as exc:  # the run still ends skipped or failed; the audit says what was not sent
+            log.error("not-analysed result not completed", run_id=run.id, error=type(exc).__name__)
+            report_failure(self.engine, f"not-analysed-{run.id}", exc, 1)
+
+    def _send_not_analysed(self, run: ClaimedRun, reason: str) -> None:
+        """Build the not-analysed SR and SC page over the run's largest input series and queue them where the run's
+        objects go; nothing when the model's card cannot be read (its identity would be unknown)."""
+        import pydicom
+
+        from node.reports import build_not_analysed_objects, write_report_objects
+        from node.reports.from_detection import algorithm_of
+
+        model = self._models.get(run.model)
+        if model is None:
+            log.warning("no not-analysed objects: the model is not loaded", run_id=run.id, model=run.model)
+            return
+        by_series: dict[str, list[pydicom.Dataset]] = {}
+        for path in self._input_paths(run):
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
+        if not by_series:
+            return
+        sources = max(by_series.values(), key=len)
+        report_run = ReportRun(run_key(run.id), sources, (), algorithm_of(model.card), created=self._ready_at(run),
+                               notice=run.mode.notice)
+        objects = build_not_analysed_objects(report_run, self.settings.reports, reason)
+        folder = (self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
+                  / f"attempt-{run.attempts}")
+        written = write_report_objects(objects, folder)
+        self._record_outputs(run, written)
+        self._enqueue_outputs(run, written)
+
+    def _enqueue_outputs(self, run: ClaimedRun, written: list[WrittenObject]) -> list[str]:
+        """Queue the run's written objects for its destinations; returns the destinations."""
+        destinations = self._destinations(run)
+        for output in written:
+            enqueue(self.engine, OutputObject(output.path, output.sop_class_uid, output.sop_instance_uid,
+                                              output.study_instance_uid, output.transfer_syntax_uid),
+                    destinations, run.id)
+        return destinations
 
     def _notify(self, run: ClaimedRun) -> None:
         """Queue the run's recorded decision for the notification channels of its live route (none for silent
@@ -319,11 +360,7 @@ class Worker:
                        detail={"run_id": run.id, "omitted": list(objects.omissions)})
         self._record_outputs(run, written)
         self._stage(run, beat, reports_built_at=utcnow())
-        destinations = self._destinations(run)
-        for output in written:
-            enqueue(self.engine, OutputObject(output.path, output.sop_class_uid, output.sop_instance_uid,
-                                              output.study_instance_uid, output.transfer_syntax_uid),
-                    destinations, run.id)
+        destinations = self._enqueue_outputs(run, written)
         if beat.lost or not finish_run(self.engine, run):
             raise ClaimLost(run.id)
         log.info("run done", run_id=run.id, mode=str(run.mode), findings=len(result.findings), outputs=len(written),

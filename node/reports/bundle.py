@@ -17,8 +17,8 @@ from node.reports.gsps import build_gsps
 from node.reports.kos import build_kos
 from node.reports.options import ReportOptions, ReportRun
 from node.reports.prepared import PreparedReport
-from node.reports.sc import build_secondary_captures
-from node.reports.sr import build_sr
+from node.reports.sc import build_not_analysed_page, build_secondary_captures
+from node.reports.sr import build_not_analysed_sr, build_sr
 from node.storage.durable import fsync_dir, fsync_file
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,14 @@ def build_report_objects(run: ReportRun, options: ReportOptions) -> ReportObject
     log.info("report objects built", run_id=run.run_id, findings=len(run.findings),
              objects=[name for name, _, _ in objects.named()])
     return objects
+
+
+def build_not_analysed_objects(run: ReportRun, options: ReportOptions, reason: str) -> ReportObjects:
+    """The SR and the SC page that say the study was not analysed and why (``run`` has no findings; its sources
+    are the series the model was to read)."""
+    report = PreparedReport.of(run, options)
+    return ReportObjects(sr=build_not_analysed_sr(report, reason), secondary_captures=(build_not_analysed_page(
+        report, reason),), omissions=report.series.omissions)
 
 
 def write_report_objects(objects: ReportObjects, folder: Path) -> list[WrittenObject]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import highdicom as hd
@@ -16,6 +17,7 @@ from node.reports.sources import copy_anatomy, no_identifier_warnings
 from node.reports.uids import ObjectKind
 
 SC_SERIES_DESCRIPTION = "AI findings overlay (not for diagnosis)"
+NOT_ANALYSED_SC_DESCRIPTION = "AI result: NOT ANALYSED (page)"
 _SUMMARY_LINES = 10
 
 
@@ -50,6 +52,7 @@ def _secondary_capture(
     index: int,
     derivation: str,
     pixel_spacing: tuple[float, float] | None,
+    description: str | None = None,
 ) -> hd.sc.SCImage:
     """An RGB SC in the source study, referencing ``sources`` and their frame of reference, text burned in."""
     series = report.series
@@ -63,7 +66,7 @@ def _secondary_capture(
         **report.identity(ObjectKind.SC, index),
         pixel_spacing=pixel_spacing,
         patient_orientation=series.patient_orientation(),
-        series_description=report.run.series_description("AI findings overlay", SC_SERIES_DESCRIPTION),
+        series_description=description or report.run.series_description("AI findings overlay", SC_SERIES_DESCRIPTION),
     )
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
@@ -104,6 +107,17 @@ def build_secondary_captures(report: PreparedReport) -> list[hd.sc.SCImage]:
         crops.append(_crop_around(pixels, key_slice(finding).box_px))
     captures.append(_summary(report, crops))
     return captures
+
+
+@no_identifier_warnings()
+def build_not_analysed_page(report: PreparedReport, reason: str) -> hd.sc.SCImage:
+    """One page for a study the model did not read: NOT ANALYSED, why, and that no finding is implied."""
+    lines = [_footer(report), "NOT ANALYSED BY THE AI", "Absence of AI findings means nothing here.", "Reason:",
+             *textwrap.wrap(reason, 48)[:_SUMMARY_LINES - 4]]
+    pixels = render_summary([], lines, report.options.banner_text)
+    return _secondary_capture(report, pixels, [report.series.first], 0,
+                              "AI result page: the study was not analysed, rendered as text", None,
+                              NOT_ANALYSED_SC_DESCRIPTION)
 
 
 def _crop_around(pixels: np.ndarray, box_px: tuple[float, float, float, float]) -> np.ndarray:

@@ -24,6 +24,9 @@ CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 PERCENT = Code("%", "UCUM", "Percent")
 NO_ABNORMALITY = Code("281900007", "SCT", "No abnormality detected")
 NO_FINDING_TRACKING_ID = "no findings"
+NOT_ANALYSED = Code("CTN-NOT-ANALYSED", "99CTNODE", "Not analysed by the AI")
+NOT_ANALYSED_TRACKING_ID = "not analysed"
+NOT_ANALYSED_SERIES_DESCRIPTION = "AI result: NOT ANALYSED (not for diagnosis)"
 SR_SERIES_DESCRIPTION = "AI findings report (not for diagnosis)"
 
 
@@ -128,7 +131,7 @@ def _no_finding_group(
 def build_sr(report: PreparedReport) -> hd.sr.Comprehensive3DSR:
     """The run's Comprehensive 3D SR (TID 1500) in the source study: per finding, one group per image region
     and one with its certainty (and 3D centre); an explicit "no abnormality" group when there is none."""
-    run, options = report.run, report.options
+    run = report.run
     algorithm = algorithm_identification(run)
     groups: list[Group]
     if sum(len(f.slices) for f in run.findings) == 1:
@@ -140,6 +143,30 @@ def build_sr(report: PreparedReport) -> hd.sr.Comprehensive3DSR:
                   for group in _finding_groups(n, finding, report, algorithm)]
     if not groups:
         groups = [_no_finding_group(report, algorithm)]
+    return _measurement_report(report, groups, run.series_description("AI findings report", SR_SERIES_DESCRIPTION))
+
+
+@no_identifier_warnings()
+def build_not_analysed_sr(report: PreparedReport, reason: str) -> hd.sr.Comprehensive3DSR:
+    """The SR of a study the model did not read: one TID 1501 group whose finding is "Not analysed by the AI",
+    the reason among the algorithm's parameters (TID 4019), so that no one takes the silence for a negative."""
+    run = report.run
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=run.algorithm.name, version=run.algorithm.version,
+        parameters=[*run.algorithm.all_parameters, f"not analysed: {reason}"[:1024]],
+        family=codes.cid7162.ArtificialIntelligence)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=report.uids.instance(ObjectKind.FINDING, 0),
+                                                     identifier=NOT_ANALYSED_TRACKING_ID),
+        algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NOT_ANALYSED)],
+    )
+    return _measurement_report(report, [group], NOT_ANALYSED_SERIES_DESCRIPTION)
+
+
+def _measurement_report(report: PreparedReport, groups: Sequence[Group], description: str) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 document of ``groups``, observed by the run's model as a device, in the source study."""
+    run, options = report.run, report.options
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -152,7 +179,7 @@ def build_sr(report: PreparedReport) -> hd.sr.Comprehensive3DSR:
     content = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.cid100.CTUnspecifiedBodyRegion,
-        imaging_measurements=groups,
+        imaging_measurements=list(groups),
         title=codes.cid7021.ImagingMeasurementReport,
     )
     sr = hd.sr.Comprehensive3DSR(
@@ -164,7 +191,7 @@ def build_sr(report: PreparedReport) -> hd.sr.Comprehensive3DSR:
         is_complete=True,
         is_final=True,
         previous_versions=[e.as_dataset() for e in run.earlier_reports] or None,
-        series_description=run.series_description("AI findings report", SR_SERIES_DESCRIPTION),
+        series_description=description,
     )
     report.stamp(sr)
     return sr

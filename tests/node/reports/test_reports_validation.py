@@ -12,7 +12,14 @@ from pydicom.dataset import Dataset
 
 from detector.findings import Finding
 from node.logging import configure_logging
-from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_report_objects, write_report_objects
+from node.reports import (
+    AlgorithmIdentity,
+    ReportOptions,
+    ReportRun,
+    build_not_analysed_objects,
+    build_report_objects,
+    write_report_objects,
+)
 from tests.node.reports.conftest import LUNG, NEOPLASM, finding_on
 
 
@@ -36,6 +43,11 @@ def test_all_object_kinds_validate_without_errors(
             [chest_series[30]], [(200.0, 290.0, 230.0, 320.0)], 0.8, "nodule", NEOPLASM, LUNG)], algorithm),
     }
     objects = {name: build_report_objects(run, options) for name, run in runs.items()}
+    # a study the model did not read says so: its SR and page
+    objects["head-not-analysed"] = build_not_analysed_objects(
+        ReportRun("head-2", head_series, (), algorithm), options,
+        "refused by the model's domain gate: contrast-enhanced (Contrast/Bolus Agent IOHEXOL); the model reads "
+        "non-contrast series only")
     written = {name: write_report_objects(built, tmp_path / name) for name, built in objects.items()}
     assert objects["chest"].omissions == ()
     assert objects["chest-no-frame"].omissions[0].startswith("3D finding centres (SCOORD3D)")
@@ -46,9 +58,10 @@ def test_all_object_kinds_validate_without_errors(
     result = subprocess.run([str(validate_dicom), str(tmp_path)], capture_output=True, text=True, timeout=300)
     print(result.stdout)
     lines = [line for line in result.stdout.splitlines() if line.endswith(".dcm") or ".dcm:" in line]
-    assert len(lines) == 22, result.stdout
+    assert [w.path.name for w in written["head-not-analysed"]] == ["sr.dcm", "sc-001.dcm"]
+    assert len(lines) == 24, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip().endswith("validated=22 with_errors=0")
+    assert result.stdout.strip().endswith("validated=24 with_errors=0")
 
 
 def test_patient_identifiers_stay_out_of_warnings_and_logs(

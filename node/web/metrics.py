@@ -9,14 +9,33 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from pydicom.uid import Comprehensive3DSRStorage
 from sqlalchemy import Connection, Engine, case, extract, func, select
 from sqlalchemy.sql import ColumnElement
 
-from node.db.schema import Association, Delivery, DeliveryAttempt, Instance, Run
-from node.events import AssociationOutcome, AttemptOutcome, DeliveryState, RunMode, RunStatus
+from node.db.schema import (
+    Association,
+    Delivery,
+    DeliveryAttempt,
+    Instance,
+    Notification,
+    NotificationAttempt,
+    Run,
+)
+from node.events import (
+    AssociationOutcome,
+    AttemptOutcome,
+    DeliveryState,
+    RunMode,
+    RunStatus,
+)
 
 # Upper bounds (seconds) of the stage latency buckets: 0.1 s up to 15 min; +Inf is added.
 BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0)
@@ -40,6 +59,13 @@ class AuditCollector(Collector):
                                 .where(DeliveryAttempt.outcome == str(AttemptOutcome.FAILURE))
                                 .group_by(Delivery.destination))
             stages = _stage_histograms(conn)
+            told = _grouped(conn, select(Notification.channel, Notification.state, func.count())
+                            .group_by(Notification.channel, Notification.state))
+            told_failures = _grouped(conn, select(Notification.channel, func.count())
+                                     .join(NotificationAttempt, NotificationAttempt.notification_id == Notification.id)
+                                     .where(NotificationAttempt.outcome == str(AttemptOutcome.FAILURE))
+                                     .group_by(Notification.channel))
+            notify = _notify_histograms(conn)
 
         yield CounterMetricFamily("ctnode_instances_received", "Instance versions stored (identical resends add none).",
                                   value=instances)
@@ -73,6 +99,23 @@ class AuditCollector(Collector):
         for (stage, mode), (buckets, total) in stages.items():
             histogram.add_metric([stage, mode], buckets, total)
         yield histogram
+        channels = sorted({c for c, _ in told} | {c for (c,) in told_failures})
+        yield _labelled(GaugeMetricFamily("ctnode_notification_queue_depth", "Notifications waiting for an attempt.",
+                                          labels=["channel"]),
+                        {c: told.get((c, str(DeliveryState.PENDING)), 0) for c in channels})
+        yield _labelled(CounterMetricFamily("ctnode_notification_failures",
+                                            "Failed notification attempts (refused, wrong ACK, timeout), retried or not.",
+                                            labels=["channel"]), {c: told_failures.get((c,), 0) for c in channels})
+        yield _labelled(GaugeMetricFamily("ctnode_notification_dead_letters",
+                                          "Notifications that gave up after max attempts, until retried by hand.",
+                                          labels=["channel"]),
+                        {c: told.get((c, str(DeliveryState.DEAD)), 0) for c in channels})
+        to_notify = HistogramMetricFamily("ctnode_notify_seconds",
+                                          "Seconds from a study's last image to the channel's acknowledgement of its "
+                                          "triage result, by channel.", labels=["channel"])
+        for channel, (buckets, total) in notify.items():
+            to_notify.add_metric([channel], buckets, total)
+        yield to_notify
 
 
 def _counts(conn: Connection, column: Any) -> dict[str, int]:
@@ -124,6 +167,19 @@ def _stage_histograms(conn: Connection) -> dict[tuple[str, str], tuple[list[tupl
             count, total, *cumulative = row[i * width:(i + 1) * width]
             buckets = [(str(bound), float(n or 0)) for bound, n in zip(BUCKETS_S, cumulative, strict=True)]
             result[(stage, mode)] = ([*buckets, ("+Inf", float(count))], float(total or 0.0))
+    return result
+
+
+def _notify_histograms(conn: Connection) -> dict[str, tuple[list[tuple[str, float]], float]]:
+    """Per channel: cumulative ``(le, count)`` buckets of the time from last image to acknowledgement, and the sum."""
+    seconds = _seconds(conn.dialect.name, Notification.last_image_at, Notification.acknowledged_at)
+    columns = [func.count(seconds), func.coalesce(func.sum(seconds), 0.0),
+               *[func.sum(case((seconds <= bound, 1), else_=0)) for bound in BUCKETS_S]]
+    result = {}
+    for channel, count, total, *cumulative in conn.execute(select(Notification.channel, *columns)
+                                                           .group_by(Notification.channel)):
+        buckets = [(str(bound), float(n or 0)) for bound, n in zip(BUCKETS_S, cumulative, strict=True)]
+        result[channel] = ([*buckets, ("+Inf", float(count))], float(total or 0.0))
     return result
 
 

@@ -14,11 +14,21 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, insert, select
 
 from node.config import MetricsConfig, Settings, StorageConfig
 from node.db.engine import make_engine
-from node.db.schema import Association, Delivery, DeliveryAttempt, Instance, Run, Series, Study
+from node.db.schema import (
+    Association,
+    Delivery,
+    DeliveryAttempt,
+    Instance,
+    Notification,
+    NotificationAttempt,
+    Run,
+    Series,
+    Study,
+)
 from node.events import AttemptOutcome, DeliveryState, RunMode, RunStatus
 from node.web.metrics import BUCKETS_S
 from node.web.server import start_http
@@ -182,6 +192,35 @@ def test_metrics_count_the_audit_database(engine: Engine, serve: Serve):
         assert samples[("ctnode_stage_duration_seconds_sum", live)] == pytest.approx(sum(seconds), abs=0.01)
     assert histogram("queue", "shadow") == {str(bound): int(bound >= 50) for bound in BUCKETS_S} | {"+Inf": 1}
     assert samples[("ctnode_stage_duration_seconds_count", (("mode", "silent"), ("stage", "queue")))] == 0
+
+
+def test_metrics_give_the_time_to_notification_and_the_notification_outbox(engine: Engine, serve: Serve):
+    with engine.begin() as conn:
+        populate(conn)
+        runs = list(conn.execute(select(Run.id).order_by(Run.id)).scalars())
+        for n, (channel, state, seconds, failures) in enumerate([
+                ("ris", DeliveryState.DELIVERED, 1.5, 0), ("ris", DeliveryState.DELIVERED, 7.0, 2),
+                ("ris", DeliveryState.PENDING, None, 1), ("pager", DeliveryState.DEAD, None, 3)]):
+            nid = conn.execute(insert(Notification).values(
+                run_id=runs[n], channel=channel, kind="hl7", study_instance_uid="1.2.3", decision="suspected_positive",
+                revision="original", payload={}, state=str(state), attempts=failures, last_image_at=at(0),
+                acknowledged_at=None if seconds is None else at(seconds), created_at=at(0), next_attempt_at=at(0))
+                .returning(Notification.id)).scalar_one()
+            for _ in range(failures):
+                conn.execute(insert(NotificationAttempt).values(notification_id=nid, at=at(n),
+                                                                outcome=str(AttemptOutcome.FAILURE)))
+    samples = scrape(serve(engine))
+
+    def by(name: str) -> dict[str, float]:
+        return {dict(labels)["channel"]: v for (n, labels), v in samples.items() if n == name}
+
+    assert by("ctnode_notification_queue_depth") == {"ris": 1, "pager": 0}
+    assert by("ctnode_notification_failures_total") == {"ris": 3, "pager": 3}
+    assert by("ctnode_notification_dead_letters") == {"ris": 0, "pager": 1}
+    ris = {dict(labels)["le"]: v for (n, labels), v in samples.items()
+           if n == "ctnode_notify_seconds_bucket" and ("channel", "ris") in labels}
+    assert ris == {str(b): sum(s <= b for s in (1.5, 7.0)) for b in BUCKETS_S} | {"+Inf": 2}
+    assert samples[("ctnode_notify_seconds_sum", (("channel", "ris"),))] == pytest.approx(8.5, abs=0.01)
 
 
 def test_health_and_readiness_on_a_migrated_database(engine: Engine, serve: Serve):

@@ -22,7 +22,7 @@ QUICK = {
     "ops": (rf"fwd_vs_conv=({NUMBER}) fwdbwd_vs_conv=({NUMBER}) speedup_vs_reference=({NUMBER})", ()),
     "detect": (rf"s_per_slice=({NUMBER}) peak_rss_gb=({NUMBER}) dcn_vs_plain=({NUMBER}) "
                rf"chest_s_per_slice=({NUMBER}) chest_second_stage_share=({NUMBER})", ()),
-    "e2e": (rf"median_s=({NUMBER}) quiet_s=({NUMBER})", ("Orthanc",)),
+    "e2e": (rf"median_s=({NUMBER}) quiet_s=({NUMBER}) notify_s=({NUMBER}) p95_notify_s=({NUMBER})", ("Orthanc",)),
     "fuzz": (r"cases=300 crashes=0 false_success=0 echo_ok=1", ()),
     "ingest": (rf"single_vs_bare=({NUMBER}) multi_vs_bare_multi=({NUMBER}) vs_orthanc=({NUMBER}) "
                rf"multi_vs_orthanc_multi=({NUMBER})", ("storescu", "Orthanc")),

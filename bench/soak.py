@@ -7,11 +7,15 @@ worker` and `--role delivery` run beside it on one PostgreSQL database and one d
 Orthanc. Meanwhile a chaos thread kill -9s the process group of a random role ``--kills`` times (restarting it),
 restarts PostgreSQL (immediate shutdown) once, and stops Orthanc for ``--pacs-down-s``. The end is one line:
 
-    studies=N runs_done=N lost=0 duplicated_deliveries=0 kills=K
+    studies=N runs_done=N lost=0 duplicated_deliveries=0 kills=K notified=N notify_lost=0 notify_duplicates=0
 
 ``lost``: studies without a done run whose every output is in Orthanc. ``duplicated_deliveries``: objects the
 audit shows acknowledged by the PACS more than once (successful attempts beyond the first, per object and
-destination). Exit status 1 when anything is lost or duplicated, or the deadline passes.
+destination). Each study's triage result is also told to a RIS (python-hl7's MLLP server, in this process) over
+HL7: ``notified`` counts studies whose notification the RIS acknowledged and the audit records as delivered,
+``notify_lost`` those without, ``notify_duplicates`` studies the RIS accepted under more than one control ID (a
+resend after a killed delivery role carries the same one). Exit status 1 when anything is lost or duplicated, or
+the deadline passes.
 """
 
 from __future__ import annotations
@@ -41,10 +45,13 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Engine
 
 from node.db.engine import normalise_url
-from node.db.schema import Delivery, DeliveryAttempt, Run
+from node.db.schema import Delivery, DeliveryAttempt, Notification, Run
 from node.events import AttemptOutcome, RunStatus
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.integration.ris import Ris  # noqa: E402
 
 ROLES = ("receiver", "worker", "delivery")
 
@@ -272,14 +279,18 @@ class Clients:
             time.sleep(random.uniform(*self.gap_s))  # sends spread over the kills
 
 
-def write_config(work: Path, db_url: str, port: int, pacs: Orthanc) -> Path:
+def write_config(work: Path, db_url: str, port: int, pacs: Orthanc, ris_port: int) -> Path:
     config = {
         "dicom": {"host": "127.0.0.1", "port": port, "accept_any": True},
         "storage": {"data_dir": str(work / "data"), "min_free_bytes": 0},
         "database": {"url": db_url},
         "logging": {"format": "json", "level": "INFO"},
         "pipeline": {"workers": 1, "quiet_s": 5, "poll_interval_s": 0.5, "lease_s": 20, "heartbeat_s": 2,
-                     "max_attempts": 100, "retry_delay_s": 2, "threads": 1},
+                     "max_attempts": 100, "retry_delay_s": 2, "threads": 1,
+                     "routes": [{"model": "head", "body_parts": ["HEAD", "BRAIN"], "notify": ["ris"]}]},
+        "notify": {"channels": [{"name": "ris", "kind": "hl7", "host": "127.0.0.1", "port": ris_port, "timeout_s": 5,
+                                 "decisions": ["suspected_positive", "negative", "not_analysed"]}],
+                   "max_attempts": 1000, "backoff_initial_s": 1, "backoff_max_s": 5, "lease_s": 20},
         "delivery": {"destinations": [{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1",
                                        "port": pacs.dicom_port}],
                      "default_destinations": ["pacs"], "max_attempts": 1000, "backoff_initial_s": 2,
@@ -293,11 +304,26 @@ def write_config(work: Path, db_url: str, port: int, pacs: Orthanc) -> Path:
 
 
 def progress(engine: Engine, study_uids: set[str]) -> tuple[int, int, int]:
-    """(studies with a done run, deliveries pending, deliveries dead), from the audit database."""
+    """(studies with a done run, deliveries and notifications pending, dead), from the audit database."""
     with engine.connect() as conn:
         done = set(conn.execute(select(Run.study_instance_uid).where(Run.status == str(RunStatus.DONE))).scalars())
         states = dict(conn.execute(select(Delivery.state, func.count()).group_by(Delivery.state)).all())
-    return len(done & study_uids), states.get("pending", 0), states.get("dead", 0)
+        told = dict(conn.execute(select(Notification.state, func.count()).group_by(Notification.state)).all())
+    return (len(done & study_uids), states.get("pending", 0) + told.get("pending", 0),
+            states.get("dead", 0) + told.get("dead", 0))
+
+
+def notify_audit(engine: Engine, study_uids: set[str], ris: Ris) -> tuple[int, int, int]:
+    """(notified, notify_lost, notify_duplicates) at the end."""
+    with engine.connect() as conn:
+        delivered = set(conn.execute(select(Notification.study_instance_uid)
+                                     .where(Notification.state == "delivered")).scalars())
+    ids: dict[str, set[str]] = {}
+    for received in ris.acknowledged():
+        uid = next((str(seg(5)) for seg in received.message.segments("OBX") if str(seg(3)).startswith("113014")), "")
+        ids.setdefault(uid, set()).add(received.control_id)
+    notified = {uid for uid in study_uids if uid in delivered and uid in ids}
+    return len(notified), len(study_uids - notified), sum(len(v) > 1 for k, v in ids.items() if k in study_uids)
 
 
 def audit(engine: Engine, study_uids: set[str], pacs: Orthanc) -> tuple[int, int, int]:
@@ -384,7 +410,9 @@ def main() -> int:
         pacs = Orthanc(args.work / "orthanc", port)
         pacs.start()
         cleanup.callback(pacs.stop)
-        config = write_config(args.work, postgres.url, port, pacs)
+        ris = Ris(free_port()).start()
+        cleanup.callback(ris.stop)
+        config = write_config(args.work, postgres.url, port, pacs, ris.port)
         subprocess.run([sys.executable, "-m", "node", "db", "upgrade", "-c", str(config)], cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL)
         roles = {name: Role(name, config, args.work / "logs") for name in ROLES}
@@ -411,7 +439,7 @@ def main() -> int:
                 except Exception as exc:  # PostgreSQL restarting
                     say(f"progress unknown: {type(exc).__name__}")
                     continue
-                say(f"studies done {done}/{len(studies)}, deliveries pending {pending}, dead {dead}, "
+                say(f"studies done {done}/{len(studies)}, deliveries and notifications pending {pending}, dead {dead}, "
                     f"sends {clients.sends} (again after a failure: {clients.resends})")
                 if (not client_thread.is_alive() and not chaos_thread.is_alive() and done == len(studies)
                         and not pending):
@@ -422,11 +450,13 @@ def main() -> int:
             chaos_thread.join()
             client_thread.join(timeout=600)
         runs_done, lost, duplicated = audit(engine, study_uids, pacs)
+        notified, notify_lost, notify_duplicates = notify_audit(engine, study_uids, ris)
         kills = sum(role.kills for role in roles.values())
-    print(f"studies={len(studies)} runs_done={runs_done} lost={lost} duplicated_deliveries={duplicated} kills={kills}")
+    print(f"studies={len(studies)} runs_done={runs_done} lost={lost} duplicated_deliveries={duplicated} kills={kills} "
+          f"notified={notified} notify_lost={notify_lost} notify_duplicates={notify_duplicates}")
     if not finished:
         say(f"deadline of {args.deadline_s:g} s passed before every study was delivered")
-    return 0 if finished and lost == 0 and duplicated == 0 else 1
+    return 0 if finished and lost == duplicated == notify_lost == notify_duplicates == 0 else 1
 
 
 if __name__ == "__main__":

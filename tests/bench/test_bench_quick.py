@@ -27,7 +27,8 @@ QUICK = {
     "ingest": (rf"single_vs_bare=({NUMBER}) multi_vs_bare_multi=({NUMBER}) vs_orthanc=({NUMBER}) "
                rf"multi_vs_orthanc_multi=({NUMBER})", ("storescu", "Orthanc")),
     "notify": (rf"notifications=6 acked=6 lost=0 duplicates=0 p95_notify_s=({NUMBER})", ("storescu",)),
-    "soak": (r"studies=2 runs_done=\d+ lost=0 duplicated_deliveries=0 kills=2", ("storescu", "Orthanc")),
+    "soak": (r"studies=2 runs_done=\d+ lost=0 duplicated_deliveries=0 kills=2 notified=2 notify_lost=0 "
+             r"notify_duplicates=0", ("storescu", "Orthanc")),
 }
 DATA = {"ops": (), "detect": ("head_phantom_philips_study", "chest_lung_pet_ct_dx_A0001"),
         "e2e": ("chest_lung_pet_ct_dx_A0001",), "fuzz": ("head_ge_patient",), "ingest": ("head_ge_patient",),

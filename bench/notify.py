@@ -17,6 +17,11 @@ control ID (a notification told twice as two; a resend of the same control ID af
 notification, which a RIS recognises, and is counted as ``resent=`` on the line before). ``p95_notify_s``: last
 image -> acknowledgement, faults included. ``--quick`` (CI): 6 studies, 4 s faults. Exit 1 on anything lost or
 duplicated.
+
+Measured 2026-12-07 on this 2-core machine (defaults: 24 studies every 5 s, RIS down 60 s, then AE, drops and
+wrong control IDs 15 s each): 168 ORUs received (39 answered AE, 46 dropped, 59 wrong control ID, 24 AA), 105
+resends of a control ID the RIS had already read, up to 22 attempts for one notification;
+``notifications=24 acked=24 lost=0 duplicates=0 p95_notify_s=100.33`` (the p95 is the 105 s outage itself).
 """
 
 from __future__ import annotations

@@ -142,6 +142,6 @@ def run_notify(settings: Settings, stop: threading.Event, health: LoopHealth | N
     try:
         stop.wait()
     finally:
-        for thread in threads:
-            thread.join(timeout=max(c.timeout_s for c in settings.notify.channels) + 5)
+        for thread in threads:  # a sender waiting on a hung destination is abandoned: its lease runs out, and the
+            thread.join(timeout=2.0)  # notification is sent again later under the same message identity
         engine.dispose()

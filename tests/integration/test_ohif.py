@@ -213,3 +213,63 @@ def test_ohif_draws_and_tracks_every_region_and_shows_the_overlays(
 
 def test_readme_screenshot_is_committed() -> None:
     assert (REPO / "docs" / "ohif-sr.png").exists() and "docs/ohif-sr.png" in (REPO / "README.md").read_text()
+
+
+def test_ohif_shows_that_a_study_was_not_analysed(tmp_path: Path) -> None:
+    """A study the model refused: OHIF lists the not-analysed SR beside the CT and shows its page, NOT ANALYSED
+    and the reason, under the red banner."""
+    from playwright.sync_api import sync_playwright
+
+    from node.reports import build_not_analysed_objects, write_report_objects
+
+    require(f"OHIF {OHIF_VERSION}'s prebuilt viewer at {ohif_dist()} (.ci/run unpacks npm's @ohif/app there)",
+            (ohif_dist() / "index.html").exists())
+    require(f"Chromium at {CHROMIUM} (apt-get install chromium)", CHROMIUM.exists())
+    files = sorted(require_ct("head_ge_patient").glob("*.dcm"))
+    series = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
+    objects = build_not_analysed_objects(
+        ReportRun("ohif-not-analysed", series, (), AlgorithmIdentity("ctnode-head", "0.2.0", "ab" * 32)),
+        ReportOptions(), "refused by the model's domain gate: contrast-enhanced (Contrast/Bolus Agent IOHEXOL)")
+    written = write_report_objects(objects, tmp_path / "objects")
+    orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
+    server = None
+    problems: list[str] = []
+    out = artifacts()
+    try:
+        for path in [*files, *(w.path for w in written)]:
+            orthanc.upload(path)
+        server = OhifServer(ohif_dist(), f"http://127.0.0.1:{orthanc.http_port}").start()
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.add_init_script(NO_TOUR)
+            page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+            page.goto(f"{server.url}/viewer?StudyInstanceUIDs={series[0].StudyInstanceUID}")
+            page.wait_for_function("() => window.services && window.services.displaySetService"
+                                   ".getActiveDisplaySets().length === 3", timeout=LOAD_TIMEOUT_MS)
+            descriptions = page.evaluate("() => window.services.displaySetService.getActiveDisplaySets()"
+                                         ".map(d => [d.Modality, d.SeriesDescription])")
+            assert ["SR", "AI result: NOT ANALYSED (not for diagnosis)"] in descriptions, descriptions
+            page.get_by_text("AI result: NOT ANALYSED (page)").first.dblclick()
+            page.wait_for_function("() => { const v = window.cornerstone.getEnabledElements()[0].viewport;"
+                                   " const id = v.getCurrentImageId(); return id && v.getImageIds().length === 1"
+                                   " && window.cornerstone.cache.getImageLoadObject(id) !== undefined; }",
+                                   timeout=LOAD_TIMEOUT_MS)
+            page.evaluate("""() => new Promise(resolve => {
+                const viewport = window.cornerstone.getEnabledElements()[0].viewport;
+                viewport.element.addEventListener(window.cornerstone.Enums.Events.IMAGE_RENDERED, resolve,
+                                                  { once: true });
+                viewport.render(); })""")
+            page.locator('[data-cy="viewport-pane"]').first.screenshot(path=out / "not-analysed.png")
+            browser.close()
+    finally:
+        if server is not None:
+            server.stop()
+        orthanc.stop()
+    shown = np.asarray(Image.open(out / "not-analysed.png").convert("RGB"), dtype=int)
+    banner = np.all(np.abs(shown - np.array(BANNER_RGB)) < 40, axis=-1)
+    assert banner.sum() > 2000, "the page's red banner is on screen"
+    text = np.all(shown > 180, axis=-1) & ~banner
+    assert text.sum() > 500, "the page's text (NOT ANALYSED and the reason) is on screen"
+    assert not problems, "the browser logged errors:\n" + "\n".join(problems)

@@ -16,6 +16,10 @@ HL7: ``notified`` counts studies whose notification the RIS acknowledged and the
 ``notify_lost`` those without, ``notify_duplicates`` studies the RIS accepted under more than one control ID (a
 resend after a killed delivery role carries the same one). Exit status 1 when anything is lost or duplicated, or
 the deadline passes.
+
+With the notification channel (2026-12-07, this 2-core machine): ``--studies 8 --kills 8`` (kill -9s of the
+receiver, worker and delivery roles at random, PostgreSQL restarted, Orthanc down) printed ``studies=8 runs_done=8
+lost=0 duplicated_deliveries=0 kills=8 notified=8 notify_lost=0 notify_duplicates=0``.
 """
 
 from __future__ import annotations

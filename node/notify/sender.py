@@ -35,6 +35,12 @@ def open_channel(config: NotifyChannel) -> Channel:
     """The sender side of a configured channel."""
     if config.kind == "hl7":
         return Hl7Channel(config)
+    if config.kind == "fhir":
+        from node.notify.fhir import FhirChannel
+        return FhirChannel(config)
+    if config.kind == "webhook":
+        from node.notify.webhook import WebhookChannel
+        return WebhookChannel(config)
     raise ValueError(f"notify channel {config.name!r}: kind {config.kind!r} has no sender")
 
 

@@ -23,7 +23,15 @@ from detector.infer import LoadedModel, load_model
 from detector.io import Volume, read_ct_volume
 from detector.labels.lesions import LesionRecord
 from detector.preprocess import InputSpec, model_input
-from detector.registry import EvaluationFigure, Lineage, TrainedStudy, TrainingRecord, save_card, sha256_file
+from detector.registry import (
+    EvaluationFigure,
+    Lineage,
+    ModelCard,
+    TrainedStudy,
+    TrainingRecord,
+    save_card,
+    sha256_file,
+)
 from detector.synth import slab
 from detector.train.annotations import Box
 from detector.train.config import TrainConfig, TrainConfigError
@@ -238,6 +246,17 @@ def _evaluate(model: LoadedModel, cases: Sequence[SiteCase], out: Path, threads:
     return report
 
 
+def with_operating_threshold(card: ModelCard, threshold: float) -> ModelCard:
+    """``card`` at another operating threshold (chosen on the site's validation studies). The parent's urgency
+    threshold is kept where it is still at or above the new one; below it, it is raised to it: an urgent finding
+    must also be reported (the fine-tuned scores are not the parent's, so the parent's margin means nothing)."""
+    urgency = card.urgency
+    if urgency is not None and urgency.threshold < threshold:
+        console.print(f"urgency threshold {urgency.threshold:g} raised to the operating threshold {threshold:.4f}")
+        urgency = replace(urgency, threshold=threshold)
+    return replace(card, operating_threshold=threshold, urgency=urgency)
+
+
 def fine_tune_on_site(config: TrainConfig, cases: Sequence[SiteCase], parent: Path, out: Path,
                       site_name: str, resume: bool | None = None) -> Path:
     """Split ``cases``, fine-tune the ``parent`` card's detector on the train part (initialised from its weights),
@@ -290,7 +309,7 @@ def fine_tune_on_site(config: TrainConfig, cases: Sequence[SiteCase], parent: Pa
     model = LoadedModel(card, network.eval())
     if split.validation:
         validation = _evaluate(model, split.validation, out / "evaluation" / "validation", threads)
-        card = replace(card, operating_threshold=validation.threshold_at(config.evaluation.fp_per_scan))
+        card = with_operating_threshold(card, validation.threshold_at(config.evaluation.fp_per_scan))
         console.print(f"operating threshold {card.operating_threshold:.4f}: <= {config.evaluation.fp_per_scan:g} "
                       f"false positive(s) per scan on {len(split.validation)} validation studies")
     else:

@@ -154,3 +154,17 @@ def test_split_by_study_when_patients_are_unknown(synthetic_studies: list[Path])
     assert sorted(uids) == sorted(c.study_instance_uid for c in cases)
     assert site_digest(cases) == site_digest(list(reversed(cases)))
     assert site_digest(cases) != site_digest(cases[1:])
+
+
+def test_a_site_threshold_above_the_parents_urgency_threshold_raises_it() -> None:
+    """A fine-tune's validation threshold above the parent's urgency threshold (the shipped chest card's 0.5): the
+    candidate's urgency threshold follows it (an urgent finding must also be reported); below, it stays."""
+    from detector.train.site import with_operating_threshold
+
+    parent = load_model("chest").card
+    assert parent.urgency is not None and parent.urgency.threshold == 0.5
+    above = with_operating_threshold(parent, 0.78)
+    assert (above.operating_threshold, above.urgency.threshold) == (0.78, 0.78)  # type: ignore[union-attr]
+    assert above.urgency.classes == parent.urgency.classes  # type: ignore[union-attr]
+    below = with_operating_threshold(parent, 0.45)
+    assert (below.operating_threshold, below.urgency) == (0.45, parent.urgency)

@@ -12,18 +12,30 @@ its anatomy (the held-out studies are new lesions in scans the candidate has see
    radiologist reviews every run.
 2. `ctnode train -c site.yaml` (``site: {config: the node's YAML}``): the node's reviewed studies, split by
    patient (train / validation / test, seeded), the shipped card fine-tuned on the train part (its threshold on the
-   validation part, its card figures on the test part); timed.
-3. Phase B (shadow): the node restarts with the candidate as a shadow of the route; ``--shadow-studies`` new studies
-   arrive, the live run is reviewed as before (the shadow runs are never delivered). These studies arrived after
-   training, never trained on: the held-out studies of the comparison.
-4. Comparison: ``ctnode models compare`` when the node has it, else the evaluator's paired figures (as ``ctnode
-   evaluate --site``: the series each live run read, its review's lesions as truth) for both cards on phase B's
-   reviewed studies: CPM each, the paired CPM difference and its 95% interval from one set of bootstrap weights
-   over studies applied to both curves. Shadow cost: the median live time to result (last image -> run finished,
-   bench/shadow.py's measure) in phase B minus phase A.
-5. Promotion and rollback: ``ctnode models promote/rollback`` when present, else the route's model replaced in the
-   node's config and the node restarted; one new study each, whose live run must be the candidate's, then the
-   shipped model's.
+   validation part, its card figures on the test part); timed. The candidate's operating point is the lowest
+   threshold with at most ``--fp-per-scan`` 8 false positives per validation scan (the training default is 1): the
+   shipped model runs at about 10 FP/scan here (its 10-finding cap; the LIDC backgrounds are not what it learnt
+   on), and a node records a run's findings down to its card's threshold only, so a candidate at 1 FP/scan would
+   be compared at an operating point far from the live one's, and its FROC (hence its CPM) would stop at 1 FP/scan.
+3. Phase B (shadow): the node restarts with the candidate as a shadow of the route ``chest`` (a route's shadows
+   are configuration) and the bench site's ``promotion`` rule (below); ``--shadow-studies`` new studies arrive, the
+   live run is reviewed as before (the shadow runs are never delivered). These studies arrived after training,
+   never trained on: the held-out studies of the comparison.
+4. Comparison: ``ctnode models compare chest CANDIDATE --route chest --since PHASE_B --json``, as a site runs it:
+   on phase B's studies both read, the reviews' lesions as the truth of both, CPM each and the paired CPM
+   difference with its paired bootstrap 95% interval over studies (2000 rounds), sensitivity and FP/scan at each
+   card's operating point; kept in the node's database. Shadow cost: the median live time to result (last image
+   -> run finished, bench/shadow.py's measure) in phase B minus phase A.
+5. Promotion and rollback through the CLI while the node keeps running (its pid is checked): ``ctnode models
+   promote CANDIDATE --route chest --reason ...`` on that comparison, one new study whose live run must be the
+   candidate's; ``ctnode models rollback --route chest``, one new study whose live run must be the shipped
+   model's. The workers pick the route up between runs; no restart.
+
+The bench site's promotion rule, set explicitly in its node configuration: the product's margins (non-inferior
+lesion sensitivity at each card's operating point, paired 95% CI low end >= -0.05; FP/scan CI high end <= +0.5;
+no CPM gain required) with ``min_studies`` the product's 20, or every held-out study in a run with fewer than 20
+(``--quick``: 3). A candidate that does not meet it is refused and the bench prints promoted=0 (and rolled_back=0:
+there is nothing to roll back).
 
 Last line: ``site_studies=N cpm_live=X cpm_candidate=Y paired_delta=D ci_low=L ci_high=H shadow_delay_live_s=S
 promoted=1 rolled_back=1``. ``--quick``: 6 + 3 studies, 10 iterations (figures say nothing; ~4 min estimated
@@ -56,7 +68,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +88,7 @@ from tests.support import NodeProcess, ct_data  # noqa: E402
 BACKGROUNDS = ("lidc_idri_0001", "lidc_idri_0002")
 SEED = 61000
 CANDIDATE = "ctnode-chest-site"
+ROUTE = "chest"
 
 
 def prepare(count: int, negative_share: float, offset: int) -> list[SiteStudy]:
@@ -159,27 +171,18 @@ def restart(node: NodeProcess, route: dict[str, Any]) -> None:
     node.start()
 
 
-def has_command(node: NodeProcess, *words: str) -> bool:
-    result = subprocess.run([sys.executable, "-m", "node", *words, "--help"], capture_output=True, text=True,
-                            cwd=REPO, timeout=120, check=False)
-    return result.returncode == 0
+def ctnode(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    """A ctnode command against the running node's configuration, as the site's operator types it."""
+    return subprocess.run([sys.executable, "-m", "node", *args, "--config", str(node.config_file)],
+                          capture_output=True, text=True, cwd=REPO, timeout=900, check=False)
 
 
-def paired_cpm(studies: list[Any], live: Any, candidate: Any, rounds: int, threads: int) -> dict[str, float]:
-    """Both models through the evaluator on the same studies; CPM each, and the paired difference's interval."""
-    from detector.evaluate import EvaluationOptions, evaluate_labelled
-    from detector.infer import InferenceOptions
-
-    options = EvaluationOptions(inference=InferenceOptions(threads=threads), bootstrap_rounds=rounds)
-    a = evaluate_labelled(live, studies, options=options, progress=False)
-    b = evaluate_labelled(candidate, studies, options=options, progress=False)
-    ids_a, ids_b = [c.study for c in a.froc.curves], [c.study for c in b.froc.curves]
-    assert ids_a == ids_b, "both models evaluated on the same studies, in one order"
-    weights = a.froc.study_weights(rounds, seed=0)
-    delta = b.froc.cpm_of(weights) - a.froc.cpm_of(weights)
-    return {"studies": a.froc.studies, "lesions": a.froc.lesions, "cpm_live": a.froc.cpm(),
-            "cpm_candidate": b.froc.cpm(), "paired_delta": b.froc.cpm() - a.froc.cpm(),
-            "ci_low": float(np.percentile(delta, 2.5)), "ci_high": float(np.percentile(delta, 97.5))}
+def promotion_rule(shadow_studies: int) -> dict[str, Any]:
+    """The bench site's `promotion` section: the product's margins (non-inferior sensitivity at each card's
+    operating point within 0.05, FP/scan rising by at most 0.5 per scan, both on the paired CIs), with
+    ``min_studies`` the product's 20 or, in a smaller run, every held-out study (the site has no more)."""
+    return {"min_studies": min(20, shadow_studies), "sensitivity_margin": 0.05, "max_fp_per_scan_increase": 0.5,
+            "require_cpm_gain": False}
 
 
 def live_model_of(runs: Runs, uid: str) -> str | None:
@@ -200,6 +203,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=500, help="fine-tuning iterations")
     parser.add_argument("--budget-s", type=float, default=1200.0, help="fine-tuning wall-clock budget")
     parser.add_argument("--pool", type=int, default=600, help="fine-tuning samples")
+    parser.add_argument("--fp-per-scan", type=float, default=8.0,
+                        help="the candidate's operating point on the validation studies (FP/scan)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for training and evaluation")
     parser.add_argument("--negatives", type=float, default=0.25, help="share of studies without inserted lesions")
     parser.add_argument("--seed", type=int, default=11, help="the radiologist's choices")
@@ -209,7 +214,6 @@ def main() -> None:
 
     from rich.console import Console
 
-    from detector.infer import load_model
     from detector.registry import load_card
 
     console = Console(stderr=True)
@@ -229,6 +233,7 @@ def main() -> None:
 
             config = {"name": CANDIDATE, "version": "0.2.0-site.1", "target": "chest",
                       "data": {"pool": args.pool, "negatives": 0.25, "seed": 0},
+                      "evaluation": {"fp_per_scan": args.fp_per_scan},
                       "schedule": {"iterations": args.iterations, "budget_s": args.budget_s, "batch": 8,
                                    "crop_px": 192, "lr": 2e-4, "threads": args.threads, "checkpoint_every_s": 600},
                       "site": {"config": str(node.config_file), "fractions": [0.7, 0.15, 0.15], "split_seed": 0}}
@@ -254,11 +259,11 @@ def main() -> None:
                           f"{card.lineage.parent_version}, site data {card.lineage.site_data_sha256[:12]}, split "
                           + ", ".join(f"{r} {len(u)}" for r, u in card.lineage.split))
 
-            if has_command(node, "models", "list"):
-                console.print("[yellow]ctnode models is present: its shadow registration is not used yet by this "
-                              "bench; the route's config carries the shadow[/yellow]")
-            restart(node, {"model": "chest", "shadows": [str(card_file)]})
-            shadow_start = datetime.now(timezone.utc)
+            # the candidate enters as a shadow of the route (a route's shadows are configuration); the site's
+            # promotion rule is set with it
+            node.config["promotion"] = promotion_rule(args.shadow_studies)
+            restart(node, {"model": "chest", "name": ROUTE, "shadows": [str(card_file)]})
+            shadow_start = datetime.now(timezone.utc).replace(microsecond=0)
             tick = time.monotonic()
             site_phase(node, runs, phases["B"], root, args.seed + 1, console)
             deadline = time.monotonic() + 900
@@ -285,37 +290,69 @@ def main() -> None:
                           f"({len(with_shadow)} runs; {len(shadow_runs)} shadow runs done): ratio "
                           f"{statistics.median(with_shadow) / statistics.median(alone):.3f}")
 
+            # the comparison, promotion and rollback as the site runs them: ctnode models, the node left running
             tick = time.monotonic()
-            from node.monitor.site import site_studies
-
-            from node.config import load_settings
-
-            settings = load_settings(node.config_file)
-            held_out = site_studies(runs.engine, settings.storage.store_dir, "CHEST", shadow_start,
-                                    datetime.now(timezone.utc))
-            figures = paired_cpm(held_out, load_model("chest"), load_model(card_file), 2000, args.threads)
+            serving = node.process.pid if node.process else None
+            compared = ctnode(node, "models", "compare", "chest", str(card_file), "--route", ROUTE, "--since",
+                              f"{shadow_start:%Y-%m-%dT%H:%M:%S}", "--bootstrap", "2000", "--json")
+            if compared.returncode != 0:
+                raise RuntimeError(f"ctnode models compare failed ({compared.returncode}): {compared.stderr[-3000:]}"
+                                   f"{compared.stdout[-3000:]}")
+            report = json.loads(compared.stdout)
+            lesions = report["lesion_level"]
+            if lesions is None:
+                raise RuntimeError(f"comparison {report['id']}: no reviewed study read by both models")
+            figures = {"cpm_live": lesions["live"]["cpm"]["value"],
+                       "cpm_candidate": lesions["candidate"]["cpm"]["value"],
+                       "paired_delta": lesions["difference"]["cpm"]["value"],
+                       "ci_low": lesions["difference"]["cpm"]["ci95"][0],
+                       "ci_high": lesions["difference"]["cpm"]["ci95"][1]}
             timings["compare_s"] = time.monotonic() - tick
-            console.print(f"comparison (the evaluator's paired figures, as ctnode evaluate --site): "
-                          f"{figures['studies']} held-out reviewed studies, {figures['lesions']} lesions")
+            console.print(f"ctnode models compare: comparison {report['id']}, {report['studies']} studies read by "
+                          f"both ({report['reviewed_studies']} reviewed, {lesions['lesions']} lesions); report "
+                          f"{', '.join(report['report'])}")
+            for key in ("sensitivity", "fp_per_scan"):
+                d = lesions["difference"][key]
+                console.print(f"  {key}: live {lesions['live'][key]['value']} (threshold "
+                              f"{lesions['live']['threshold']}), candidate {lesions['candidate'][key]['value']} "
+                              f"(threshold {lesions['candidate']['threshold']}), difference {d['value']} "
+                              f"(95% CI {d['ci95']})")
+            times = report["time_per_study"]
+            console.print(f"  inference per study, median: live {times['live']['median_s']} s, candidate "
+                          f"{times['candidate']['median_s']} s")
 
             tick = time.monotonic()
-            restart(node, {"model": str(card_file)})
             promote_study, rollback_study = phases["C"]
+            decided = ctnode(node, "models", "promote", str(card_file), "--route", ROUTE, "--by", "bench",
+                             "--reason", f"site trial: comparison {report['id']}")
+            console.print((decided.stdout + decided.stderr).strip(), markup=False)
             site_phase(node, runs, [promote_study], root, args.seed + 2, console)
-            promoted = live_model_of(runs, promote_study.study_instance_uid) == CANDIDATE
-            restart(node, {"model": "chest"})
+            promoted = decided.returncode == 0 and \
+                live_model_of(runs, promote_study.study_instance_uid) == CANDIDATE
+            undone = ctnode(node, "models", "rollback", "--route", ROUTE, "--by", "bench",
+                            "--reason", "bench: the previous model back")
+            console.print((undone.stdout + undone.stderr).strip(), markup=False)
             site_phase(node, runs, [rollback_study], root, args.seed + 3, console)
-            rolled_back = live_model_of(runs, rollback_study.study_instance_uid) == "ctnode-chest"
+            rolled_back = undone.returncode == 0 and \
+                live_model_of(runs, rollback_study.study_instance_uid) == "ctnode-chest"
             timings["promote_rollback_s"] = time.monotonic() - tick
+            assert node.process is not None and node.process.pid == serving and node.process.poll() is None, \
+                "the node ran on through the comparison, promotion and rollback"
+            [route] = cli_json(node, "models", "list")
+            console.print(f"ctnode models list: route {route['route']}: "
+                          + ", ".join(f"{m['role']} {m['model']}" for m in route["models"]) + "; changes "
+                          + ", ".join(c["change"] for c in route["changes"]))
         finally:
             node.stop()
     timings["total_s"] = time.monotonic() - started
     console.print("durations: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    print(f"site_studies={len(phases['A']) + len(phases['B'])} cpm_live={figures['cpm_live']:.3f} "
-          f"cpm_candidate={figures['cpm_candidate']:.3f} paired_delta={figures['paired_delta']:.3f} "
-          f"ci_low={figures['ci_low']:.3f} ci_high={figures['ci_high']:.3f} shadow_delay_live_s={delay:.2f} "
-          f"promoted={int(promoted)} rolled_back={int(rolled_back)}")
+    def num(value: float | None) -> str:
+        return "nan" if value is None else f"{value:.3f}"
 
+    print(f"site_studies={len(phases['A']) + len(phases['B'])} cpm_live={num(figures['cpm_live'])} "
+          f"cpm_candidate={num(figures['cpm_candidate'])} paired_delta={num(figures['paired_delta'])} "
+          f"ci_low={num(figures['ci_low'])} ci_high={num(figures['ci_high'])} shadow_delay_live_s={delay:.2f} "
+          f"promoted={int(promoted)} rolled_back={int(rolled_back)}")
 
 if __name__ == "__main__":
     main()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,6 +12,13 @@ from detector.io import StackGeometry
 from detector.registry import ModelClass
 
 LINK_IOU = 0.2
+FRAGMENT_OVERLAP = 0.25
+"""Two chains are fragments of one lesion when boxes of theirs on the same or adjacent slices overlap by at least
+this share of the smaller box."""
+FOOTPRINT_OVERLAP = 0.5
+FRAGMENT_GAP_SLICES = 2
+"""... or when their footprints in the slice plane overlap by this share of the smaller one, with at most this many
+slices between them without either (parts of one lesion stacked, a few slices missed between them)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,90 @@ def link_slices(detections: Sequence[SliceDetection], geometry: StackGeometry) -
     return chains
 
 
+def _overlap_of_smaller(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection of two boxes over the area of the smaller one (0 when either is empty)."""
+    low, high = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = float(np.prod(np.clip(high - low, 0, None)))
+    smaller = min(float(np.prod(a[2:] - a[:2])), float(np.prod(b[2:] - b[:2])))
+    return inter / smaller if smaller > 0 else 0.0
+
+
+def join_fragments(chains: Sequence[Sequence[SliceDetection]], geometry: StackGeometry,
+                   threshold: float = 0.0) -> list[list[SliceDetection]]:
+    """One chain per lesion: chains of the same class are joined when boxes of theirs on the same or an adjacent
+    slice overlap (:data:`FRAGMENT_OVERLAP` of the smaller box), or when their footprints (the union of their
+    boxes in the slice plane) overlap by :data:`FOOTPRINT_OVERLAP` of the smaller one and at most
+    :data:`FRAGMENT_GAP_SLICES` slices lie between them; and so on transitively. On each slice the joined chain
+    keeps one box, the union of its boxes there, with their best score. Footprints join only groups whose peak
+    reaches ``threshold`` (findings, not the low candidates that may extend them); the others are returned as
+    they are.
+
+    A large or irregular lesion otherwise comes out as several findings: boxes side by side on one slice, a part
+    stacked above another, or a chain that broke where the lesion's outline jumped between slices.
+    """
+    parent = list(range(len(chains)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    by_slice: dict[int, list[tuple[int, SliceDetection]]] = {}
+    for n, chain in enumerate(chains):
+        for d in chain:
+            by_slice.setdefault(d.slice_index, []).append((n, d))
+    for z, here in by_slice.items():
+        for dz in (0, 1):
+            there = here if dz == 0 else by_slice.get(z + dz, [])
+            if not there:
+                continue
+            for i, a in here:
+                box = _shifted(geometry, a.box_px, z, z + dz) if dz else np.asarray(a.box_px)
+                for j, b in there:
+                    if i != j and a.label == b.label and root(i) != root(j) and \
+                            _overlap_of_smaller(box, np.asarray(b.box_px)) >= FRAGMENT_OVERLAP:
+                        parent[root(i)] = root(j)
+    while True:  # footprints grow as groups join: look again until nothing joins
+        groups = {r: members for r, members in _groups(chains, root).items()
+                  if max(d.score for d in members) >= threshold}
+        extents = {r: (members[0].label, min(d.slice_index for d in members), max(d.slice_index for d in members),
+                       np.array([min(d.box_px[0] for d in members), min(d.box_px[1] for d in members),
+                                 max(d.box_px[2] for d in members), max(d.box_px[3] for d in members)]))
+                   for r, members in groups.items()}
+        joined = False
+        keys = list(extents)
+        for n, a in enumerate(keys):
+            for b in keys[n + 1:]:
+                (la, a0, a1, fa), (lb, b0, b1, fb) = extents[a], extents[b]
+                if la != lb or root(a) == root(b):
+                    continue
+                between = max(b0 - a1, a0 - b1, 1) - 1  # slices strictly between the two (0: they touch or overlap)
+                if between <= FRAGMENT_GAP_SLICES and _overlap_of_smaller(fa, fb) >= FOOTPRINT_OVERLAP:
+                    parent[root(a)] = root(b)
+                    joined = True
+        if not joined:
+            break
+    out = []
+    for members in _groups(chains, root).values():
+        per_slice: dict[int, list[SliceDetection]] = {}
+        for d in members:
+            per_slice.setdefault(d.slice_index, []).append(d)
+        out.append([SliceDetection(z, (min(d.box_px[0] for d in ds), min(d.box_px[1] for d in ds),
+                                       max(d.box_px[2] for d in ds), max(d.box_px[3] for d in ds)),
+                                   max(d.score for d in ds), ds[0].label)
+                    for z, ds in sorted(per_slice.items())])
+    return out
+
+
+def _groups(chains: Sequence[Sequence[SliceDetection]], root: Callable[[int], int]) -> dict[int, list[SliceDetection]]:
+    """The detections of the chains under each root."""
+    groups: dict[int, list[SliceDetection]] = {}
+    for n, chain in enumerate(chains):
+        groups.setdefault(root(n), []).extend(chain)
+    return groups
+
+
 def _clipped(box: tuple[float, float, float, float], rows: int, columns: int) -> tuple[float, float, float, float]:
     x1, y1, x2, y2 = box
     return (float(np.clip(x1, 0, columns)), float(np.clip(y1, 0, rows)),
@@ -141,7 +232,8 @@ def merge_findings(
     classes: Sequence[ModelClass],
     operating_threshold: float,
 ) -> list[Finding]:
-    """3D findings whose peak score reaches ``operating_threshold``, best first.
+    """3D findings whose peak score reaches ``operating_threshold``, best first: boxes linked across slices, the
+    fragments of one lesion joined (:func:`join_fragments`).
 
     Boxes that leave the image are clipped to it; a box left empty by clipping is dropped first.
     """
@@ -150,6 +242,7 @@ def merge_findings(
         d for d in detections
         if (b := _clipped(d.box_px, rows, columns))[0] < b[2] and b[1] < b[3]
     ]
-    chains = [c for c in link_slices(inside, geometry) if max(d.score for d in c) >= operating_threshold]
+    chains = [c for c in join_fragments(link_slices(inside, geometry), geometry, operating_threshold)
+              if max(d.score for d in c) >= operating_threshold]
     findings = [to_finding(c, geometry, classes[c[0].label]) for c in chains]
     return sorted(findings, key=lambda f: -f.score)

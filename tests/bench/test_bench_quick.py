@@ -23,6 +23,8 @@ QUICK = {
     "detect": (rf"s_per_slice=({NUMBER}) peak_rss_gb=({NUMBER}) dcn_vs_plain=({NUMBER}) "
                rf"chest_s_per_slice=({NUMBER}) chest_second_stage_share=({NUMBER})", ()),
     "e2e": (rf"median_s=({NUMBER}) quiet_s=({NUMBER}) notify_s=({NUMBER}) p95_notify_s=({NUMBER})", ("Orthanc",)),
+    "fragments": (rf"lesions=2 sensitivity_before=({NUMBER}) sensitivity_after=({NUMBER}) per_lesion_before=({NUMBER}) "
+                  rf"per_lesion_after=({NUMBER}) fp_before=({NUMBER}) fp_after=({NUMBER})", ()),
     "fuzz": (r"cases=300 crashes=0 false_success=0 echo_ok=1", ()),
     "ingest": (rf"single_vs_bare=({NUMBER}) multi_vs_bare_multi=({NUMBER}) vs_orthanc=({NUMBER}) "
                rf"multi_vs_orthanc_multi=({NUMBER})", ("storescu", "Orthanc")),
@@ -31,7 +33,8 @@ QUICK = {
              r"notify_duplicates=0", ("storescu", "Orthanc")),
 }
 DATA = {"ops": (), "detect": ("head_phantom_philips_study", "chest_lung_pet_ct_dx_A0001"),
-        "e2e": ("chest_lung_pet_ct_dx_A0001",), "fuzz": ("head_ge_patient",), "ingest": ("head_ge_patient",),
+        "e2e": ("chest_lung_pet_ct_dx_A0001",), "fuzz": ("head_ge_patient",),
+        "fragments": ("head_phantom_philips_study", "head_ge_patient"), "ingest": ("head_ge_patient",),
         "notify": ("head_ge_patient",), "soak": ("head_ge_patient",)}
 
 

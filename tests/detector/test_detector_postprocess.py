@@ -55,7 +55,7 @@ def test_boxes_on_consecutive_slices_merge_into_one_finding_with_patient_centre_
     assert [s.score for s in finding.slices] == pytest.approx([0.6, 0.9, 0.6])
 
 
-def test_a_missing_slice_splits_a_chain_and_a_distant_box_is_its_own_finding() -> None:
+def test_a_missing_slice_splits_a_chain_the_join_mends_it_and_a_distant_box_is_its_own_finding() -> None:
     g = _geometry()
     detections = [
         _det(1, (10.0, 10.0, 16.0, 16.0), 0.8),
@@ -63,9 +63,11 @@ def test_a_missing_slice_splits_a_chain_and_a_distant_box_is_its_own_finding() -
         _det(4, (10.0, 10.0, 16.0, 16.0), 0.75),
         _det(2, (40.0, 40.0, 46.0, 46.0), 0.65),
     ]
+    assert len(link_slices(detections, g)) == 3
     findings = merge_findings(detections, g, CLASSES, operating_threshold=0.5)
-    assert [(f.voxel_box[0], f.voxel_box[3]) for f in findings] == [(1, 3), (4, 5), (2, 3)]
-    assert [f.score for f in findings] == pytest.approx([0.8, 0.75, 0.65])
+    assert [(f.voxel_box[0], f.voxel_box[3]) for f in findings] == [(1, 5), (2, 3)]
+    assert [len(f.slices) for f in findings] == [3, 1]
+    assert [f.score for f in findings] == pytest.approx([0.8, 0.65])
 
 
 def test_different_classes_never_merge() -> None:
@@ -127,3 +129,20 @@ def test_decode_suppresses_overlapping_boxes_and_keeps_classes_apart() -> None:
     assert det.labels.tolist() == [0, 1, 0]
     assert torch.allclose(det.boxes, targets[[0, 1, 2]], atol=1e-5)
     assert len(decode_slice(logits, deltas, anchors, score_threshold=0.95)) == 0
+
+
+def test_fragments_of_one_lesion_are_joined_and_separate_lesions_are_not() -> None:
+    """Boxes side by side on a slice, and a part stacked two slices above, are one lesion; a box elsewhere is not."""
+    from detector.postprocess.merge import SliceDetection, join_fragments, link_slices
+
+    geometry = _geometry(depth=16)
+    detections = [SliceDetection(z, (10, 10, 20, 24), 0.9, 0) for z in range(3, 8)]
+    detections += [SliceDetection(z, (17, 10, 30, 24), 0.5, 0) for z in range(3, 6)]  # overlaps it in-plane
+    detections += [SliceDetection(z, (11, 11, 21, 23), 0.6, 0) for z in range(10, 13)]  # stacked, 2 slices apart
+    detections += [SliceDetection(z, (45, 45, 55, 55), 0.8, 0) for z in range(3, 8)]  # another lesion
+    chains = link_slices(detections, geometry)
+    joined = join_fragments(chains, geometry, threshold=0.4)
+    assert len(chains) == 4 and len(joined) == 2
+    lesion = max(joined, key=len)
+    assert [d.slice_index for d in lesion] == [3, 4, 5, 6, 7, 10, 11, 12]
+    assert lesion[0].box_px == (10, 10, 30, 24) and lesion[0].score == 0.9

@@ -381,7 +381,10 @@ def test_a_series_outside_the_model_domain_gets_a_skipped_run_with_the_reason(
     assert record is not None and record["status"] == RunStatus.SKIPPED and record["findings"] in (None, [])
     assert record["error"] == ("refused by the model's domain gate: contrast-enhanced series by Contrast/Bolus Agent "
                                "'IOMERON 350'; the model reads non-contrast CT")
-    assert [a["kind"] for a in record["audit"]] == ["run.queued", "run.skipped"] and record["outputs"] == []
+    assert [a["kind"] for a in record["audit"]] == ["run.queued", "run.skipped"]
+    # "not analysed" is a result: an SR and a page say so in the study, and the run's decision says why
+    assert [o["kind"] for o in record["outputs"]] == ["SR", "SC"]
+    assert record["decision"] == "not_analysed" and record["decision_reason"] == record["error"]
 
 
 def test_an_untagged_head_series_reaches_the_head_model_by_its_pixels(

@@ -13,8 +13,8 @@ from pydicom.sr.coding import Code
 
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
-from node.reports.coordinates import box_polyline, from_image
-from node.reports.findings import finding_name
+from node.reports.coordinates import box_polyline, from_image, to_image
+from node.reports.findings import finding_name, key_slice
 from node.reports.options import ReportRun
 from node.reports.prepared import PreparedReport
 from node.reports.sources import no_identifier_warnings
@@ -44,58 +44,85 @@ def _as_code(code: FindingCode) -> Code:
     return Code(code.value, code.scheme, code.meaning)
 
 
-def _certainty(score: float, centre: hd.sr.CoordinatesForMeasurement3D | None = None) -> hd.sr.Measurement:
-    """Certainty of Finding in percent (score x 100), optionally inferred from the finding's 3D centre."""
-    return hd.sr.Measurement(
-        name=CERTAINTY_OF_FINDING,
-        value=round(score * 100.0, 6),
-        unit=PERCENT,
-        referenced_coordinates=[centre] if centre is not None else None,
-    )
+def _certainty(score: float) -> hd.sr.Measurement:
+    """Certainty of Finding in percent (score x 100)."""
+    return hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=round(score * 100.0, 6), unit=PERCENT)
 
 
 Group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | hd.sr.MeasurementsAndQualitativeEvaluations
+MIN_AXIS_MM = 1.0
+"""The shortest axis of a finding's outline ellipse (in patient space)."""
 
 
-def _finding_groups(n: int, finding: Finding, report: PreparedReport,
-                    algorithm: hd.sr.AlgorithmIdentification) -> list[Group]:
-    """The finding's groups: one TID 1410 group per image region (slice), then one TID 1501 group holding its
-    certainty, inferred from its 3D centre when the series has a frame of reference.
+def _finding_groups(n: int, finding: Finding, report: PreparedReport, algorithm: hd.sr.AlgorithmIdentification,
+                    outline_3d: bool = True) -> list[Group]:
+    """The finding's groups: one TID 1410 group per image region (slice), its box, then one TID 1410 group holding
+    its certainty, whose region is the finding's outline ellipse (see :func:`_outline`).
 
     Each region group has a Tracking UID of its own, so a viewer draws and tracks each slice's box; the key
     slice's group shares the finding's Tracking UID with the certainty group, so a viewer that merges groups
     by Tracking UID shows the certainty once, on the key slice. All groups of the finding share its Tracking
     Identifier text and the algorithm's identification, which is how a reader joins them into one finding.
-    The region groups hold no numeric item: TID 1410 measurements (TID 1419) take no coordinates, and a
-    viewer loading a group with a numeric item looks for the group's geometry under that item.
+
+    Why this shape (OHIF 3.13's SR hydration, cornerstone's adapters, reads every group on its own): a group
+    with no region at its top level (a TID 1501 group) makes it fail with a TypeError; a group with a numeric
+    item has its geometry looked up under its first numeric item, which a TID 1410 measurement (TID 1419) may
+    not hold, so a box group with the certainty fails and is not tracked; a group whose region is an ellipse
+    matches none of its tools and is passed by, where a 3D point would become a probe. So the boxes hold no
+    numeric item, and the certainty is the measurement of the finding's outline ellipse.
     """
     groups: list[Group] = [_region_group(report, n, k, algorithm) for k in range(len(finding.slices))]
-    series = report.series
-    centre = None
-    if series.frame_of_reference_uid is not None:
-        centre = hd.sr.CoordinatesForMeasurement3D(
-            graphic_type=hd.sr.GraphicTypeValues3D.POINT,
-            graphic_data=np.array([finding.centre_mm], dtype=float),
-            frame_of_reference_uid=series.frame_of_reference_uid,
-            purpose=codes.DCM.Center,
-        )
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+    return [*groups, _certainty_group(report, n, algorithm, outline_3d)]
+
+
+def _certainty_group(report: PreparedReport, n: int, algorithm: hd.sr.AlgorithmIdentification, outline_3d: bool
+                     ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """Finding ``n``'s certainty, measured on its outline ellipse, under the finding's own Tracking UID."""
+    finding = report.findings[n]
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=report.uids.instance(ObjectKind.FINDING, n),
                                                      identifier=finding_name(n, finding)),
+        referenced_region=_outline(report, finding, outline_3d),
         finding_type=_as_code(finding.finding_type),
         finding_sites=_sites(finding),
         algorithm_id=algorithm,
-        measurements=[_certainty(finding.score, centre)],
-    ))
-    return groups
+        measurements=[_certainty(finding.score)],
+    )
+
+
+def _outline(report: PreparedReport, finding: Finding, in_3d: bool = True) -> hd.sr.ImageRegion3D | hd.sr.ImageRegion:
+    """The finding's outline ellipse, major axis first. In 3D where the series has a frame of reference: a
+    SCOORD3D centred on the finding's 3D centre, parallel to its key slice, its axes its sizes along the rows
+    and columns (at least MIN_AXIS_MM), so the midpoint of either axis is the finding's centre. Else (or not
+    ``in_3d``) the ellipse inscribed in the key slice's box, on that image."""
+    key = key_slice(finding)
+    image = report.series.image(key.sop_instance_uid)
+    frame = report.series.frame_of_reference_uid
+    if frame is None or not in_3d:
+        x1, y1, x2, y2 = to_image(key.box_px)
+        centre = np.array([(x1 + x2) / 2, (y1 + y2) / 2])
+        axes = [np.array([(x2 - x1) / 2, 0.0]), np.array([0.0, (y2 - y1) / 2])]
+        return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.ELLIPSE, graphic_data=_ellipse(centre, axes),
+                                 source_image=hd.sr.SourceImageForRegion.from_source_image(image))
+    orientation = np.array([float(v) for v in image.ImageOrientationPatient])
+    along = (orientation[:3] / np.linalg.norm(orientation[:3]), orientation[3:] / np.linalg.norm(orientation[3:]))
+    axes = [max(size, MIN_AXIS_MM) / 2 * d for d, size in zip(along, finding.size_mm[:2])]
+    return hd.sr.ImageRegion3D(graphic_type=hd.sr.GraphicTypeValues3D.ELLIPSE,
+                               graphic_data=_ellipse(np.asarray(finding.centre_mm, dtype=float), axes),
+                               frame_of_reference_uid=frame)
+
+
+def _ellipse(centre: np.ndarray, axes: list[np.ndarray]) -> np.ndarray:
+    """ELLIPSE graphic data: the end points of the major axis, then of the minor one (PS3.3 C.18.6.1.2)."""
+    major, minor = sorted(axes, key=lambda a: -float(np.linalg.norm(a)))
+    return np.array([centre - major, centre + major, centre - minor, centre + minor], dtype=float)
 
 
 def _sites(finding: Finding) -> list[hd.sr.FindingSite] | None:
     return [hd.sr.FindingSite(_as_code(finding.finding_site))] if finding.finding_site is not None else None
 
 
-def _region_group(report: PreparedReport, n: int, k: int, algorithm: hd.sr.AlgorithmIdentification,
-                  measurements: list[hd.sr.Measurement] | None = None
+def _region_group(report: PreparedReport, n: int, k: int, algorithm: hd.sr.AlgorithmIdentification
                   ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """The TID 1410 group of the ``k``-th image region (slice) of finding ``n``: its box on its image."""
     finding = report.findings[n]
@@ -110,7 +137,6 @@ def _region_group(report: PreparedReport, n: int, k: int, algorithm: hd.sr.Algor
         finding_type=_as_code(finding.finding_type),
         finding_sites=_sites(finding),
         algorithm_id=algorithm,
-        measurements=measurements,
     )
 
 
@@ -130,17 +156,16 @@ def _no_finding_group(
 @no_identifier_warnings()
 def build_sr(report: PreparedReport) -> hd.sr.Comprehensive3DSR:
     """The run's Comprehensive 3D SR (TID 1500) in the source study: per finding, one group per image region
-    and one with its certainty (and 3D centre); an explicit "no abnormality" group when there is none."""
+    and one with its certainty on its outline (about its 3D centre); an explicit "no abnormality" group when
+    there is none."""
     run = report.run
     algorithm = algorithm_identification(run)
-    groups: list[Group]
-    if sum(len(f.slices) for f in run.findings) == 1:
-        # One 2D region in the whole report: pixelmed's validator then checks every group as TID 1410 and
-        # rejects a TID 1501 group, so the lone finding's certainty joins its region's group.
-        groups = [_region_group(report, 0, 0, algorithm, [_certainty(run.findings[0].score)])]
-    else:
-        groups = [group for n, finding in enumerate(run.findings)
-                  for group in _finding_groups(n, finding, report, algorithm)]
+    # One box in the whole report: pixelmed's validator then checks every group as TID 1410, whose 3D region it
+    # does not know (its templates predate it), so the lone finding's outline is drawn on its image, without
+    # the 3D centre.
+    outline_3d = sum(len(f.slices) for f in run.findings) > 1
+    groups: list[Group] = [group for n, finding in enumerate(run.findings)
+                          for group in _finding_groups(n, finding, report, algorithm, outline_3d)]
     if not groups:
         groups = [_no_finding_group(report, algorithm)]
     return _measurement_report(report, groups, run.series_description("AI findings report", SR_SERIES_DESCRIPTION))
@@ -227,8 +252,10 @@ def _score(measurements: Sequence[hd.sr.Measurement]) -> float:
 def read_findings(sr: Dataset) -> list[ReportedFinding]:
     """The findings of a ctnode TID 1500 SR (an empty list for the explicit no-finding report).
 
-    A finding's groups share its Tracking Identifier text: its image regions' groups give its boxes, its
-    certainty group (or, for a lone region, the region's group) its certainty, tracking UID and 3D centre.
+    A finding's groups share its Tracking Identifier text: its boxes' groups (POLYLINE regions) give its boxes,
+    its certainty group its certainty, tracking UID and 3D centre (the centre of its SCOORD3D outline ellipse).
+    SRs written before the outline are read too: a TID 1501 certainty group whose certainty is inferred from
+    the 3D centre, or, for a lone region, the certainty in the region's group.
     """
     report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
     if not isinstance(report, hd.sr.MeasurementReport):
@@ -236,6 +263,8 @@ def read_findings(sr: Dataset) -> list[ReportedFinding]:
     boxes: dict[str, dict[str, tuple[float, float, float, float]]] = {}
     for group in report.get_planar_roi_measurement_groups():
         region = group.roi
+        if not isinstance(region, hd.sr.ImageRegion) or region.graphic_type != hd.sr.GraphicTypeValues.POLYLINE:
+            continue  # the finding's outline ellipse
         points = region.value
         x1, y1 = points.min(axis=0)
         x2, y2 = points.max(axis=0)
@@ -248,11 +277,6 @@ def read_findings(sr: Dataset) -> list[ReportedFinding]:
         certainty = group.get_measurements(name=CERTAINTY_OF_FINDING)
         if not certainty:
             continue
-        centre = None
-        for coords in certainty[0].referenced_coordinates or []:
-            if isinstance(coords, hd.sr.Scoord3DContentItem):
-                x, y, z = coords.value[0]
-                centre = (float(x), float(y), float(z))
         sites = group.finding_sites
         name = str(group.tracking_identifier)
         found.append(
@@ -263,7 +287,24 @@ def read_findings(sr: Dataset) -> list[ReportedFinding]:
                 finding_site=_code(sites[0].value) if sites else None,
                 score=_score(certainty),
                 boxes=boxes.get(name, {}),
-                centre_mm=centre,
+                centre_mm=_centre(group, certainty[0]),
             )
         )
     return found
+
+
+def _centre(group: Group, certainty: hd.sr.Measurement) -> tuple[float, float, float] | None:
+    """A finding's 3D centre from its certainty group: the midpoint of its SCOORD3D outline ellipse's major axis,
+    else the SCOORD3D point its certainty is inferred from; None without either (no frame of reference)."""
+    centre = None
+    region = group.roi if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) else None
+    if isinstance(region, hd.sr.ImageRegion3D) and region.graphic_type == hd.sr.GraphicTypeValues3D.ELLIPSE:
+        ends = np.asarray(region.value, dtype=float)
+        centre = (ends[0] + ends[1]) / 2
+    for coords in certainty.referenced_coordinates or []:
+        if isinstance(coords, hd.sr.Scoord3DContentItem):
+            centre = np.asarray(coords.value[0], dtype=float)
+    if centre is None:
+        return None
+    x, y, z = centre
+    return float(x), float(y), float(z)

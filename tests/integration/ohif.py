@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from tests.support import REPO, free_port
 
@@ -70,6 +72,32 @@ APP_CONFIG = """window.config = {
 
 # Run in every page before the viewer: its first-visit tour is marked as already shown.
 NO_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
+
+# A console warning that carries a JavaScript error: OHIF logs some of its failures as warnings, not errors (an SR
+# measurement group it cannot hydrate: "Unable to generate tool state for ... TypeError: ...").
+JS_ERROR_IN_WARNING = re.compile(r"\b[A-Z][A-Za-z]*Error\b|\bError:|Unable to generate tool state")
+
+
+def console_problem(kind: str, text: str) -> str | None:
+    """What a console message of this kind ("error", "warning", ...) tells the test went wrong, if anything: every
+    error, and every warning that carries a JavaScript error."""
+    if kind == "error":
+        return text
+    if kind == "warning" and JS_ERROR_IN_WARNING.search(text):
+        return f"warning: {text}"
+    return None
+
+
+def watch_console(page: Any, problems: list[str]) -> None:
+    """Collect into ``problems`` the page's console errors, its warnings that carry a JavaScript error and its
+    uncaught exceptions."""
+    def on_console(message: Any) -> None:
+        problem = console_problem(message.type, message.text)
+        if problem is not None:
+            problems.append(problem)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
 
 
 def ohif_dist() -> Path:

@@ -44,7 +44,13 @@ from tests.integration.loop import (
     upload,
     wait_for_srs,
 )
-from tests.integration.ohif import NO_TOUR, OHIF_VERSION, OhifServer, ohif_dist
+from tests.integration.ohif import (
+    NO_TOUR,
+    OHIF_VERSION,
+    OhifServer,
+    ohif_dist,
+    watch_console,
+)
 from tests.integration.orthanc import Orthanc
 from tests.integration.test_ohif import CHROMIUM, LOAD_TIMEOUT_MS, artifacts
 from tests.support import REPO, free_port, require, require_ct
@@ -182,8 +188,7 @@ def review_in_ohif(server: OhifServer, study_uid: str, ct: list[Dataset], review
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.add_init_script(NO_TOUR)
-        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+        watch_console(page, problems)
         page.goto(f"{server.url}/viewer?StudyInstanceUIDs={study_uid}")
         page.wait_for_function("() => window.services && window.services.displaySetService"
                                ".getActiveDisplaySets().length === 3", timeout=LOAD_TIMEOUT_MS)  # CT, SR, overlays

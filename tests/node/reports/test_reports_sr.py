@@ -6,6 +6,7 @@ import copy
 from dataclasses import replace
 from io import BytesIO
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -171,7 +172,47 @@ def test_every_image_region_is_its_own_tracked_group_and_the_certainty_is_stated
         assert meanings["Finding Site"].ConceptCodeSequence[0].CodeMeaning == "Lung"
     certainties = [i for g in groups for i in g.ContentSequence if i.ValueType == "NUM"]
     assert len(certainties) == len(findings), "the certainty once per finding"
-    centre = certainties[0].ContentSequence[0]
-    assert centre.ValueType == "SCOORD3D" and centre.RelationshipType == "INFERRED FROM"
+    for index, finding in ((11, findings[0]), (13, findings[1])):  # each finding's certainty group
+        items = groups[index].ContentSequence
+        kinds = [i.ValueType for i in items]
+        assert kinds.count("NUM") == 1 and kinds.count("SCOORD3D") == 1 and "SCOORD" not in kinds
+        assert "ContentSequence" not in next(i for i in items if i.ValueType == "NUM"), \
+            "a TID 1410 measurement holds no coordinates"
+        outline = next(i for i in items if i.ValueType == "SCOORD3D")
+        assert outline.GraphicType == "ELLIPSE" and outline.ConceptNameCodeSequence[0].CodeMeaning == "Image Region"
+        ends = np.reshape(np.asarray(outline.GraphicData, dtype=float), (-1, 3))
+        for axis in (ends[:2], ends[2:]):
+            assert axis.mean(axis=0) == pytest.approx(finding.centre_mm, abs=1e-3), "centred on the 3D centre"
+    for group in groups:  # OHIF reads each group on its own: a region at its top level, a box without a number
+        regions = [i for i in group.ContentSequence if i.ValueType in ("SCOORD", "SCOORD3D")]
+        assert len(regions) == 1
+        assert regions[0].GraphicType == "ELLIPSE" or all(i.ValueType != "NUM" for i in group.ContentSequence)
     names = [next(i.TextValue for i in g.ContentSequence if i.ValueType == "TEXT") for g in groups]
     assert names == ["lesion A"] * 12 + ["finding 2"] * 2
+
+
+@pytest.mark.parametrize("frame", [True, False], ids=["frame-of-reference", "no-frame-of-reference"])
+def test_a_lone_region_and_a_series_without_frame_draw_the_outline_on_the_key_image(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity, frame: bool
+) -> None:
+    """The report's only box, or a series without a frame of reference: the certainty group's outline is the
+    ellipse inscribed in the key slice's box, on that image (no 3D centre), and the box holds no number."""
+    series = chest_series if frame else [copy.deepcopy(ds) for ds in chest_series]
+    for ds in ([] if frame else series):
+        del ds.FrameOfReferenceUID
+    finding = chest_tumour if not frame else replace(chest_tumour, slices=(key_slice(chest_tumour),))
+    sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", series, [finding], algorithm), ReportOptions())))
+    *boxes, certainty = sr.ContentSequence[-1].ContentSequence
+    assert len(boxes) == len(finding.slices)
+    assert all("NUM" not in [i.ValueType for i in g.ContentSequence] for g in boxes)
+    [outline] = [i for i in certainty.ContentSequence if i.ValueType == "SCOORD"]
+    key = key_slice(finding)
+    assert outline.GraphicType == "ELLIPSE"
+    assert outline.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key.sop_instance_uid
+    x1, y1, x2, y2 = key.box_px
+    ends = np.reshape(np.asarray(outline.GraphicData, dtype=float), (-1, 2)) - 0.5  # image -> index coordinates
+    assert sorted(map(tuple, ends.round(3))) == sorted(
+        [(x1, (y1 + y2) / 2), (x2, (y1 + y2) / 2), ((x1 + x2) / 2, y1), ((x1 + x2) / 2, y2)]), "inscribed in the box"
+    [back] = read_findings(sr)
+    assert back.boxes == {s.sop_instance_uid: s.box_px for s in finding.slices}, "the outline is not a box"
+    assert back.score == pytest.approx(finding.score) and back.centre_mm is None

@@ -27,7 +27,7 @@ def test_a_short_soak_loses_and_duplicates_nothing(tmp_path: Path) -> None:
                              "--pacs-down-s", "8", "--send-gap-s", "1", "5", "--deadline-s", "900", "--work", str(work)],
                             capture_output=True, text=True, timeout=1200)
     line = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert re.fullmatch(r"studies=3 runs_done=\d+ lost=0 duplicated_deliveries=0 kills=4", line), \
+    assert re.fullmatch(r"studies=3 runs_done=\d+ lost=0 duplicated_deliveries=0 kills=4 notified=3 notify_lost=0 notify_duplicates=0", line), \
         f"{line}\n{result.stderr[-4000:]}"
     assert int(line.split("runs_done=")[1].split()[0]) >= 3
     assert result.returncode == 0, result.stderr[-4000:]

@@ -31,7 +31,7 @@ from node.cli.options import ConfigOpt, settings_from
 from node.config import ReportOptions, Route
 from node.pipeline.routing import RoutingDecision, SeriesFacts, route_study
 from node.reports import report_stage
-from node.reports.findings import finding_caption, key_slice
+from node.reports.captions import finding_caption, key_slice
 from node.reports.from_detection import options_for, report_run
 from node.reports.options import DEFAULT_BANNER
 from node.reports.render import DrawnBox, render_slice, windowed_gray

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pydicom
 
-from node.reports.findings import key_slice
+from node.reports.captions import key_slice
 from node.reports.options import (
     AlgorithmIdentity,
     EarlierReport,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import highdicom as hd
 
 from node.reports.coordinates import box_polyline
-from node.reports.findings import finding_caption, finding_name
+from node.reports.captions import finding_caption, finding_name
 from node.reports.prepared import PreparedReport
 from node.reports.sources import copy_anatomy, no_identifier_warnings
 from node.reports.uids import ObjectKind

@@ -5,7 +5,7 @@ from __future__ import annotations
 import highdicom as hd
 from pydicom.sr.codedict import codes
 
-from node.reports.findings import key_slice
+from node.reports.captions import key_slice
 from node.reports.prepared import PreparedReport
 from node.reports.sources import no_identifier_warnings
 from node.reports.uids import ObjectKind

@@ -11,7 +11,7 @@ from pydicom.uid import UID
 from pydicom.valuerep import DA, DT, TM
 
 from detector.findings import Finding
-from node.reports.findings import key_slice
+from node.reports.captions import key_slice
 from node.reports.options import AlgorithmIdentity, ReportOptions, ReportRun
 from node.reports.sources import SourceSeries
 from node.reports.uids import ObjectKind, RunUids, object_identity

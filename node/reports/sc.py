@@ -10,7 +10,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from detector.findings import Finding
-from node.reports.findings import finding_caption, key_slice
+from node.reports.captions import finding_caption, key_slice
 from node.reports.prepared import PreparedReport
 from node.reports.render import DrawnBox, render_slice, render_summary, windowed_gray
 from node.reports.sources import copy_anatomy, no_identifier_warnings

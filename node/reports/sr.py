@@ -14,7 +14,7 @@ from pydicom.sr.coding import Code
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
 from node.reports.coordinates import box_polyline, from_image, to_image
-from node.reports.findings import finding_name, key_slice
+from node.reports.captions import finding_name, key_slice
 from node.reports.options import ReportRun
 from node.reports.prepared import PreparedReport
 from node.reports.sources import no_identifier_warnings

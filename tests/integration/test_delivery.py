@@ -32,7 +32,7 @@ from node.db.schema import AuditEvent, Delivery, DeliveryAttempt
 from node.delivery import enqueue, get_delivery, run_delivery
 from node.events import AttemptOutcome, AuditKind, DeliveryState
 from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_report_objects, write_report_objects
-from node.reports.findings import key_slice
+from node.reports.captions import key_slice
 from node.reports.render import BOX_RGB
 from tests.integration.orthanc import Orthanc
 from tests.node.reports.conftest import algorithm, chest_series, chest_tumour  # noqa: F401  (fixtures)

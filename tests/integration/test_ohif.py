@@ -30,7 +30,7 @@ from node.reports import (
     WrittenObject,
     report_stage,
 )
-from node.reports.findings import key_slice
+from node.reports.captions import key_slice
 from node.reports.render import BANNER_RGB
 from tests.integration.ohif import (
     NO_TOUR,

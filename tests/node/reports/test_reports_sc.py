@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from detector.findings import Finding
 from node.reports import AlgorithmIdentity, PreparedReport, ReportOptions, ReportRun, build_secondary_captures
 from node.reports.render import BANNER_RGB, BOX_RGB
-from node.reports.findings import key_slice
+from node.reports.captions import key_slice
 from node.reports.sc import SC_SERIES_DESCRIPTION
 
 

@@ -22,7 +22,7 @@ from node.reports import (
     build_sr,
     read_findings,
 )
-from node.reports.findings import key_slice
+from node.reports.captions import key_slice
 from node.reports.sr import NO_ABNORMALITY, NO_FINDING_TRACKING_ID
 
 

@@ -1,4 +1,5 @@
-"""What every builder says about a finding: its key slice, its caption and its tracking identifiers."""
+"""How every builder shows a finding: its key slice, its caption and its tracking identifier (the detector's findings
+themselves are in detector.findings)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from node.db.schema import utcnow
 from node.dicom.access import AccessPolicy
 from node.dicom.chunked import DirectFragments, SpoolRoute, close_unfinished, route_spools, spool_for
 from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
-from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
+from node.dicom.connection_guard import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.reactor import wake_on_work
 from node.dicom.receive import Received, Receiver

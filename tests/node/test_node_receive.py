@@ -35,7 +35,7 @@ from node.config import AllowedPeer, DicomConfig
 from node.dicom import chunked, reactor
 from node.dicom.access import AccessPolicy
 from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
-from node.dicom.gate import ConnectionGate, GateLimits, GuardedSocket
+from node.dicom.connection_guard import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.receive import Received, read_header, uid_problem
 from node.dicom.validators import remember_uid_validation

@@ -1,4 +1,4 @@
-"""Connection defences below pynetdicom: pending-connection limit and timer, PDU length limits, deadlines.
+"""Connection guard below pynetdicom: pending-connection limit and timer, PDU length limits, deadlines.
 
 pynetdicom starts an association thread for every TCP connection and counts it against the
 association limit before the peer has said a word, reads whatever PDU length the peer declares,

@@ -40,7 +40,7 @@ import torch
 path = glob.glob(os.path.join(os.environ["CTNODE_CUDA_LIB"], "detector", "ops", "_C*.so"))[0]
 spec = importlib.util.spec_from_file_location("detector.ops._C", path)
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
-ops = ["deform_conv2d", "_deform_conv2d_backward", "deform_roi_pool", "_deform_roi_pool_backward", "nms"]
+ops = ["deform_conv2d", "_deform_conv2d_backward", "nms"]
 missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"ctnode::{op}", "CUDA")]
 if missing:
     raise SystemExit(f"cuda-build: no CUDA kernel registered for {missing}")

@@ -197,7 +197,7 @@ import torch
 spec = importlib.util.spec_from_file_location("detector.ops._C", os.environ["CTNODE_BUILT"])
 spec.loader.exec_module(importlib.util.module_from_spec(spec))
 key = "CUDA" if os.environ["CTNODE_DEVICE"] == "cuda" else "CPU"
-ops = ["deform_conv2d", "_deform_conv2d_backward", "deform_roi_pool", "_deform_roi_pool_backward", "nms"]
+ops = ["deform_conv2d", "_deform_conv2d_backward", "nms"]
 missing = [op for op in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"ctnode::{op}", key)]
 if missing:
     raise SystemExit(f"no {key} kernel registered for {missing}")

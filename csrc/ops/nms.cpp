@@ -1,4 +1,4 @@
-// Schema of ctnode::nms (2D and 3D boxes), argument checks, dispatcher call.
+// Schema of ctnode::nms (2D boxes), argument checks, dispatcher call.
 #include "nms.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -7,11 +7,9 @@
 namespace ctnode {
 namespace ops {
 
-int64_t check_nms(const at::Tensor& boxes, const at::Tensor& scores) {
+void check_nms(const at::Tensor& boxes, const at::Tensor& scores) {
   TORCH_CHECK(
-      boxes.dim() == 2 && (boxes.size(1) == 4 || boxes.size(1) == 6),
-      "nms: boxes must be [N, 4] (x1, y1, x2, y2) or [N, 6] (x1, y1, z1, x2, y2, z2), got ",
-      boxes.sizes());
+      boxes.dim() == 2 && boxes.size(1) == 4, "nms: boxes must be [N, 4] (x1, y1, x2, y2), got ", boxes.sizes());
   TORCH_CHECK(
       scores.dim() == 1 && scores.size(0) == boxes.size(0),
       "nms: scores must be [N = ", boxes.size(0), "], got ", scores.sizes());
@@ -20,7 +18,6 @@ int64_t check_nms(const at::Tensor& boxes, const at::Tensor& scores) {
       "nms: boxes and scores must share one floating dtype, got ", boxes.scalar_type(), " and ",
       scores.scalar_type());
   TORCH_CHECK(boxes.device() == scores.device(), "nms: boxes and scores must be on one device");
-  return boxes.size(1) / 2;
 }
 
 at::Tensor nms(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {

@@ -1,4 +1,4 @@
-"""Greedy non-maximum suppression for 2D and 3D boxes over torch.ops.ctnode.nms."""
+"""Greedy non-maximum suppression of 2D boxes over torch.ops.ctnode.nms."""
 
 import torch
 from torch import Tensor
@@ -16,13 +16,6 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"nms: boxes must be [N, 4] (x1, y1, x2, y2), got {tuple(boxes.shape)}")
-    return torch.ops.ctnode.nms(boxes, scores, iou_threshold)
-
-
-def nms3d(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy NMS of 3D boxes [N, 6] (x1, y1, z1, x2, y2, z2) by volume IoU; as :func:`nms`."""
-    if boxes.dim() != 2 or boxes.shape[1] != 6:
-        raise ValueError(f"nms3d: boxes must be [N, 6] (x1, y1, z1, x2, y2, z2), got {tuple(boxes.shape)}")
     return torch.ops.ctnode.nms(boxes, scores, iou_threshold)
 
 

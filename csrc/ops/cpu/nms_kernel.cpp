@@ -11,7 +11,7 @@ namespace ops {
 
 namespace {
 
-template <int D, typename scalar_t>
+template <typename scalar_t>
 std::vector<int64_t> greedy_keep(const scalar_t* boxes, const int64_t* order, int64_t count, double threshold) {
   std::vector<int64_t> keep;
   std::vector<char> removed(count, 0);
@@ -19,10 +19,10 @@ std::vector<int64_t> greedy_keep(const scalar_t* boxes, const int64_t* order, in
     if (removed[a]) {
       continue;
     }
-    const scalar_t* box = boxes + 2 * D * order[a];
+    const scalar_t* box = boxes + 4 * order[a];
     keep.push_back(order[a]);
     for (int64_t b = a + 1; b < count; ++b) {
-      if (!removed[b] && box_iou<D>(box, boxes + 2 * D * order[b]) > threshold) {
+      if (!removed[b] && box_iou(box, boxes + 4 * order[b]) > threshold) {
         removed[b] = 1;
       }
     }
@@ -31,7 +31,7 @@ std::vector<int64_t> greedy_keep(const scalar_t* boxes, const int64_t* order, in
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  const int64_t dims = check_nms(boxes, scores);
+  check_nms(boxes, scores);
   if (boxes.size(0) == 0) {
     return at::empty({0}, boxes.options().dtype(at::kLong));
   }
@@ -39,9 +39,7 @@ at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou
   const at::Tensor b = boxes.contiguous();
   std::vector<int64_t> keep;
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cpu", [&] {
-    keep = dims == 2
-        ? greedy_keep<2>(b.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), b.size(0), iou_threshold)
-        : greedy_keep<3>(b.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), b.size(0), iou_threshold);
+    keep = greedy_keep(b.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), b.size(0), iou_threshold);
   });
   return at::tensor(keep, boxes.options().dtype(at::kLong));
 }

@@ -16,7 +16,7 @@ namespace {
 constexpr int kBoxesPerBlock = 64;
 
 // mask[i, b] bit t: sorted box i suppresses sorted box b * 64 + t (only later boxes).
-template <int D, typename scalar_t>
+template <typename scalar_t>
 __global__ void suppression_mask_kernel(
     int64_t count, double threshold, const scalar_t* boxes, unsigned long long* mask) {
   const int64_t row_block = blockIdx.y, col_block = blockIdx.x;
@@ -28,10 +28,10 @@ __global__ void suppression_mask_kernel(
   if (rows <= 0 || cols <= 0) {
     return;
   }
-  __shared__ scalar_t block_boxes[kBoxesPerBlock * 2 * D];
+  __shared__ scalar_t block_boxes[kBoxesPerBlock * 4];
   if (threadIdx.x < cols) {
-    for (int d = 0; d < 2 * D; ++d) {
-      block_boxes[threadIdx.x * 2 * D + d] = boxes[(col_block * kBoxesPerBlock + threadIdx.x) * 2 * D + d];
+    for (int d = 0; d < 4; ++d) {
+      block_boxes[threadIdx.x * 4 + d] = boxes[(col_block * kBoxesPerBlock + threadIdx.x) * 4 + d];
     }
   }
   __syncthreads();
@@ -39,10 +39,10 @@ __global__ void suppression_mask_kernel(
     return;
   }
   const int64_t i = row_block * kBoxesPerBlock + threadIdx.x;
-  const scalar_t* box = boxes + i * 2 * D;
+  const scalar_t* box = boxes + i * 4;
   unsigned long long bits = 0;
   for (int64_t t = 0; t < cols; ++t) {
-    if (col_block * kBoxesPerBlock + t > i && box_iou<D>(box, block_boxes + t * 2 * D) > threshold) {
+    if (col_block * kBoxesPerBlock + t > i && box_iou(box, block_boxes + t * 4) > threshold) {
       bits |= 1ULL << t;
     }
   }
@@ -50,7 +50,7 @@ __global__ void suppression_mask_kernel(
 }
 
 at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  const int64_t dims = check_nms(boxes, scores);
+  check_nms(boxes, scores);
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t count = boxes.size(0);
   if (count == 0) {
@@ -64,11 +64,7 @@ at::Tensor nms_cuda(const at::Tensor& boxes, const at::Tensor& scores, double io
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "nms_cuda", [&] {
     auto* bits = reinterpret_cast<unsigned long long*>(mask.data_ptr<int64_t>());
     const auto stream = at::cuda::getCurrentCUDAStream();
-    if (dims == 2) {
-      suppression_mask_kernel<2, scalar_t><<<grid, kBoxesPerBlock, 0, stream>>>(count, iou_threshold, sorted.data_ptr<scalar_t>(), bits);
-    } else {
-      suppression_mask_kernel<3, scalar_t><<<grid, kBoxesPerBlock, 0, stream>>>(count, iou_threshold, sorted.data_ptr<scalar_t>(), bits);
-    }
+    suppression_mask_kernel<scalar_t><<<grid, kBoxesPerBlock, 0, stream>>>(count, iou_threshold, sorted.data_ptr<scalar_t>(), bits);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const at::Tensor host_mask = mask.cpu();

@@ -5,13 +5,21 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class OutputKind(StrEnum):
+    """The kinds of object a run emits, as the run_output rows store them."""
+
+    SR = "SR"
+    SC = "SC"
+    GSPS = "GSPS"
+    KOS = "KOS"
+
+
 class AuditKind(StrEnum):
     """What an audit_event row records."""
 
     ASSOCIATION_REJECTED = "association.rejected"
     ASSOCIATION_ABORTED = "association.aborted"
     INSTANCE_QUARANTINED = "instance.quarantined"
-    INSTANCE_DUPLICATE = "instance.duplicate"
     INSTANCE_CONFLICT = "instance.conflict"
     STORE_REFUSED = "store.refused"
     SPOOL_RECOVERED = "spool.recovered"

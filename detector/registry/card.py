@@ -229,14 +229,6 @@ class ModelCard:
                 if urgent.label not in labels:
                     raise ModelCardError(f"urgency names class {urgent.label!r}, which the card has not ({labels})")
 
-    def class_by_label(self, label: str) -> ModelClass:
-        """The class named ``label``; KeyError names the card's labels when there is none."""
-        for c in self.classes:
-            if c.label == label:
-                return c
-        labels = [c.label for c in self.classes]
-        raise KeyError(f"model {self.name} {self.version} has no class {label!r} (has {labels})")
-
 
 class _Fields:
     """Reads one JSON object, naming every problem by its path in the card."""

@@ -1,4 +1,4 @@
-"""Engine and session factory for SQLite (embedded default) and PostgreSQL (psycopg 3)."""
+"""Engine for SQLite (embedded default) and PostgreSQL (psycopg 3); when to rerun a conflicted transaction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session, sessionmaker
 
 
 def normalise_url(url: str) -> str:
@@ -74,7 +73,3 @@ def private_sqlite_files(path: Path) -> None:
             os.chmod(path.with_name(name), 0o600)
         except (FileNotFoundError, PermissionError):
             pass
-
-
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)

@@ -8,17 +8,20 @@ QIDO-RS and WADO-RS, POST for STOW-RS (a report the viewer saves).
 
 from __future__ import annotations
 
+import importlib.util
 import mimetypes
 import os
 import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tests.support import REPO, free_port
+from tests.support import REPO, free_port, require
 
 OHIF_VERSION = "3.13.2"
 DEFAULT_DIST = REPO / "var" / "ohif" / OHIF_VERSION / "dist"
@@ -71,6 +74,8 @@ APP_CONFIG = """window.config = {
 
 
 # Run in every page before the viewer: its first-visit tour is marked as already shown.
+CHROMIUM = Path("/usr/bin/chromium")  # Debian package chromium, driven by Playwright (pip) as is
+LOAD_TIMEOUT_MS = 180_000
 NO_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 
 # A console warning that carries a JavaScript error: OHIF logs some of its failures as warnings, not errors (an SR
@@ -103,6 +108,47 @@ def watch_console(page: Any, problems: list[str]) -> None:
 def ohif_dist() -> Path:
     """The folder of the prebuilt viewer (CTNODE_OHIF_DIST, default var/ohif/<version>/dist, which .ci/run fills)."""
     return Path(os.environ.get("CTNODE_OHIF_DIST", DEFAULT_DIST))
+
+
+def require_viewer() -> None:
+    """The prebuilt viewer, Chromium and Playwright are here (a missing one fails under CI)."""
+    require(f"OHIF {OHIF_VERSION}'s prebuilt viewer at {ohif_dist()} (.ci/run unpacks npm's @ohif/app there)",
+            (ohif_dist() / "index.html").exists())
+    require(f"Chromium at {CHROMIUM} (apt-get install chromium)", CHROMIUM.exists())
+    require("Playwright (pip install -e '.[test]')", importlib.util.find_spec("playwright") is not None)
+
+
+@contextmanager
+def viewer_page(server: OhifServer, study_uid: str, problems: list[str], display_sets: int = 3) -> Iterator[Any]:
+    """A headless Chromium page with OHIF open on the study once it lists ``display_sets`` series; the page's
+    console problems go to ``problems``; the browser closes on leaving."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.add_init_script(NO_TOUR)
+            watch_console(page, problems)
+            page.goto(f"{server.url}/viewer?StudyInstanceUIDs={study_uid}")
+            page.wait_for_function("() => window.services && window.services.displaySetService"
+                                   f".getActiveDisplaySets().length === {display_sets}", timeout=LOAD_TIMEOUT_MS)
+            yield page
+        finally:
+            browser.close()
+
+
+def render_when_loaded(page: Any, images: int) -> None:
+    """Wait until the viewport holds ``images`` images and its current one is loaded, then render it and wait for
+    the render."""
+    page.wait_for_function("() => { const v = window.cornerstone.getEnabledElements()[0].viewport;"
+                           f" const id = v.getCurrentImageId(); return id && v.getImageIds().length === {images}"
+                           " && window.cornerstone.cache.getImageLoadObject(id) !== undefined; }",
+                           timeout=LOAD_TIMEOUT_MS)
+    page.evaluate("""() => new Promise(resolve => {
+        const viewport = window.cornerstone.getEnabledElements()[0].viewport;
+        viewport.element.addEventListener(window.cornerstone.Enums.Events.IMAGE_RENDERED, resolve, { once: true });
+        viewport.render(); })""")
 
 
 class OhifServer:

@@ -8,7 +8,6 @@ Screenshots are kept under CTNODE_TEST_ARTIFACTS (default var/test-artifacts)/oh
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -25,28 +24,26 @@ from pydicom.dataset import Dataset
 from detector.findings import Finding
 from node.reports import (
     AlgorithmIdentity,
+    OutputObject,
     ReportOptions,
-    ReportRun,
-    WrittenObject,
     report_stage,
 )
 from node.reports.captions import key_slice
 from node.reports.render import BANNER_RGB
 from tests.integration.ohif import (
-    NO_TOUR,
-    OHIF_VERSION,
+    LOAD_TIMEOUT_MS,
     OhifServer,
     ohif_dist,
-    watch_console,
+    render_when_loaded,
+    require_viewer,
+    viewer_page,
 )
 from tests.integration.orthanc import Orthanc
-from tests.node.reports.conftest import CHEST, LUNG, NEOPLASM, finding_on
-from tests.support import REPO, require, require_ct
+from tests.node.reports.conftest import CHEST, LUNG, NEOPLASM, finding_on, run_on
+from tests.support import REPO, require_ct
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")  # Debian package chromium, driven by Playwright (pip) as is
-LOAD_TIMEOUT_MS = 180_000
 _SOP_IN_IMAGE_ID = re.compile(r"/instances/([0-9.]+)/frames/")
 
 
@@ -79,16 +76,13 @@ def chest() -> tuple[list[Path], list[Dataset], list[Finding]]:
 
 @pytest.fixture(scope="module")
 def viewer(chest: tuple[list[Path], list[Dataset], list[Finding]], tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[OhifServer, list[WrittenObject]]]:
+           ) -> Iterator[tuple[OhifServer, list[OutputObject]]]:
     """Orthanc (DICOMweb) holding the chest series and ctnode's SR and overlays, and OHIF served in front of it."""
-    require(f"OHIF {OHIF_VERSION}'s prebuilt viewer at {ohif_dist()} (.ci/run unpacks npm's @ohif/app there)",
-            (ohif_dist() / "index.html").exists())
-    require(f"Chromium at {CHROMIUM} (apt-get install chromium)", CHROMIUM.exists())
-    require("Playwright (pip install -e '.[test]')", importlib.util.find_spec("playwright") is not None)
+    require_viewer()
     files, series, findings = chest
     work = tmp_path_factory.mktemp("ohif")
     algorithm = AlgorithmIdentity("ctnode-chest", "0.2.0", "ab" * 32)
-    _, written = report_stage(ReportRun("ohif-check", series, findings, algorithm), ReportOptions(), work / "objects")
+    _, written = report_stage(run_on("ohif-check", series, findings, algorithm), ReportOptions(), work / "objects")
     orthanc = Orthanc(work / "orthanc", dicomweb=True).start()
     server = None
     try:
@@ -140,10 +134,8 @@ def _region_uids(sr: Dataset) -> dict[str, str]:
 
 
 def test_ohif_draws_and_tracks_every_region_and_shows_the_overlays(
-    viewer: tuple[OhifServer, list[WrittenObject]], chest: tuple[list[Path], list[Dataset], list[Finding]]
+    viewer: tuple[OhifServer, list[OutputObject]], chest: tuple[list[Path], list[Dataset], list[Finding]]
 ) -> None:
-    from playwright.sync_api import sync_playwright
-
     server, written = viewer
     _, series, findings = chest
     sr = pydicom.dcmread(written[0].path)
@@ -151,15 +143,7 @@ def test_ohif_draws_and_tracks_every_region_and_shows_the_overlays(
     assert len(regions) == sum(len(f.slices) for f in findings) == 13
     out = artifacts()
     problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.add_init_script(NO_TOUR)
-        watch_console(page, problems)
-        page.goto(f"{server.url}/viewer?StudyInstanceUIDs={series[0].StudyInstanceUID}")
-        page.wait_for_function("() => window.services && window.services.displaySetService"
-                               ".getActiveDisplaySets().length === 3", timeout=LOAD_TIMEOUT_MS)
-
+    with viewer_page(server, series[0].StudyInstanceUID, problems) as page:
         page.get_by_text("AI findings report").first.dblclick()  # the SR's thumbnail: its regions on the CT
         page.locator('[data-cy="yes-hydrate-btn"]').wait_for(timeout=LOAD_TIMEOUT_MS)
         page.screenshot(path=out / "sr-regions.png")
@@ -197,16 +181,8 @@ def test_ohif_draws_and_tracks_every_region_and_shows_the_overlays(
         assert per_image == Counter(regions.values()), "one tracked measurement per region, on its slice"
 
         page.get_by_text("AI findings overlay").first.dblclick()
-        page.wait_for_function("() => { const v = window.cornerstone.getEnabledElements()[0].viewport;"
-                               " const id = v.getCurrentImageId(); return id && v.getImageIds().length === 3"
-                               " && window.cornerstone.cache.getImageLoadObject(id) !== undefined; }",
-                               timeout=LOAD_TIMEOUT_MS)
-        page.evaluate("""() => new Promise(resolve => {
-            const viewport = window.cornerstone.getEnabledElements()[0].viewport;
-            viewport.element.addEventListener(window.cornerstone.Enums.Events.IMAGE_RENDERED, resolve, { once: true });
-            viewport.render(); })""")
+        render_when_loaded(page, images=3)
         page.locator('[data-cy="viewport-pane"]').first.screenshot(path=out / "sc-overlay.png")
-        browser.close()
 
     shown = np.asarray(Image.open(out / "sc-overlay.png").convert("RGB"), dtype=int)
     banner = np.all(np.abs(shown - np.array(BANNER_RGB)) < 40, axis=-1)
@@ -236,16 +212,12 @@ def test_ohif_tracks_a_lone_finding_on_one_slice(
     """One finding on one slice, the report's only image region: OHIF shows its certainty on its box, tracks the
     box, and hydrating the SR logs no error (every group of the SR hydrates or is passed by cleanly)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import sync_playwright
 
-    require(f"OHIF {OHIF_VERSION}'s prebuilt viewer at {ohif_dist()} (.ci/run unpacks npm's @ohif/app there)",
-            (ohif_dist() / "index.html").exists())
-    require(f"Chromium at {CHROMIUM} (apt-get install chromium)", CHROMIUM.exists())
-    require("Playwright (pip install -e '.[test]')", importlib.util.find_spec("playwright") is not None)
+    require_viewer()
     files, series, _ = chest
     image = sorted(series, key=lambda ds: float(ds.ImagePositionPatient[2]))[30]
     lone = finding_on([image], [(200.0, 290.0, 230.0, 320.0)], 0.8, "nodule", NEOPLASM, LUNG)
-    _, written = report_stage(ReportRun("ohif-lone", series, [lone], AlgorithmIdentity("ctnode-chest", "0.2.0", "ab" * 32)),
+    _, written = report_stage(run_on("ohif-lone", series, [lone], AlgorithmIdentity("ctnode-chest", "0.2.0", "ab" * 32)),
                               ReportOptions(), tmp_path / "objects")
     orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
     server = None
@@ -254,14 +226,7 @@ def test_ohif_tracks_a_lone_finding_on_one_slice(
         for path in [*files, *(w.path for w in written)]:
             orthanc.upload(path)
         server = OhifServer(ohif_dist(), f"http://127.0.0.1:{orthanc.http_port}").start()
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.add_init_script(NO_TOUR)
-            watch_console(page, problems)
-            page.goto(f"{server.url}/viewer?StudyInstanceUIDs={series[0].StudyInstanceUID}")
-            page.wait_for_function("() => window.services && window.services.displaySetService"
-                                   ".getActiveDisplaySets().length === 3", timeout=LOAD_TIMEOUT_MS)
+        with viewer_page(server, series[0].StudyInstanceUID, problems) as page:
             page.get_by_text("AI findings report").first.dblclick()
             page.locator('[data-cy="yes-hydrate-btn"]').wait_for(timeout=LOAD_TIMEOUT_MS)
             page.evaluate(_SHOW_AND_DRAW, str(image.SOPInstanceUID))
@@ -275,7 +240,6 @@ def test_ohif_tracks_a_lone_finding_on_one_slice(
                 pass
             measurements = page.evaluate("() => window.services.measurementService.getMeasurements()"
                                          ".map(m => [m.toolName, m.SOPInstanceUID])")
-            browser.close()
     finally:
         if server is not None:
             server.stop()
@@ -293,17 +257,13 @@ def test_readme_screenshot_is_committed() -> None:
 def test_ohif_shows_that_a_study_was_not_analysed(tmp_path: Path) -> None:
     """A study the model refused: OHIF lists the not-analysed SR beside the CT and shows its page, NOT ANALYSED
     and the reason, under the red banner."""
-    from playwright.sync_api import sync_playwright
-
     from node.reports import build_not_analysed_objects, write_report_objects
 
-    require(f"OHIF {OHIF_VERSION}'s prebuilt viewer at {ohif_dist()} (.ci/run unpacks npm's @ohif/app there)",
-            (ohif_dist() / "index.html").exists())
-    require(f"Chromium at {CHROMIUM} (apt-get install chromium)", CHROMIUM.exists())
+    require_viewer()
     files = sorted(require_ct("head_ge_patient").glob("*.dcm"))
     series = [pydicom.dcmread(p, stop_before_pixels=True) for p in files]
     objects = build_not_analysed_objects(
-        ReportRun("ohif-not-analysed", series, (), AlgorithmIdentity("ctnode-head", "0.2.0", "ab" * 32)),
+        run_on("ohif-not-analysed", series, (), AlgorithmIdentity("ctnode-head", "0.2.0", "ab" * 32)),
         ReportOptions(), "refused by the model's domain gate: contrast-enhanced (Contrast/Bolus Agent IOHEXOL)")
     written = write_report_objects(objects, tmp_path / "objects")
     orthanc = Orthanc(tmp_path / "orthanc", dicomweb=True).start()
@@ -314,29 +274,13 @@ def test_ohif_shows_that_a_study_was_not_analysed(tmp_path: Path) -> None:
         for path in [*files, *(w.path for w in written)]:
             orthanc.upload(path)
         server = OhifServer(ohif_dist(), f"http://127.0.0.1:{orthanc.http_port}").start()
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.add_init_script(NO_TOUR)
-            watch_console(page, problems)
-            page.goto(f"{server.url}/viewer?StudyInstanceUIDs={series[0].StudyInstanceUID}")
-            page.wait_for_function("() => window.services && window.services.displaySetService"
-                                   ".getActiveDisplaySets().length === 3", timeout=LOAD_TIMEOUT_MS)
+        with viewer_page(server, series[0].StudyInstanceUID, problems) as page:
             descriptions = page.evaluate("() => window.services.displaySetService.getActiveDisplaySets()"
                                          ".map(d => [d.Modality, d.SeriesDescription])")
             assert ["SR", "AI result: NOT ANALYSED (not for diagnosis)"] in descriptions, descriptions
             page.get_by_text("AI result: NOT ANALYSED (page)").first.dblclick()
-            page.wait_for_function("() => { const v = window.cornerstone.getEnabledElements()[0].viewport;"
-                                   " const id = v.getCurrentImageId(); return id && v.getImageIds().length === 1"
-                                   " && window.cornerstone.cache.getImageLoadObject(id) !== undefined; }",
-                                   timeout=LOAD_TIMEOUT_MS)
-            page.evaluate("""() => new Promise(resolve => {
-                const viewport = window.cornerstone.getEnabledElements()[0].viewport;
-                viewport.element.addEventListener(window.cornerstone.Enums.Events.IMAGE_RENDERED, resolve,
-                                                  { once: true });
-                viewport.render(); })""")
+            render_when_loaded(page, images=1)
             page.locator('[data-cy="viewport-pane"]').first.screenshot(path=out / "not-analysed.png")
-            browser.close()
     finally:
         if server is not None:
             server.stop()

@@ -10,7 +10,6 @@ var/test-artifacts)/ohif.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import re
@@ -44,16 +43,10 @@ from tests.integration.loop import (
     upload,
     wait_for_srs,
 )
-from tests.integration.ohif import (
-    NO_TOUR,
-    OHIF_VERSION,
-    OhifServer,
-    ohif_dist,
-    watch_console,
-)
+from tests.integration.ohif import LOAD_TIMEOUT_MS, OhifServer, ohif_dist, require_viewer, viewer_page
 from tests.integration.orthanc import Orthanc
-from tests.integration.test_ohif import CHROMIUM, LOAD_TIMEOUT_MS, artifacts
-from tests.support import REPO, free_port, require, require_ct
+from tests.integration.test_ohif import artifacts
+from tests.support import REPO, free_port, require_ct
 
 pytestmark = pytest.mark.integration
 
@@ -179,19 +172,10 @@ def _drag(page: Any, start: list[float], end: list[float], steps: int = 12) -> N
 def review_in_ohif(server: OhifServer, study_uid: str, ct: list[Dataset], review: Review, regions: int,
                    out: Path) -> list[str]:
     """The reader's session in OHIF, up to the saved report; returns the browser's errors."""
-    from playwright.sync_api import sync_playwright
-
     by_sop = {str(ds.SOPInstanceUID): ds for ds in ct}
     series_number = int(ct[0].SeriesNumber)
     problems: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
-        page.add_init_script(NO_TOUR)
-        watch_console(page, problems)
-        page.goto(f"{server.url}/viewer?StudyInstanceUIDs={study_uid}")
-        page.wait_for_function("() => window.services && window.services.displaySetService"
-                               ".getActiveDisplaySets().length === 3", timeout=LOAD_TIMEOUT_MS)  # CT, SR, overlays
+    with viewer_page(server, study_uid, problems) as page:
         page.get_by_text("AI findings report").first.dblclick()
         page.locator('[data-cy="yes-hydrate-btn"]').wait_for(timeout=LOAD_TIMEOUT_MS)
         page.locator('[data-cy="yes-hydrate-btn"]').click()  # "continue tracking measurements": yes
@@ -238,7 +222,6 @@ def review_in_ohif(server: OhifServer, study_uid: str, ct: list[Dataset], review
             page.locator('[data-cy="input-dialog-save-button"] button').click()
         assert stow.value.status == 200, f"STOW-RS answered {stow.value.status}"
         page.screenshot(path=out / "feedback-saved.png")
-        browser.close()
     return [p for p in problems if OHIF_OWN_ERROR not in p]
 
 
@@ -309,10 +292,7 @@ def wait_for_feedback(config: Path, run_id: int, timeout_s: float) -> dict[str, 
 def test_a_reader_review_saved_in_ohif_comes_back_through_orthanc_as_feedback(
     orthanc: Orthanc, make_node, db_url: str
 ) -> None:
-    require(f"OHIF {OHIF_VERSION}'s prebuilt viewer at {ohif_dist()} (.ci/run unpacks npm's @ohif/app there)",
-            (ohif_dist() / "index.html").exists())
-    require(f"Chromium at {CHROMIUM} (apt-get install chromium)", CHROMIUM.exists())
-    require("Playwright (pip install -e '.[test]')", importlib.util.find_spec("playwright") is not None)
+    require_viewer()
     files = sorted(require_ct(CHEST, "series_5mm_lung_kernel").glob("*.dcm"))
     ct = [pydicom.dcmread(p) for p in files]
     study_uid = str(ct[0].StudyInstanceUID)

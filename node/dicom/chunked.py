@@ -11,7 +11,8 @@ The middle of a data set takes a shorter way (:class:`DirectFragments`): a P-DAT
 data set fragment that is not the last, for the C-STORE being spooled, is written to its spool below
 pynetdicom, which otherwise decodes it into objects, queues it as an event, runs its state machine (which
 stays in Sta6) and copies the fragment again on its way to the file. The command, the first fragment and
-the last one (which completes the message), and every other PDU, still go through pynetdicom.
+the last one (which completes the message), and every other PDU, still go through pynetdicom. How these are
+put in pynetdicom's way is node.dicom.seams' (``SPOOLING`` is what it installs).
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, _config, dimse_messages, dsutils
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, dsutils
 from pynetdicom.ae import ApplicationEntity
 from pynetdicom.association import Association
-from pynetdicom.dul import DULServiceProvider
 
+from node.dicom import seams
 from node.storage.spool import SpoolFile
 
 
@@ -50,16 +51,14 @@ _lock = threading.Lock()
 
 
 def _spool_factory(*args: Any, **kwargs: Any) -> Any:
-    thread = threading.current_thread()
-    route = None
-    if isinstance(thread, DULServiceProvider):
-        route = _routes.get(thread.assoc.ae)
-    if route is None:  # an AE that is not ours: pynetdicom's own behaviour
+    assoc = seams.dul_association()
+    route = _routes.get(assoc.ae) if assoc is not None else None
+    if assoc is None or route is None:  # an AE that is not ours: pynetdicom's own behaviour
         return tempfile.NamedTemporaryFile(*args, **kwargs)
     spool = SpoolFile(route.directory, refused=route.refusal())
     with _lock:
         _spools[spool.name] = spool
-        owned = _by_association.setdefault(thread.assoc, [])
+        owned = _by_association.setdefault(assoc, [])
         owned[:] = [s for s in owned if not s.completed]
         owned.append(spool)
     return spool
@@ -111,12 +110,12 @@ def _write_file_meta_info(fp: Any, file_meta: Any) -> None:
         write_file_meta_info(fp, file_meta)
 
 
+SPOOLING = seams.Spooling(_spool_factory, _create_file_meta, _write_file_meta_info)
+"""What node.dicom.seams.install has pynetdicom spool chunked C-STOREs with."""
+
+
 def route_spools(ae: ApplicationEntity, route: SpoolRoute) -> None:
-    """Make C-STOREs received by ``ae`` spool as SpoolFiles along ``route``."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[assignment]
-    dimse_messages.create_file_meta = _create_file_meta  # type: ignore[assignment]
-    dimse_messages.write_file_meta_info = _write_file_meta_info  # type: ignore[assignment]
+    """Make C-STOREs received by ``ae`` spool as SpoolFiles along ``route`` (once seams.install(SPOOLING) ran)."""
     _routes[ae] = route
 
 
@@ -164,8 +163,7 @@ class DirectFragments:
         self._sock = sock
 
     def _spool(self) -> SpoolFile | None:
-        message = self._assoc.dimse.message
-        spool = getattr(message, "_data_set_file", None) if message is not None else None
+        spool = seams.spooling_file(self._assoc)
         return spool if isinstance(spool, SpoolFile) and not spool.completed else None
 
     def __call__(self) -> None:
@@ -183,4 +181,4 @@ class DirectFragments:
             if len(pdu) < 6 + pdu_length:
                 return  # closed mid-PDU: pynetdicom's next read sees the connection closed
             spool.write(memoryview(pdu)[_PDATA_START.size:])
-            self._assoc.dul._idle_timer.restart()
+            seams.restart_idle_timer(self._assoc)

@@ -35,6 +35,7 @@ from typing import Any
 
 from pynetdicom.pdu import A_ASSOCIATE_RQ
 
+from node.dicom import seams
 from node.dicom.reactor import Waker
 
 # A-ABORT PDU from the service provider (source 2): reason 0 not specified, 6 invalid PDU parameter value.
@@ -127,7 +128,7 @@ class GuardedSocket:
 
     def read_for(self, transport: Any) -> None:
         """Serve the reads of ``transport`` (pynetdicom's AssociationSocket over this socket) with :meth:`read`."""
-        transport.recv = self.read
+        seams.serve_reads(transport, self.read)
 
     def buffered(self) -> bool:
         """Whether bytes already read from the connection wait in TLS, where ``select`` cannot see them."""

@@ -8,51 +8,24 @@ millisecond for the next look; shorter sleeps spend CPU on looks that concurrent
 For the associations the node accepts, those sleeps become waits that end as soon as there is work: the DUL
 reactor waits on its socket and on an eventfd signalled whenever a primitive is queued for it to send; the
 association reactor waits on its DIMSE message queue. Nothing else changes: every other thread that sleeps in
-those two modules (the node's own associations as an SCU, when delivering) sleeps as before.
+those two modules (the node's own associations as an SCU, when delivering) sleeps as before. What this reaches
+into pynetdicom for (its reactors' sleeps, their state, the DUL's send) is node.dicom.seams'.
 """
 
 from __future__ import annotations
 
 import os
 import select
-import threading
 import time
 import weakref
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
-from pynetdicom import association as _association_module
-from pynetdicom import dul as _dul_module
 from pynetdicom.association import Association
 
+from node.dicom import seams
+
 IDLE_WAIT_S = 0.005  # the longest wait: how late a timer (ARTIM, idle), a release request or a kill is seen
-
-_waits: weakref.WeakKeyDictionary[threading.Thread, Callable[[float], None]] = weakref.WeakKeyDictionary()
-_install_lock = threading.Lock()
-
-
-class _Clock:
-    """Stands in for the ``time`` module inside pynetdicom's dul and association modules."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(time, name)
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        wait = _waits.get(threading.current_thread())
-        if wait is None:
-            time.sleep(seconds)
-        else:
-            wait(seconds)
-
-
-def _install() -> None:
-    modules: tuple[ModuleType, ...] = (_dul_module, _association_module)
-    with _install_lock:
-        for module in modules:
-            if not isinstance(module.time, _Clock):
-                module.time = _Clock()  # type: ignore[attr-defined]
 
 
 class Waker:
@@ -85,19 +58,12 @@ def wake_on_work(assoc: Association, sock: Any, buffered: Callable[[], bool]) ->
     ``sock`` is what the DUL reads from (anything with a ``fileno``); ``buffered`` says whether bytes were already
     read from it that ``select`` cannot see (TLS).
     """
-    _install()
     waker = Waker()
     dul = assoc.dul
-    send_pdu = dul.send_pdu
-
-    def send_and_wake(primitive: Any) -> None:
-        send_pdu(primitive)
-        waker.wake()
-
-    dul.send_pdu = send_and_wake  # type: ignore[method-assign]
+    seams.after_send(dul, waker.wake)
 
     def dul_wait(seconds: float) -> None:
-        if dul._kill_thread or dul.to_provider_queue.queue or dul.event_queue.queue or buffered():
+        if seams.dul_has_work(dul) or buffered():
             return
         try:
             ready = select.select([sock, waker.fd], [], [], IDLE_WAIT_S)[0]
@@ -110,13 +76,13 @@ def wake_on_work(assoc: Association, sock: Any, buffered: Callable[[], bool]) ->
     messages = assoc.dimse.msg_queue
 
     def association_wait(seconds: float) -> None:
-        if assoc._kill:  # stopping: pynetdicom's own sleeps while the DUL winds down
+        if seams.association_stopping(assoc):  # stopping: pynetdicom's own sleeps while the DUL winds down
             time.sleep(seconds)
             return
         with messages.not_empty:
             if not messages.queue:
                 messages.not_empty.wait(IDLE_WAIT_S)
 
-    _waits[dul] = dul_wait
-    _waits[assoc] = association_wait
+    seams.replace_sleep(dul, dul_wait)
+    seams.replace_sleep(assoc, association_wait)
     return waker

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +59,22 @@ class Received:
     association_id: int | None
 
 
+class OutcomeKind(StrEnum):
+    """What the receiver did with one instance."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # identical bytes already stored: answered Success, nothing new
+    CONFLICT = "conflict"  # other bytes under a stored SOP Instance UID: both kept, the new one current
+    QUARANTINED = "quarantined"  # refused, its bytes kept aside (within the quota)
+    REFUSED = "refused"  # answered 0xA700: the sender still holds the data
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one instance: the status to answer and the audit facts."""
 
     status: StoreStatus
-    kind: str  # stored | duplicate | conflict | quarantined | refused
+    kind: OutcomeKind
     reason: str = ""
     instance_id: int | None = None
     detail: dict[str, Any] = field(default_factory=dict)
@@ -263,7 +274,7 @@ class Receiver:
         if same is not None:
             if not placed:
                 self.store.discard(item.path)
-            return _Indexed(Outcome(StoreStatus.SUCCESS, "duplicate", "identical bytes already stored", same.id))
+            return _Indexed(Outcome(StoreStatus.SUCCESS, OutcomeKind.DUPLICATE, "identical bytes already stored", same.id))
         key = self._series_key(conn, header)
         identified = (header["StudyInstanceUID"], *(header.get(k, "") for k in IDENTIFIER_KEYWORDS))
         if identified not in self._identified:
@@ -282,7 +293,7 @@ class Receiver:
             "instance_number": _int(header, "InstanceNumber"), "sha256": item.sha256, "size_bytes": item.size,
             "path": relative,
         }, key.study_id, supersede=bool(versions))
-        kind = "conflict" if versions else "stored"
+        kind = OutcomeKind.CONFLICT if versions else OutcomeKind.STORED
         return _Indexed(Outcome(StoreStatus.SUCCESS, kind, instance_id=instance_id, detail={"path": relative}),
                         key, identified)
 
@@ -299,58 +310,60 @@ class Receiver:
                 self._identified.add(indexed.identified)
         return indexed.outcome
 
-    def quarantine(self, item: Received, refused: Refused) -> Outcome:
-        """Keep refused bytes aside (within the quarantine quota and the free-space watermark) and audit them."""
-        detail: dict[str, Any] = {"reason": refused.reason, "status": int(refused.status), "sha256": item.sha256,
-                                  "command_sop_instance_uid": item.sop_instance_uid,
-                                  "transfer_syntax_uid": item.transfer_syntax_uid}
+    def keep_aside(self, path: Path, reason: str, kind: AuditKind, detail: dict[str, Any], **columns: Any) -> Path | None:
+        """The receive stage's one way to keep bytes it does not index: into the quarantine under ``reason``, with
+        ``detail`` as the note beside them, within the quarantine quota and the free-space watermark (else
+        discarded, ``not_kept`` saying why), audited as ``kind`` with ``columns``. An audit row the database
+        refuses is held until a commit of ours succeeds. Returns where the bytes were kept; FileNotFoundError
+        when ``path`` is already gone (nothing is audited)."""
+        why_not = self.store.quarantine_refusal(path.stat().st_size)
         kept: Path | None = None
-        why_not = self.store.quarantine_refusal(item.size)
         if why_not is None:
             try:
-                kept = self.store.quarantine(item.path, refused.status.name.lower(), detail)
+                kept = self.store.quarantine(path, reason, detail)
+            except FileNotFoundError:
+                raise
             except OSError as exc:
                 why_not = f"quarantine write failed: {exc.strerror}"
         if kept is None:
-            self.store.discard(item.path)
-            detail["not_kept"] = why_not
-        row = {"kind": AuditKind.INSTANCE_QUARANTINED, "association_id": item.association_id,
-               "sop_instance_uid": item.sop_instance_uid if uid_problem(item.sop_instance_uid) is None else None,
-               "status": int(refused.status), "path": str(kept) if kept else None, "detail": detail}
-        try:
-            with self.engine.begin() as conn:
-                audit.record(conn, **row)
-        except SQLAlchemyError as exc:
-            log.error("audit write failed", kind=str(AuditKind.INSTANCE_QUARANTINED), error=type(exc).__name__)
+            self.store.discard(path)
+            detail = {**detail, "not_kept": why_not}
+            log.warning("bytes not kept aside", kind=str(kind), not_kept=why_not)
+        row = {"kind": kind, "path": str(kept) if kept else None, "detail": detail, **columns}
+        if not audit.record_or_log(self.engine, **row):
             self._defer_audit(row)
+        return kept
+
+    def quarantine(self, item: Received, refused: Refused) -> Outcome:
+        """Keep refused bytes aside and audit them (see keep_aside)."""
+        detail: dict[str, Any] = {"reason": refused.reason, "status": int(refused.status), "sha256": item.sha256,
+                                  "command_sop_instance_uid": item.sop_instance_uid,
+                                  "transfer_syntax_uid": item.transfer_syntax_uid}
+        kept = self.keep_aside(item.path, refused.status.name.lower(), AuditKind.INSTANCE_QUARANTINED, detail,
+                               association_id=item.association_id, status=int(refused.status),
+                               sop_instance_uid=item.sop_instance_uid if uid_problem(item.sop_instance_uid) is None
+                               else None)
         log.warning("instance quarantined", status=f"0x{refused.status:04X}", reason=refused.reason,
-                    path=str(kept) if kept else None, not_kept=why_not)
-        return Outcome(refused.status, "quarantined", refused.reason, detail={"path": str(kept) if kept else None})
+                    path=str(kept) if kept else None)
+        return Outcome(refused.status, OutcomeKind.QUARANTINED, refused.reason,
+                       detail={"path": str(kept) if kept else None})
 
     def refuse(self, association_id: int | None, sop_instance_uid: str, reason: str,
                study_instance_uid: str | None = None) -> Outcome:
         """Answer 0xA700 (no room, a failed write) and audit it; the sender still holds the data."""
         valid_sop = sop_instance_uid if uid_problem(sop_instance_uid) is None else None
-        try:
-            with self.engine.begin() as conn:
-                audit.record(conn, AuditKind.STORE_REFUSED, association_id=association_id,
-                             study_instance_uid=study_instance_uid, sop_instance_uid=valid_sop,
-                             status=int(StoreStatus.OUT_OF_RESOURCES), detail={"reason": reason})
-        except SQLAlchemyError as exc:
-            log.error("audit write failed", kind=str(AuditKind.STORE_REFUSED), error=type(exc).__name__)
+        audit.record_or_log(self.engine, AuditKind.STORE_REFUSED, association_id=association_id,
+                            study_instance_uid=study_instance_uid, sop_instance_uid=valid_sop,
+                            status=int(StoreStatus.OUT_OF_RESOURCES), detail={"reason": reason})
         log.warning("instance refused", status="0xA700", reason=reason, sop_instance_uid=valid_sop)
-        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", reason)
+        return Outcome(StoreStatus.OUT_OF_RESOURCES, OutcomeKind.REFUSED, reason)
 
     def refuse_invalid(self, association_id: int | None, reason: str) -> Outcome:
         """Audit a C-STORE request answered 0xC000 before any data set (there are no bytes to keep)."""
-        try:
-            with self.engine.begin() as conn:
-                audit.record(conn, AuditKind.INSTANCE_QUARANTINED, association_id=association_id,
-                             status=int(StoreStatus.CANNOT_PARSE), detail={"reason": reason, "not_kept": "no bytes"})
-        except SQLAlchemyError as exc:
-            log.error("audit write failed", kind=str(AuditKind.INSTANCE_QUARANTINED), error=type(exc).__name__)
+        audit.record_or_log(self.engine, AuditKind.INSTANCE_QUARANTINED, association_id=association_id,
+                            status=int(StoreStatus.CANNOT_PARSE), detail={"reason": reason, "not_kept": "no bytes"})
         log.warning("invalid C-STORE request", status="0xC000", reason=reason)
-        return Outcome(StoreStatus.CANNOT_PARSE, "quarantined", reason)
+        return Outcome(StoreStatus.CANNOT_PARSE, OutcomeKind.QUARANTINED, reason)
 
     def _defer_audit(self, row: dict[str, Any]) -> None:
         """Hold an audit row the database refused until a commit succeeds again (the note beside a kept file and
@@ -366,12 +379,9 @@ class Receiver:
         """Write the audit rows held while the database failed (after a commit of ours succeeded)."""
         with self._lock:
             rows, self._unaudited = self._unaudited, []
-        try:
-            with self.engine.begin() as conn:
-                for row in rows:
-                    audit.record(conn, **row)
-        except SQLAlchemyError as exc:
-            log.error("held audit rows still not written", rows=len(rows), error=type(exc).__name__)
+        written = audit.write_or_log(self.engine, f"{len(rows)} held audit rows",
+                                     lambda conn: [audit.record(conn, **row) for row in rows])
+        if written is None:
             with self._lock:
                 self._unaudited[:0] = rows[:_UNAUDITED_MAX]
 
@@ -387,4 +397,4 @@ class Receiver:
         # A file the row-first path put into place before a failed commit stays under its content-derived name:
         # a resend indexes it, and reconciliation (at start, `ctnode store check`) moves it aside if none comes.
         self.store.discard(item.path)
-        return Outcome(StoreStatus.OUT_OF_RESOURCES, "refused", reason)
+        return Outcome(StoreStatus.OUT_OF_RESOURCES, OutcomeKind.REFUSED, reason)

@@ -2,59 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
-import socketserver
 import ssl
 import threading
 import time
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu_primitives import A_RELEASE
-from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.config import DicomConfig, TLSConfig
 from node.db import audit
-from node.db.schema import Association as AssociationRow
-from node.db.schema import utcnow
+from node.db.associations import close_association, open_association
 from node.dicom.access import AccessPolicy
-from node.dicom.chunked import DirectFragments, SpoolRoute, close_unfinished, route_spools, spool_for
-from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
+from node.dicom import seams
+from node.dicom.chunked import SPOOLING, DirectFragments, SpoolRoute, close_unfinished, route_spools, spool_for
+from node.dicom.contexts import add_scp_contexts
 from node.dicom.connection_guard import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.reactor import wake_on_work
-from node.dicom.receive import Received, Receiver
+from node.dicom.receive import OutcomeKind, Received, Receiver
 from node.dicom.reconcile import RECONCILE_GRACE_S, Reconciliation, reconcile
 from node.dicom.status import StoreStatus
-from node.dicom.validators import remember_uid_validation
 from node.events import AssociationOutcome, AuditKind
 from node.logging import get_logger
 from node.storage.spool import SpoolError
 from node.storage.store import InstanceStore
 
 log = get_logger(__name__)
-
-
-def _wait_until_sent(assoc: Association, timeout_s: float) -> None:
-    """Block until the DUL has put the queued A-ASSOCIATE-RJ on the wire (state Sta13, or the DUL stopped).
-
-    pynetdicom closes the socket as soon as the EVT_REQUESTED handler returns, which would otherwise
-    race the DUL thread: the peer saw a closed connection ("Peer aborted") instead of the rejection.
-    """
-    deadline = time.monotonic() + timeout_s
-    while assoc.dul.is_alive() and assoc.dul.state_machine.current_state != "Sta13":
-        if time.monotonic() > deadline:
-            return
-        time.sleep(0.001)
 
 
 @dataclass
@@ -69,59 +52,6 @@ class _AssociationState:
     bytes: int = 0
     closed: bool = False
     counted: bool = False  # in the node's open associations (the seat's counts)
-
-
-class _SharedPortServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, bound with SO_REUSEPORT so sibling receiver processes share the port,
-    handing each connection to pynetdicom only once the gate admits it (in the connection's own thread)."""
-
-    gate: ConnectionGate
-    listening: socket.socket | None = None  # set in sibling receivers: the socket the first one bound
-    request_queue_size = 128  # connections the kernel completes before we accept them (socketserver's: 5)
-    daemon_threads = True  # admission threads: a peer waiting to associate never delays shutdown
-
-    @property
-    def contexts(self) -> list[PresentationContext]:
-        """The supported contexts, copied cheaply for each association (see SharedUIDContexts)."""
-        return self._contexts
-
-    @contexts.setter
-    def contexts(self, value: list[PresentationContext]) -> None:
-        self._contexts = SharedUIDContexts(value)
-
-    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept without a TLS handshake: the gate does it in the connection's thread, under its timer."""
-        client, address = self.socket.accept()  # type: ignore[union-attr]
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        return client, address
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        guard = self.gate.admit(request, client_address)
-        if guard is not None:
-            super().finish_request(guard, client_address)  # type: ignore[arg-type]
-
-    def server_bind(self) -> None:
-        if self.listening is not None:  # a sibling receiver: accept on the first receiver's socket
-            self.socket.close()
-            self.socket = self.listening
-            self.server_address = self.socket.getsockname()
-            return
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-        # Non-blocking: every receiver process sharing this socket polls it, and the one that accepts first
-        # (the least busy) takes the connection; the others' accept finds nothing and returns.
-        self.socket.setblocking(False)
-
-    def server_activate(self) -> None:
-        if self.listening is None:
-            super().server_activate()
-
-    def shutdown(self) -> None:
-        """Stop serving and close the socket (made with make_server, so not in the AE's own server list)."""
-        socketserver.TCPServer.shutdown(self)
-        self.gate.stop()
-        self.server_close()
 
 
 def tls_context(config: TLSConfig) -> ssl.SSLContext | None:
@@ -154,7 +84,6 @@ class StorageSCP:
         self.ae.network_timeout = config.network_timeout_s
         add_scp_contexts(self.ae)
         route_spools(self.ae, SpoolRoute(store.incoming, store.spool_refusal))
-        remember_uid_validation()
         self.limits = GateLimits(
             max_pending=config.max_pending_connections, pending_timeout_s=config.pending_timeout_s,
             max_request_pdu_bytes=config.max_request_pdu_bytes, max_pdata_pdu_bytes=config.max_pdu_bytes,
@@ -175,13 +104,15 @@ class StorageSCP:
 
     def start(self, host: str | None = None, port: int | None = None, listening: socket.socket | None = None,
               seat: Seat | None = None) -> ThreadedAssociationServer:
-        """Listen in the background; returns the server (``.shutdown()`` stops it).
+        """Install the receiver's seams into pynetdicom (node.dicom.seams) and listen in the background; returns
+        the server (``.shutdown()`` stops it).
 
         ``listening``: a sibling receiver process accepts on the socket the first receiver bound (the least
         busy process takes each connection). Otherwise the socket is bound with SO_REUSEPORT, so separately
         started receivers (``serve --role receiver``) can share the port too. ``seat``: this process's place
         in the node-wide counts of open associations (default: counted in this process alone).
         """
+        seams.install(SPOOLING)
         if seat is not None:
             self.seat = seat
         self.recover_stale_spools()
@@ -190,7 +121,7 @@ class StorageSCP:
         except SQLAlchemyError as exc:  # serve anyway: every C-STORE then gets its precise 0xA700
             log.error("store not reconciled: database unavailable", error=type(exc).__name__)
         address = (host or self.config.host, self.config.port if port is None else port)
-        server_class = type("GatedServer", (_SharedPortServer,),
+        server_class = type("GatedServer", (seams.ReceiverServer,),
                             {"gate": ConnectionGate(self.limits, self._on_connection_refused),
                              "listening": listening})
         server = self.ae.make_server(address, evt_handlers=self.handlers,  # type: ignore[arg-type]
@@ -201,20 +132,24 @@ class StorageSCP:
         return server
 
     def recover_stale_spools(self, older_than_s: float | None = None) -> int:
-        """Quarantine spool files a dead receiver left behind (never acknowledged); returns how many."""
+        """Keep aside the spool files a dead receiver left behind (never acknowledged); returns how many."""
         limit = time.time() - (self.config.network_timeout_s if older_than_s is None else older_than_s)
         moved = 0
         for path in self.store.stale_spools():
             try:
                 if path.stat().st_mtime > limit:
                     continue
-                kept = self.store.quarantine(path, "incomplete", {"size": path.stat().st_size})
-            except FileNotFoundError:
+                self._keep_incomplete(path)
+            except FileNotFoundError:  # taken meanwhile by a sibling receiver
                 continue
-            with self.engine.begin() as conn:
-                audit.record(conn, AuditKind.SPOOL_RECOVERED, path=str(kept), detail={"reason": "incomplete transfer"})
             moved += 1
         return moved
+
+    def _keep_incomplete(self, path: Path, association_id: int | None = None) -> None:
+        """Keep aside the bytes of a data set whose transfer never completed (audited)."""
+        size = path.stat().st_size
+        self.receiver.keep_aside(path, "incomplete", AuditKind.SPOOL_RECOVERED,
+                                 {"reason": "incomplete transfer", "size": size}, association_id=association_id)
 
     def reconcile(self, older_than_s: float = RECONCILE_GRACE_S) -> Reconciliation:
         """Reconcile the store with the index (see node.dicom.reconcile)."""
@@ -226,11 +161,7 @@ class StorageSCP:
         detail: dict[str, object] = {"host": peer[0], "reason": reason}
         detail.update({"repeats": repeats} if repeats else {"port": peer[1]})
         log.warning("connection refused before associating", **detail)
-        try:
-            with self.engine.begin() as conn:
-                audit.record(conn, AuditKind.CONNECTION_REFUSED, detail=detail)
-        except SQLAlchemyError as exc:
-            log.error("audit write failed", kind=str(AuditKind.CONNECTION_REFUSED), error=type(exc).__name__)
+        audit.record_or_log(self.engine, AuditKind.CONNECTION_REFUSED, detail=detail)
 
     def _state(self, assoc: Association) -> _AssociationState:
         with self._lock:
@@ -252,21 +183,16 @@ class StorageSCP:
             state.calling_ae, state.closed, state.counted = calling.strip(), rejection is not None, rejection is None
             if rejection is not None:
                 self.seat.leave(state.calling_ae)
-        outcome = AssociationOutcome.REJECTED if rejection else AssociationOutcome.OPEN
-        try:
-            with self.engine.begin() as conn:
-                row_id = conn.execute(insert(AssociationRow).values(
-                    calling_ae=calling[:16], called_ae=called[:16], peer_host=host, peer_port=port, started_at=utcnow(),
-                    outcome=str(outcome), reject_reason=rejection.reason if rejection else None,
-                    ended_at=utcnow() if rejection else None,
-                ).returning(AssociationRow.id)).scalar_one()
-                if rejection:
-                    audit.record(conn, AuditKind.ASSOCIATION_REJECTED, association_id=row_id,
-                                 detail={"reason": rejection.reason, "calling_ae": calling, "host": host})
-        except SQLAlchemyError as exc:
-            # Accept anyway when allowed: every C-STORE then gets 0xA700, a precise answer per instance.
-            log.error("database unavailable, association not audited", error=type(exc).__name__)
-            row_id = None
+
+        def opened(conn: Connection) -> int:
+            row_id = open_association(conn, calling, called, host, port, rejection.reason if rejection else None)
+            if rejection:
+                audit.record(conn, AuditKind.ASSOCIATION_REJECTED, association_id=row_id,
+                             detail={"reason": rejection.reason, "calling_ae": calling, "host": host})
+            return row_id
+
+        # Without a database, accept anyway when allowed: every C-STORE then gets 0xA700, a precise answer each.
+        row_id = audit.write_or_log(self.engine, "association", opened)
         state.row_id = row_id
         sock = getattr(assoc.dul.socket, "socket", None)
         state.guard = sock if type(sock) is GuardedSocket else None
@@ -279,7 +205,7 @@ class StorageSCP:
             log.warning("association rejected", association_id=row_id, calling_ae=calling, host=host,
                         reason=rejection.reason)
             assoc.acse.send_reject(rejection.result, rejection.source, rejection.diagnostic)
-            _wait_until_sent(assoc, self.config.acse_timeout_s)
+            seams.wait_until_rejected(assoc, self.config.acse_timeout_s)
             return
         log.info("association requested", association_id=row_id, calling_ae=calling, host=host, pid=os.getpid())
 
@@ -308,7 +234,7 @@ class StorageSCP:
             log.exception("C-STORE failed unexpectedly", association_id=state.row_id, error=type(exc).__name__)
             state.failed += 1
             return int(StoreStatus.OUT_OF_RESOURCES)
-        if outcome.kind == "duplicate":
+        if outcome.kind is OutcomeKind.DUPLICATE:
             state.duplicate += 1
         elif outcome.status.is_success:
             state.stored += 1
@@ -329,22 +255,8 @@ class StorageSCP:
     def _keep_partials(self, assoc: Association, row_id: int | None) -> None:
         """Close the spools of data sets cut off mid-transfer and keep their bytes aside (audited)."""
         for spool in close_unfinished(assoc):
-            if not spool.path.exists():
-                continue
-            size = spool.path.stat().st_size
-            why_not = self.store.quarantine_refusal(size)
-            try:
-                kept = None if why_not else str(self.store.quarantine(spool.path, "incomplete", {"size": size}))
-            except OSError as exc:
-                kept, why_not = None, f"quarantine write failed: {exc.strerror}"
-            if kept is None:
-                self.store.discard(spool.path)
-            try:
-                with self.engine.begin() as conn:
-                    audit.record(conn, AuditKind.SPOOL_RECOVERED, association_id=row_id, path=kept,
-                                 detail={"reason": "incomplete transfer", "size": size, "not_kept": why_not})
-            except SQLAlchemyError as exc:
-                log.error("audit write failed", kind=str(AuditKind.SPOOL_RECOVERED), error=type(exc).__name__)
+            with contextlib.suppress(FileNotFoundError):
+                self._keep_incomplete(spool.path, row_id)
 
     def _on_close(self, event: Event) -> None:
         state = self._state(event.assoc)
@@ -363,16 +275,15 @@ class StorageSCP:
         if state.outcome is AssociationOutcome.OPEN:  # the connection dropped before the reactor saw why
             released = event.assoc.is_released or event.assoc.acse.is_release_requested()
             state.outcome = AssociationOutcome.RELEASED if released else AssociationOutcome.ABORTED
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(update(AssociationRow).where(AssociationRow.id == state.row_id).values(
-                    outcome=str(state.outcome), ended_at=utcnow(), instances_stored=state.stored,
-                    instances_duplicate=state.duplicate, instances_failed=state.failed, bytes_stored=state.bytes,
-                ))
-                if state.outcome is AssociationOutcome.ABORTED:
-                    audit.record(conn, AuditKind.ASSOCIATION_ABORTED, association_id=state.row_id,
-                                 detail={"stored": state.stored, "failed": state.failed, "reason": breach})
-        except SQLAlchemyError as exc:
-            log.error("association audit update failed", association_id=state.row_id, error=type(exc).__name__)
-        log.info("association ended", association_id=state.row_id, outcome=str(state.outcome), stored=state.stored,
+
+        row_id = state.row_id
+
+        def closed(conn: Connection) -> None:
+            close_association(conn, row_id, state.outcome, state.stored, state.duplicate, state.failed, state.bytes)
+            if state.outcome is AssociationOutcome.ABORTED:
+                audit.record(conn, AuditKind.ASSOCIATION_ABORTED, association_id=row_id,
+                             detail={"stored": state.stored, "failed": state.failed, "reason": breach})
+
+        audit.write_or_log(self.engine, "association end", closed)
+        log.info("association ended", association_id=row_id, outcome=str(state.outcome), stored=state.stored,
                  duplicate=state.duplicate, failed=state.failed, bytes=state.bytes, pid=os.getpid())

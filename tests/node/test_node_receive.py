@@ -32,13 +32,12 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
 from node.config import AllowedPeer, DicomConfig
-from node.dicom import chunked, reactor
+from node.dicom import chunked, reactor, seams
 from node.dicom.access import AccessPolicy
-from node.dicom.contexts import SharedUIDContexts, add_scp_contexts
+from node.dicom.contexts import add_scp_contexts
 from node.dicom.connection_guard import ConnectionGate, GateLimits, GuardedSocket
 from node.dicom.occupancy import Occupancy, Seat
 from node.dicom.receive import Received, read_header, uid_problem
-from node.dicom.validators import remember_uid_validation
 from node.logging import phi_registry
 from tests.support import dicom_files, require_ct, require_tool
 
@@ -209,7 +208,7 @@ def test_the_reactors_wait_for_work_not_for_a_timer(guarded, monkeypatch) -> Non
     monkeypatch.setattr(reactor, "IDLE_WAIT_S", 60.0)
     assoc = Association(AE(), MODE_ACCEPTOR)
     guard.waker = reactor.wake_on_work(assoc, guard, guard.buffered)
-    dul_wait, association_wait = reactor._waits[assoc.dul], reactor._waits[assoc]
+    dul_wait, association_wait = seams._waits[assoc.dul], seams._waits[assoc]
 
     thread = _waiting(dul_wait)
     peer.sendall(_pdata_pdu(b"\x00" * 100, last=True))
@@ -234,8 +233,8 @@ def test_the_reactors_wait_for_work_not_for_a_timer(guarded, monkeypatch) -> Non
 
 def test_pynetdicom_sleeps_as_before_in_every_other_thread() -> None:
     """The clock stands in for ``time`` inside pynetdicom's reactor modules; a thread it does not know sleeps."""
-    reactor._install()
-    assert isinstance(pynetdicom.dul.time, reactor._Clock) and pynetdicom.dul.time.monotonic is time.monotonic
+    seams.install(chunked.SPOOLING)
+    assert isinstance(pynetdicom.dul.time, seams._Clock) and pynetdicom.dul.time.monotonic is time.monotonic
     started = time.monotonic()
     pynetdicom.association.time.sleep(0.05)
     assert time.monotonic() - started >= 0.05
@@ -246,7 +245,7 @@ def test_each_association_gets_its_own_contexts_around_shared_uids() -> None:
     through pydicom's validation) while each association can still change its own contexts."""
     ae = AE()
     add_scp_contexts(ae)
-    contexts = SharedUIDContexts(ae.supported_contexts)
+    contexts = seams.SharedUIDContexts(ae.supported_contexts)
     copied = copy.deepcopy(contexts)
     assert len(copied) == len(contexts) == len(ae.supported_contexts) > 100
     for original, twin in zip(contexts, copied):
@@ -302,8 +301,8 @@ def test_remembered_uid_validation_answers_as_before(value: str, monkeypatch) ->
     expected = {enforced: (monkeypatch.setattr(_config, "ENFORCE_UID_CONFORMANCE", enforced),
                            original_pynetdicom(value))[1] for enforced in (False, True)}
     expected_pydicom = original_pydicom("UI", value)
-    remember_uid_validation()
-    remember_uid_validation()  # idempotent: one layer of memory
+    seams.remember_uid_validation()
+    seams.remember_uid_validation()  # idempotent: one layer of memory
     assert _config.VALIDATORS["UI"] is not original_pynetdicom
     for enforced in (False, True, False):
         monkeypatch.setattr(_config, "ENFORCE_UID_CONFORMANCE", enforced)

@@ -153,7 +153,3 @@ class StackGeometry:
             y=float(d @ self.column_direction / dy),
             distance_mm=float(distances[k]),
         )
-
-    def locate_voxel(self, zyx: ArrayLike) -> PixelLocation:
-        """The source image and pixel (x, y) of a (possibly fractional) voxel index (z, y, x)."""
-        return self.locate(self.voxel_to_patient(zyx))

@@ -22,7 +22,6 @@ from detector.registry.weights import (
     WeightsMismatchError,
     load_state_dict,
     sha256_file,
-    verify_weights,
 )
 
 __all__ = [
@@ -45,5 +44,4 @@ __all__ = [
     "load_state_dict",
     "save_card",
     "sha256_file",
-    "verify_weights",
 ]

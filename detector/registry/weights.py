@@ -41,14 +41,6 @@ def _checked_bytes(card: ModelCard, folder: Path, file: str, sha256: str) -> byt
     return data
 
 
-def verify_weights(card: ModelCard, folder: Path) -> Path:
-    """The path of the card's weights in ``folder`` once their sha256 matches; else ``WeightsMismatchError``."""
-    _checked_bytes(card, folder, card.weights_file, card.weights_sha256)
-    if card.second_stage is not None:
-        _checked_bytes(card, folder, card.second_stage.weights_file, card.second_stage.weights_sha256)
-    return Path(folder) / card.weights_file
-
-
 def load_state_dict(card: ModelCard, folder: Path, second_stage: bool = False) -> dict[str, torch.Tensor]:
     """The card's state dict (the second stage's with ``second_stage``), deserialised (tensors only) from the very
     bytes whose sha256 was checked."""

@@ -90,7 +90,3 @@ class SpoolFile:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    @property
-    def is_open(self) -> bool:
-        return self._fd is not None

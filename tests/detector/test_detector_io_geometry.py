@@ -52,7 +52,7 @@ def test_ge_head_voxel_patient_round_trip_and_locate(ge_head) -> None:  # type: 
     g = volume.geometry
     voxels = np.array([[0.0, 0.0, 0.0], [13.4, 250.5, 17.25], [27.0, 511.0, 511.0], [14.9, 3.0, 400.0]])
     assert np.allclose(g.patient_to_voxel(g.voxel_to_patient(voxels)), voxels, atol=1e-6)
-    here = g.locate_voxel([20.0, 120.0, 240.0])
+    here = g.locate(g.voxel_to_patient([20.0, 120.0, 240.0]))
     assert here.sop_instance_uid == g.sop_instance_uids[20]
     assert (here.x, here.y) == pytest.approx((240.0, 120.0), abs=1e-6)
     assert here.distance_mm == pytest.approx(0.0, abs=1e-6)

@@ -23,7 +23,6 @@ from detector.registry import (
     load_state_dict,
     save_card,
     sha256_file,
-    verify_weights,
 )
 
 
@@ -86,8 +85,7 @@ def test_the_anatomy_round_trips_and_defaults_to_none(card: ModelCard, tmp_path:
     assert load_card(_write(path, data)).anatomy == "none"
 
 
-def test_matching_weights_verify_and_load(card: ModelCard, weights: Path) -> None:
-    assert verify_weights(card, weights.parent) == weights
+def test_matching_weights_load(card: ModelCard, weights: Path) -> None:
     state = load_state_dict(card, weights.parent)
     assert torch.equal(state["conv.weight"], torch.arange(6.0).reshape(2, 3))
 
@@ -96,14 +94,13 @@ def test_tampered_weights_are_refused(card: ModelCard, weights: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    for load in (verify_weights, load_state_dict):
-        with pytest.raises(WeightsMismatchError, match=rf"have sha256 [0-9a-f]{{64}}, the card requires {card.weights_sha256}; refusing"):
-            load(card, weights.parent)
+    with pytest.raises(WeightsMismatchError, match=rf"have sha256 [0-9a-f]{{64}}, the card requires {card.weights_sha256}; refusing"):
+        load_state_dict(card, weights.parent)
 
 
 def test_missing_weights_are_refused(card: ModelCard, tmp_path: Path) -> None:
     with pytest.raises(WeightsMismatchError, match=r"weights file .*other\.pt not found"):
-        verify_weights(replace(card, weights_file="other.pt"), tmp_path)
+        load_state_dict(replace(card, weights_file="other.pt"), tmp_path)
 
 
 @pytest.mark.parametrize(

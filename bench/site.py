@@ -70,6 +70,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from node.events import OutputKind  # noqa: E402
 from tests.integration.reader import Rectangle, ohif_review, oru_r01, send_oru  # noqa: E402
 from tests.support import NodeProcess, ct_data, free_port  # noqa: E402
 
@@ -282,7 +283,7 @@ def _ours(record: dict[str, Any]) -> dict[tuple[str, tuple[float, ...]], tuple[A
     import highdicom as hd
     import pydicom
 
-    sr_path = next((o["path"] for o in record["outputs"] if o["kind"] == "SR"), None)
+    sr_path = next((o["path"] for o in record["outputs"] if o["kind"] == OutputKind.SR), None)
     if sr_path is None:
         return {}
     sr = pydicom.dcmread(sr_path)

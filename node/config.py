@@ -173,6 +173,16 @@ class StorageConfig(_Section):
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
 
+    @property
+    def outputs_dir(self) -> Path:
+        """Where the report stage writes the objects of every run."""
+        return self.data_dir / "outputs"
+
+    def attempt_outputs_dir(self, study_instance_uid: str, run_id: int, attempt: int) -> Path:
+        """The folder of one attempt's objects of a run: one per attempt, so that a worker that lost its claim
+        never writes into the files of the one holding it."""
+        return self.outputs_dir / study_instance_uid / f"run-{run_id}" / f"attempt-{attempt}"
+
 
 class DatabaseConfig(_Section):
     """The audit database; empty ``url`` means SQLite inside the data directory."""

@@ -206,6 +206,6 @@ def detect_series(
     (at most ``max_findings``, default the card's; centred in ``anatomy``, default the card's)."""
     volume, selection = read_ct_volume(source, policy)
     if gate and (reasons := domain_reasons(volume, model.card)):
-        raise OutOfDomainError(reasons)
+        raise OutOfDomainError(reasons, volume.headers)
     findings, dropped = detect_volume(volume, model, options, max_findings, anatomy)
     return DetectionResult(findings, volume, selection, model, dropped)

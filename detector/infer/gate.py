@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 
 from detector.io import InstanceHeader, Volume, read_hu
 from detector.preprocess.anatomy import enclosed, outside_air
@@ -27,11 +28,16 @@ BODY_PARTS = {"HEAD": ("HEAD", "BRAIN", "SKULL"), "CHEST": ("CHEST", "LUNG", "TH
 
 
 class OutOfDomainError(ValueError):
-    """The series is not what the model was made for; the message lists every reason."""
+    """The series is not what the model was made for; the message lists every reason.
 
-    def __init__(self, reasons: Sequence[str]) -> None:
+    ``headers``: the refused series' image headers as the detector read them, for the objects that say it was
+    not analysed.
+    """
+
+    def __init__(self, reasons: Sequence[str], headers: Sequence[Dataset] = ()) -> None:
         super().__init__("; ".join(reasons))
         self.reasons = tuple(reasons)
+        self.headers = tuple(headers)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from numpy.typing import NDArray
+from pydicom.dataset import Dataset
 
 from detector.io.errors import GeometryError, PixelDataError
 from detector.io.geometry import StackGeometry
@@ -25,7 +26,8 @@ class Volume:
     """A CT series as ``hu[z, y, x]`` (int16 when the rescale is integral, else float32) plus geometry.
 
     Slices are sorted along the slice normal (never by InstanceNumber or file name);
-    ``geometry.sop_instance_uids[z]`` names the source image of slice z.
+    ``geometry.sop_instance_uids[z]`` names the source image of slice z and ``headers[z]`` is its header (the
+    dataset read when its pixels were decoded, pixel data dropped), so that no later stage reads the files again.
     """
 
     hu: NDArray[np.int16] | NDArray[np.float32]
@@ -39,6 +41,14 @@ class Volume:
     body_part_examined: str | None = None
     contrast_agent: str | None = None
     """As the first image's Contrast/Bolus Agent: None absent, "" present but empty."""
+    headers: tuple[Dataset, ...] = ()
+
+    def slice_of(self, sop_instance_uid: str) -> int:
+        """The index z of the slice read from the image with this SOP Instance UID (KeyError when none)."""
+        try:
+            return self.geometry.sop_instance_uids.index(sop_instance_uid)
+        except ValueError:
+            raise KeyError(f"image {sop_instance_uid} is not a slice of series {self.series_instance_uid}") from None
 
 
 def _sorted_instances(series: Series) -> list[InstanceHeader]:
@@ -60,24 +70,26 @@ def _sorted_instances(series: Series) -> list[InstanceHeader]:
     return sorted(series.instances, key=lambda h: float(np.dot(h.position, normal)))  # type: ignore[arg-type]
 
 
-def _decode_into(hu: NDArray, k: int, header: InstanceHeader) -> NDArray:
-    """Write slice k's HU into ``hu``; returns the array (promoted to float32 when int16 cannot hold it)."""
+def _decode_into(hu: NDArray, k: int, header: InstanceHeader) -> tuple[NDArray, Dataset]:
+    """Write slice k's HU into ``hu``; returns the array (promoted to float32 when int16 cannot hold it) and the
+    image's dataset without its pixel data."""
     ds = pydicom.dcmread(header.path)
     if str(ds.SOPInstanceUID) != header.sop_instance_uid:
         raise PixelDataError(f"file for instance {header.sop_instance_uid} now holds {ds.SOPInstanceUID}")
     values = stored_values(ds)
     if values.shape != hu.shape[1:]:
         raise PixelDataError(f"instance {header.sop_instance_uid}: pixels {values.shape}, header says {hu.shape[1:]}")
+    del ds.PixelData  # the header stays with the volume; the decoded pixels go (pydicom drops its cached array)
     slope, intercept = rescale(ds)
     if hu.dtype == np.int16 and slope == 1.0 and intercept.is_integer():
         shifted = values.astype(np.int32) + int(intercept)
         if _INT16.min <= shifted.min() and shifted.max() <= _INT16.max:
             hu[k] = shifted
-            return hu
+            return hu, ds
     if hu.dtype == np.int16:
         hu = hu.astype(np.float32)
     hu[k] = values.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-    return hu
+    return hu, ds
 
 
 def load_volume(series: Series) -> Volume:
@@ -95,8 +107,10 @@ def load_volume(series: Series) -> Volume:
         shape=(len(ordered), rows, columns),
     )
     hu: NDArray = np.empty(geometry.shape, dtype=np.int16)
+    headers = []
     for k, header in enumerate(ordered):
-        hu = _decode_into(hu, k, header)
+        hu, dataset = _decode_into(hu, k, header)
+        headers.append(dataset)
     return Volume(
         hu=hu,
         geometry=geometry,
@@ -108,6 +122,7 @@ def load_volume(series: Series) -> Volume:
         slice_thickness_mm=series.slice_thickness_mm,
         body_part_examined=first.body_part_examined,
         contrast_agent=first.contrast_agent,
+        headers=tuple(headers),
     )
 
 

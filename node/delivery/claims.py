@@ -14,7 +14,6 @@ from node.config import DeliveryConfig
 from node.db import audit, leases
 from node.db.schema import Delivery, DeliveryAttempt, utcnow
 from node.delivery.backoff import retry_delay_s
-from node.delivery.outbox import OutputObject
 from node.events import AttemptOutcome, AuditKind, DeliveryState
 from node.logging import get_logger
 
@@ -23,10 +22,15 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True)
 class Claimed:
-    """An outbox row this sender holds until its lease ends: its id, its object, its attempts so far."""
+    """An outbox row this sender holds until its lease ends: its id, the file it sends and what the association
+    needs of its identity, its attempts so far."""
 
     id: int
-    object: OutputObject
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
     attempts: int
 
 
@@ -51,9 +55,8 @@ def claim(engine: Engine, destination: str, limit: int, lease_s: float) -> Claim
     """Take up to ``limit`` due, unclaimed pending rows of ``destination``, oldest first (see
     :func:`node.db.leases.claim_due`)."""
     token, rows = leases.claim_due(engine, Delivery, [Delivery.destination == destination], limit, lease_s)
-    return Claim(token, tuple(Claimed(r.id, OutputObject(Path(r.path), r.sop_class_uid, r.sop_instance_uid,
-                                                         r.study_instance_uid, r.transfer_syntax_uid), r.attempts)
-                              for r in rows))
+    return Claim(token, tuple(Claimed(r.id, Path(r.path), r.sop_class_uid, r.sop_instance_uid, r.study_instance_uid,
+                                      r.transfer_syntax_uid, r.attempts) for r in rows))
 
 
 def renew(engine: Engine, claim: Claim, items: Sequence[Claimed], lease_s: float) -> set[int]:
@@ -85,13 +88,13 @@ def record_attempt(engine: Engine, destination: str, claim: Claim, item: Claimed
         if state is DeliveryState.DEAD:
             event = AuditKind.DELIVERY_DEAD_LETTER
         if held and event is not None:
-            audit.record(conn, event, sop_instance_uid=item.object.sop_instance_uid,
-                         study_instance_uid=item.object.study_instance_uid, status=result.status,
+            audit.record(conn, event, sop_instance_uid=item.sop_instance_uid,
+                         study_instance_uid=item.study_instance_uid, status=result.status,
                          detail={"delivery_id": item.id, "destination": destination, "attempts": attempts,
                                  "error": result.error})
     if not held:
         log.warning("claim lost before the attempt was recorded", delivery_id=item.id, destination=destination)
-    log.info("delivery attempt", delivery_id=item.id, destination=destination, sop_instance_uid=item.object.sop_instance_uid,
+    log.info("delivery attempt", delivery_id=item.id, destination=destination, sop_instance_uid=item.sop_instance_uid,
              outcome=str(result.outcome), status=result.status, attempts=attempts, state=str(state), error=result.error)
     return state
 

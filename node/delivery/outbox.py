@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -15,31 +13,14 @@ from node.db import audit
 from node.db.schema import Delivery, utcnow
 from node.events import AuditKind, DeliveryState
 from node.logging import get_logger
+from node.storage.objects import OutputObject
 
 log = get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class OutputObject:
-    """The identity of a DICOM file we produced, read from its header."""
-
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_instance_uid: str
-    transfer_syntax_uid: str
-
-    @classmethod
-    def read(cls, path: Path) -> OutputObject:
-        """Read the UIDs of the Part 10 file at ``path`` (pixels are not loaded)."""
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return cls(path.resolve(), str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.StudyInstanceUID),
-                   str(ds.file_meta.TransferSyntaxUID))
-
-
 def enqueue(engine: Engine, output: Path | OutputObject, destinations: Sequence[str], run_id: int | None) -> list[int]:
-    """Queue the object (a file, or the identity of one already written) for each destination; returns the
-    delivery ids in that order.
+    """Queue the object (a file, or one the report stage wrote) for each destination; returns the delivery ids in
+    that order.
 
     Idempotent: an object already queued for a destination (same SOP Instance UID) keeps its row and state.
     """

@@ -29,7 +29,7 @@ def presentation_contexts(items: Sequence[Claimed]) -> list[PresentationContext]
     """One context per SOP class: the objects' own transfer syntaxes, then Explicit and Implicit VR LE."""
     syntaxes: dict[str, list[str]] = {}
     for item in items:
-        syntaxes.setdefault(item.object.sop_class_uid, []).append(item.object.transfer_syntax_uid)
+        syntaxes.setdefault(item.sop_class_uid, []).append(item.transfer_syntax_uid)
     contexts = [build_context(sop_class, list(dict.fromkeys([*own, ExplicitVRLittleEndian, ImplicitVRLittleEndian])))
                 for sop_class, own in syntaxes.items()]
     if len(contexts) > MAX_CONTEXTS:
@@ -97,9 +97,9 @@ class StoreSCU:
     def send(self, assoc: Association, item: Claimed) -> AttemptResult:
         """C-STORE one object on ``assoc`` and judge the response."""
         try:
-            dataset = pydicom.dcmread(item.object.path)
+            dataset = pydicom.dcmread(item.path)
         except (OSError, InvalidDicomError) as exc:
-            return AttemptResult(AttemptOutcome.FAILURE, None, f"cannot read {item.object.path}: {type(exc).__name__}")
+            return AttemptResult(AttemptOutcome.FAILURE, None, f"cannot read {item.path}: {type(exc).__name__}")
         try:
             response = assoc.send_c_store(dataset)
         except ValueError as exc:  # no accepted context fits the SOP class / transfer syntax

@@ -31,7 +31,7 @@ from node.feedback.match import OurFinding, Verdict, match_review
 from node.labels.reports import IncomingReport, record_report, report_text_from_sr, sr_result_status
 from node.logging import get_logger
 from node.loops import report_failure, where
-from node.reports.uids import ObjectKind, RunUids, run_key
+from node.reports.uids import Part, RunUids, run_key
 
 log = get_logger(__name__)
 
@@ -162,7 +162,7 @@ class FeedbackStage:
         found = []
         for n, f in enumerate(run.findings or []):
             slices = f["slices"]  # type: ignore[index]
-            tracking = {str(uids.instance(ObjectKind.FINDING, n))} | {str(uids.region(n, k)) for k in range(len(slices))}
+            tracking = {str(uids.instance(Part.FINDING, n))} | {str(uids.region(n, k)) for k in range(len(slices))}
             found.append(OurFinding(frozenset(tracking), {s["sop_instance_uid"]: tuple(s["box_px"]) for s in slices},
                                     tuple(f["centre_mm"]), tuple(f["size_mm"])))  # type: ignore[arg-type,index]
         return found

@@ -15,7 +15,7 @@ from node.db.schema import Notification, Run, utcnow
 from node.events import AuditKind, DeliveryState, RunMode
 from node.logging import get_logger
 from node.notify.content import Revision, payload, result_digest
-from node.reports.uids import ObjectKind, RunUids, run_key
+from node.reports.uids import Part, RunUids, run_key
 
 log = get_logger(__name__)
 
@@ -41,7 +41,7 @@ def enqueue_run(engine: Engine, settings: Settings, run_id: int, channels: Seque
     uids = RunUids(settings.reports.uid_root, run_key(run.id))
     findings = list(run.findings or [])
     urgent = [n for n, f in enumerate(findings) if f.get("urgent")]
-    content = payload(run, findings, [str(uids.instance(ObjectKind.FINDING, n)) for n in range(len(findings))], urgent)
+    content = payload(run, findings, [str(uids.instance(Part.FINDING, n)) for n in range(len(findings))], urgent)
     ids = []
     for name in dict.fromkeys(channels):
         channel = configured.get(name)

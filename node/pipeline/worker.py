@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pydicom
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,9 +31,8 @@ from node.db.audit import record
 from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
 from node.db.upsert import insert_ignore
 from node.delivery import enqueue
-from node.delivery.outbox import OutputObject
 from node.delivery.routing import destinations_for_study
-from node.events import AuditKind, RunMode, RunStatus
+from node.events import AuditKind, OutputKind, RunMode, RunStatus
 from node.logging import get_logger
 from node.loops import Progress, report_failure, run_guarded
 from node.notify.outbox import channels_for, enqueue_run
@@ -48,13 +49,15 @@ from node.pipeline.queue import (
     update_run,
     worker_name,
 )
-from node.reports import EarlierReport, ReportRun, WrittenObject, report_stage
+from node.reports import EarlierReport, ReportRun, report_stage
 from node.reports.from_detection import options_for, report_run
 from node.reports.uids import run_key
 
 if TYPE_CHECKING:
     from detector.findings import Finding
     from detector.infer import LoadedModel
+    from detector.registry import ModelCard
+    from node.storage.objects import OutputObject
 
 log = get_logger(__name__)
 
@@ -215,7 +218,7 @@ class Worker:
             return RunStatus.QUEUED
         except OutOfDomainError as exc:
             reason = f"refused by the model's domain gate: {exc}"
-            self._not_analysed(run, reason)
+            self._not_analysed(run, reason, exc.headers)
             return skip_run(self.engine, run, reason)
         except ModelUnavailable as exc:  # the operator may fix the model: retried, then failed with the reason
             return self._fail(run, str(exc), True)
@@ -234,10 +237,11 @@ class Worker:
             self._not_analysed(run, f"the analysis failed: {error}")
         return fail_run(self.engine, run, error, retryable, self.settings.pipeline)
 
-    def _not_analysed(self, run: ClaimedRun, reason: str) -> None:
+    def _not_analysed(self, run: ClaimedRun, reason: str, headers: Sequence[pydicom.Dataset] = ()) -> None:
         """Record that the study was not analysed, and why; tell the route's channels; and send the SR and SC page
         that say so into the study (before the run ends, so that a worker dying here leaves a run whose next
-        attempt does it all again: the outboxes are idempotent)."""
+        attempt does it all again: the outboxes are idempotent). ``headers``: the series the detector read and
+        refused, when it read one."""
         from detector.triage import not_analysed
 
         decision = not_analysed(reason)
@@ -245,16 +249,15 @@ class Worker:
             if not update_run(self.engine, run, decision=str(decision.decision), decision_reason=decision.reason):
                 return
             self._notify(run)
-            self._send_not_analysed(run, reason)
+            self._send_not_analysed(run, reason, headers)
         except Exception as exc:  # the run still ends skipped or failed; the audit says what was not sent
             log.error("not-analysed result not completed", run_id=run.id, error=type(exc).__name__)
             report_failure(self.engine, f"not-analysed-{run.id}", exc, 1)
 
-    def _send_not_analysed(self, run: ClaimedRun, reason: str) -> None:
-        """Build the not-analysed SR and SC page over the run's largest input series and queue them where the run's
-        objects go; nothing when the model's card cannot be read (its identity would be unknown)."""
-        import pydicom
-
+    def _send_not_analysed(self, run: ClaimedRun, reason: str, headers: Sequence[pydicom.Dataset]) -> None:
+        """Build the not-analysed SR and SC page over the series the detector refused (``headers``; else, when the
+        detector read none, the run's largest input series, its headers read from the store) and queue them where
+        the run's objects go; nothing when the model's card cannot be read (its identity would be unknown)."""
         from node.reports import build_not_analysed_objects, write_report_objects
         from node.reports.from_detection import algorithm_of
 
@@ -262,29 +265,33 @@ class Worker:
         if model is None:
             log.warning("no not-analysed objects: the model is not loaded", run_id=run.id, model=run.model)
             return
+        sources = list(headers) or self._largest_input_series(run)
+        if not sources:
+            return
+        report_run = ReportRun(run_key(run.id), sources, (), algorithm_of(model.card), created=self._ready_at(run),
+                               notice=run.mode.notice)
+        objects = build_not_analysed_objects(report_run, self.settings.reports, reason)
+        written = write_report_objects(objects, self._outputs_dir(run))
+        self._record_outputs(run, written)
+        self._enqueue_outputs(run, written)
+
+    def _largest_input_series(self, run: ClaimedRun) -> list[pydicom.Dataset]:
+        """The headers of the run's input series with the most images (none when the run has no readable input)."""
         by_series: dict[str, list[pydicom.Dataset]] = {}
         for path in self._input_paths(run):
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             by_series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append(ds)
-        if not by_series:
-            return
-        sources = max(by_series.values(), key=len)
-        report_run = ReportRun(run_key(run.id), sources, (), algorithm_of(model.card), created=self._ready_at(run),
-                               notice=run.mode.notice)
-        objects = build_not_analysed_objects(report_run, self.settings.reports, reason)
-        folder = (self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
-                  / f"attempt-{run.attempts}")
-        written = write_report_objects(objects, folder)
-        self._record_outputs(run, written)
-        self._enqueue_outputs(run, written)
+        return max(by_series.values(), key=len, default=[])
 
-    def _enqueue_outputs(self, run: ClaimedRun, written: list[WrittenObject]) -> list[str]:
+    def _outputs_dir(self, run: ClaimedRun) -> Path:
+        """Where this attempt of the run writes its objects (the storage configuration's folder for it)."""
+        return self.settings.storage.attempt_outputs_dir(run.study_instance_uid, run.id, run.attempts)
+
+    def _enqueue_outputs(self, run: ClaimedRun, written: list[OutputObject]) -> list[str]:
         """Queue the run's written objects for its destinations; returns the destinations."""
         destinations = self._destinations(run)
         for output in written:
-            enqueue(self.engine, OutputObject(output.path, output.sop_class_uid, output.sop_instance_uid,
-                                              output.study_instance_uid, output.transfer_syntax_uid),
-                    destinations, run.id)
+            enqueue(self.engine, output, destinations, run.id)
         return destinations
 
     def _notify(self, run: ClaimedRun) -> None:
@@ -313,6 +320,28 @@ class Worker:
             raise ClaimLost(run.id)
 
     def _stages(self, run: ClaimedRun, beat: Heartbeat) -> None:
+        report_run, card = self._detect(run, beat)
+        notice = run.mode.notice
+        reports = options_for(card, self.settings.reports)
+        if notice is not None:  # the overlays burn the notice in where the banner goes
+            reports = reports.model_copy(update={"banner_text": notice})
+        objects, written = report_stage(replace(report_run, notice=notice), reports, self._outputs_dir(run))
+        if objects.omissions:
+            with self.engine.begin() as conn:
+                record(conn, AuditKind.RUN_DEGRADED, study_instance_uid=run.study_instance_uid,
+                       detail={"run_id": run.id, "omitted": list(objects.omissions)})
+        self._record_outputs(run, written)
+        self._stage(run, beat, reports_built_at=utcnow())
+        destinations = self._enqueue_outputs(run, written)
+        if beat.lost or not finish_run(self.engine, run):
+            raise ClaimLost(run.id)
+        log.info("run done", run_id=run.id, mode=str(run.mode), findings=len(report_run.findings),
+                 outputs=len(written), destinations=destinations)
+
+    def _detect(self, run: ClaimedRun, beat: Heartbeat) -> tuple[ReportRun, ModelCard]:
+        """The detect stage, its results recorded and told to the channels: the report stage's input (the read
+        series' headers and its findings' key slices in HU, from the detector's volume, which goes with this
+        frame) and the model's card."""
         import torch
 
         from detector.infer import InferenceOptions, detect_series
@@ -343,28 +372,7 @@ class Worker:
         self._notify(run)  # the triage result goes out before the report objects are built: it needs none of them
         if result.dropped:
             self._audit_truncation(run, result.findings, result.dropped)
-        # one folder per attempt: a worker that lost its claim never writes into the files of the one holding it
-        folder = (self.settings.storage.data_dir / "outputs" / run.study_instance_uid / f"run-{run.id}"
-                  / f"attempt-{run.attempts}")
-        notice = run.mode.notice
-        reports = options_for(card, self.settings.reports)
-        if notice is not None:  # the overlays burn the notice in where the banner goes
-            reports = reports.model_copy(update={"banner_text": notice})
-        objects, written = report_stage(
-            replace(report_run(result, run_key(run.id), self._earlier_reports(run), self._ready_at(run)),
-                    notice=notice),
-            reports, folder)
-        if objects.omissions:
-            with self.engine.begin() as conn:
-                record(conn, AuditKind.RUN_DEGRADED, study_instance_uid=run.study_instance_uid,
-                       detail={"run_id": run.id, "omitted": list(objects.omissions)})
-        self._record_outputs(run, written)
-        self._stage(run, beat, reports_built_at=utcnow())
-        destinations = self._enqueue_outputs(run, written)
-        if beat.lost or not finish_run(self.engine, run):
-            raise ClaimLost(run.id)
-        log.info("run done", run_id=run.id, mode=str(run.mode), findings=len(result.findings), outputs=len(written),
-                 destinations=destinations)
+        return report_run(result, run_key(run.id), self._earlier_reports(run), self._ready_at(run)), card
 
     def _destinations(self, run: ClaimedRun) -> list[str]:
         """A live run's clinical destinations; a silent or shadow run's review destination (from the routes with
@@ -411,7 +419,7 @@ class Worker:
                 select(RunOutput.series_instance_uid, RunOutput.sop_instance_uid, RunOutput.sop_class_uid)
                 .join(Run, RunOutput.run_id == Run.id)
                 .where(Run.study_id == run.study_id, Run.model == run.model, Run.version < run.version,
-                       Run.status == str(RunStatus.DONE), RunOutput.kind == "SR")
+                       Run.status == str(RunStatus.DONE), RunOutput.kind == str(OutputKind.SR))
                 .order_by(Run.version.desc()).limit(1)).one_or_none()
         if row is None:
             return []
@@ -423,7 +431,7 @@ class Worker:
         with self.engine.connect() as conn:
             return conn.execute(select(Run.ready_at).where(Run.id == run.id)).scalar_one()
 
-    def _record_outputs(self, run: ClaimedRun, written: list[WrittenObject]) -> None:
+    def _record_outputs(self, run: ClaimedRun, written: list[OutputObject]) -> None:
         with self.engine.begin() as conn:
             for output in written:
                 insert_ignore(conn, RunOutput, "sop_instance_uid", {

@@ -1,9 +1,8 @@
 """Report stage: the DICOM objects (TID 1500 SR, Secondary Capture, GSPS, KOS) a run sends back to the PACS."""
 
+from node.events import OutputKind
 from node.reports.bundle import (
-    OutputKind,
     ReportObjects,
-    WrittenObject,
     build_not_analysed_objects,
     build_report_objects,
     report_stage,
@@ -20,20 +19,21 @@ from node.reports.options import (
 from node.reports.prepared import PreparedReport
 from node.reports.sc import build_secondary_captures
 from node.reports.sr import ReportedFinding, build_sr, read_findings
-from node.reports.uids import ObjectKind, RunUids, derive_uid
+from node.reports.uids import Part, RunUids, derive_uid
+from node.storage.objects import OutputObject
 
 __all__ = [
     "AlgorithmIdentity",
     "EarlierReport",
-    "ObjectKind",
     "OutputKind",
+    "OutputObject",
+    "Part",
     "PreparedReport",
     "ReportObjects",
     "ReportOptions",
     "ReportRun",
     "ReportedFinding",
     "RunUids",
-    "WrittenObject",
     "build_gsps",
     "build_kos",
     "build_not_analysed_objects",

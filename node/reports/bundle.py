@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from enum import StrEnum
 from io import BytesIO
 from pathlib import Path
 
 import structlog
 from pydicom.dataset import Dataset
 
+from node.events import OutputKind
 from node.reports.gsps import build_gsps
 from node.reports.kos import build_kos
 from node.reports.options import ReportOptions, ReportRun
@@ -20,17 +20,9 @@ from node.reports.prepared import PreparedReport
 from node.reports.sc import build_not_analysed_page, build_secondary_captures
 from node.reports.sr import build_not_analysed_sr, build_sr
 from node.storage.durable import fsync_dir, fsync_file
+from node.storage.objects import OutputObject
 
 log = structlog.get_logger(__name__)
-
-
-class OutputKind(StrEnum):
-    """The kinds of object a run emits, as the audit records them."""
-
-    SR = "SR"
-    SC = "SC"
-    GSPS = "GSPS"
-    KOS = "KOS"
 
 
 @dataclass(frozen=True)
@@ -57,20 +49,6 @@ class ReportObjects:
         return items
 
 
-@dataclass(frozen=True)
-class WrittenObject:
-    """One object as written: its file, kind, identity and the sha256 of the bytes written."""
-
-    path: Path
-    kind: OutputKind
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    study_instance_uid: str
-    transfer_syntax_uid: str
-    sha256: str
-
-
 def build_report_objects(run: ReportRun, options: ReportOptions) -> ReportObjects:
     """Every object the run emits under ``options``; the same run and options always give the same bytes."""
     report = PreparedReport.of(run, options)
@@ -95,7 +73,7 @@ def build_not_analysed_objects(run: ReportRun, options: ReportOptions, reason: s
         report, reason),), omissions=report.series.omissions)
 
 
-def write_report_objects(objects: ReportObjects, folder: Path) -> list[WrittenObject]:
+def write_report_objects(objects: ReportObjects, folder: Path) -> list[OutputObject]:
     """Write each object as a DICOM Part 10 file under ``folder`` (created), atomically and durably."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
@@ -108,7 +86,7 @@ def write_report_objects(objects: ReportObjects, folder: Path) -> list[WrittenOb
         partial.write_bytes(data)
         fsync_file(partial)
         os.replace(partial, path)
-        written.append(WrittenObject(
+        written.append(OutputObject(
             path=path.resolve(), kind=kind, sop_class_uid=str(dataset.SOPClassUID),
             sop_instance_uid=str(dataset.SOPInstanceUID), series_instance_uid=str(dataset.SeriesInstanceUID),
             study_instance_uid=str(dataset.StudyInstanceUID),
@@ -119,7 +97,7 @@ def write_report_objects(objects: ReportObjects, folder: Path) -> list[WrittenOb
     return written
 
 
-def report_stage(run: ReportRun, options: ReportOptions, folder: Path) -> tuple[ReportObjects, list[WrittenObject]]:
+def report_stage(run: ReportRun, options: ReportOptions, folder: Path) -> tuple[ReportObjects, list[OutputObject]]:
     """The report stage, as the worker and ``ctnode detect --dicom`` run it: build every object, write them."""
     objects = build_report_objects(run, options)
     return objects, write_report_objects(objects, folder)

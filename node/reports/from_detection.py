@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import pydicom
-
 from node.reports.captions import key_slice
 from node.reports.options import (
     AlgorithmIdentity,
@@ -17,7 +15,9 @@ from node.reports.options import (
 )
 
 if TYPE_CHECKING:  # the detector (and torch) is only loaded where detection runs
+    from detector.findings import Finding
     from detector.infer import DetectionResult
+    from detector.io import Volume
     from detector.registry import ModelCard
 
 
@@ -38,13 +38,18 @@ def options_for(card: ModelCard, options: ReportOptions) -> ReportOptions:
 
 def report_run(result: DetectionResult, run_id: str, earlier: Sequence[EarlierReport] = (),
                created: datetime | None = None) -> ReportRun:
-    """The report run of a detection: the read series' images and its findings, at ``created`` (None: the
-    newest time the images state).
+    """The report run of a detection (see :func:`volume_run`), its algorithm the detection's model."""
+    return volume_run(result.volume, run_id, result.findings, algorithm_of(result.model.card), earlier, created)
 
-    Only the findings' key slices, which the overlays draw, are read with their pixels; the SR, GSPS and
-    KOS need the other images' headers alone.
+
+def volume_run(volume: Volume, run_id: str, findings: Sequence[Finding], algorithm: AlgorithmIdentity,
+               earlier: Sequence[EarlierReport] = (), created: datetime | None = None) -> ReportRun:
+    """The report run of ``findings`` in the detector's ``volume``: its image headers, at ``created`` (None: the
+    newest time the images state), from what the detector read (no file is read again).
+
+    Only the findings' key slices, which the overlays draw, go with their pixels (copies of the volume's HU
+    slices, so that the volume itself need not outlive the detection); the SR, GSPS and KOS need headers alone.
     """
-    keys = {key_slice(finding).sop_instance_uid for finding in result.findings}
-    sources = [pydicom.dcmread(header.path, stop_before_pixels=header.sop_instance_uid not in keys)
-               for header in result.selection.chosen.instances]
-    return ReportRun(run_id, sources, tuple(result.findings), algorithm_of(result.model.card), tuple(earlier), created)
+    keys = {key_slice(finding).sop_instance_uid for finding in findings}
+    hu = {uid: volume.hu[volume.slice_of(uid)].copy() for uid in keys}
+    return ReportRun(run_id, volume.headers, tuple(findings), algorithm, tuple(earlier), created, key_slices_hu=hu)

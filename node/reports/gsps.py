@@ -8,7 +8,7 @@ from node.reports.coordinates import box_polyline
 from node.reports.captions import finding_caption, finding_name
 from node.reports.prepared import PreparedReport
 from node.reports.sources import copy_anatomy, no_identifier_warnings
-from node.reports.uids import ObjectKind
+from node.events import OutputKind
 
 GSPS_SERIES_DESCRIPTION = "AI findings boxes (not for diagnosis)"
 
@@ -51,7 +51,7 @@ def build_gsps(report: PreparedReport) -> hd.pr.GrayscaleSoftcopyPresentationSta
             )
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=series.headers(),
-        **report.identity(ObjectKind.GSPS),
+        **report.identity(OutputKind.GSPS),
         manufacturer_model_name=run.algorithm.name,
         software_versions=run.algorithm.version,
         device_serial_number=run.algorithm.weights_sha256[:16],

@@ -8,7 +8,7 @@ from pydicom.sr.codedict import codes
 from node.reports.captions import key_slice
 from node.reports.prepared import PreparedReport
 from node.reports.sources import no_identifier_warnings
-from node.reports.uids import ObjectKind
+from node.events import OutputKind
 
 KOS_SERIES_DESCRIPTION = "AI key slices (not for diagnosis)"
 
@@ -29,7 +29,7 @@ def build_kos(report: PreparedReport) -> hd.ko.KeyObjectSelectionDocument:
     document = hd.ko.KeyObjectSelectionDocument(
         evidence=keys,
         content=content,
-        **report.identity(ObjectKind.KOS),
+        **report.identity(OutputKind.KOS),
         institution_name=options.institution_name,
         institutional_department_name=options.institutional_department_name,
         series_description=KOS_SERIES_DESCRIPTION,

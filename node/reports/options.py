@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -66,7 +67,10 @@ class EarlierReport:
 
 @dataclass(frozen=True)
 class ReportRun:
-    """One detector run to report: its id, the read series (datasets), findings, model and earlier SRs.
+    """One detector run to report: its id, the read series (image headers), findings, model and earlier SRs.
+
+    ``key_slices_hu``: the pixels in HU of the images the overlays draw (each finding's key slice), by SOP
+    Instance UID, as the detector's volume holds them; the other images are needed by their headers alone.
 
     ``created``: the run's time, which every date and time of its objects carries (so a rebuild is
     byte-identical); None takes the newest date and time its source images state. ``notice``: for a run whose
@@ -81,6 +85,7 @@ class ReportRun:
     earlier_reports: Sequence[EarlierReport] = field(default_factory=tuple)
     created: datetime | None = None
     notice: str | None = None
+    key_slices_hu: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def series_description(self, what: str, clinical: str) -> str:
         """The objects' Series Description: ``clinical`` for a clinical run, else the notice and ``what``."""

@@ -14,7 +14,8 @@ from detector.findings import Finding
 from node.reports.captions import key_slice
 from node.reports.options import AlgorithmIdentity, ReportOptions, ReportRun
 from node.reports.sources import SourceSeries
-from node.reports.uids import ObjectKind, RunUids, object_identity
+from node.events import OutputKind
+from node.reports.uids import Part, RunUids, object_identity
 
 # (date, time) attribute pairs that highdicom stamps with the clock (and the contributing equipment's time); a report rebuilds byte-identical only once
 # each carries the run's time instead.
@@ -47,7 +48,7 @@ class PreparedReport:
     @classmethod
     def of(cls, run: ReportRun, options: ReportOptions) -> PreparedReport:
         """Check the run (ValueError/KeyError with the reason when its findings do not fit its series)."""
-        series = SourceSeries(run.sources)
+        series = SourceSeries(run.sources, run.key_slices_hu)
         series.check_findings(run.findings)
         time = run.created if run.created is not None else _newest_source_time(series.images)
         return cls(run, options, series, RunUids(options.uid_root, run.run_id), time.replace(tzinfo=None))
@@ -65,10 +66,10 @@ class PreparedReport:
         (so a viewer shows the finding's certainty there, once), one of its own elsewhere."""
         finding = self.run.findings[n]
         if finding.slices[k] is key_slice(finding):
-            return self.uids.instance(ObjectKind.FINDING, n)
+            return self.uids.instance(Part.FINDING, n)
         return self.uids.region(n, k)
 
-    def identity(self, kind: ObjectKind, index: int = 0) -> dict[str, Any]:
+    def identity(self, kind: OutputKind, index: int = 0) -> dict[str, Any]:
         """The highdicom keyword arguments naming the ``index``-th object of ``kind`` of this run."""
         return object_identity(self.uids, kind, index, self.options.series_number_base, self.options.manufacturer)
 

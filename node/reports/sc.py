@@ -14,7 +14,7 @@ from node.reports.captions import finding_caption, key_slice
 from node.reports.prepared import PreparedReport
 from node.reports.render import DrawnBox, render_slice, render_summary, windowed_gray
 from node.reports.sources import copy_anatomy, no_identifier_warnings
-from node.reports.uids import ObjectKind
+from node.events import OutputKind
 
 SC_SERIES_DESCRIPTION = "AI findings overlay (not for diagnosis)"
 NOT_ANALYSED_SC_DESCRIPTION = "AI result: NOT ANALYSED (page)"
@@ -63,7 +63,7 @@ def _secondary_capture(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        **report.identity(ObjectKind.SC, index),
+        **report.identity(OutputKind.SC, index),
         pixel_spacing=pixel_spacing,
         patient_orientation=series.patient_orientation(),
         series_description=description or report.run.series_description("AI findings overlay", SC_SERIES_DESCRIPTION),

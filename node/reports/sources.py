@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_modality_lut
 
 from detector.findings import Finding
 from node.logging import IDENTIFIER_KEYWORDS, phi_registry
@@ -25,13 +24,14 @@ _REQUIRED = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanc
 
 
 class SourceSeries:
-    """The source images of one run, checked to be one series of one study in at most one frame of reference.
+    """The source images of one run, checked to be one series of one study in at most one frame of reference,
+    with the pixels in HU of the images the overlays draw (``hounsfield``, by SOP Instance UID).
 
     A series without Frame of Reference UID (de-identified data often lacks it) is still reported, in image
     coordinates only: :attr:`omissions` says what the objects leave out because of it.
     """
 
-    def __init__(self, datasets: Sequence[Dataset]) -> None:
+    def __init__(self, datasets: Sequence[Dataset], hounsfield: Mapping[str, np.ndarray] | None = None) -> None:
         if not datasets:
             raise ValueError("a report needs the source images of the read series; none were given")
         for ds in datasets:
@@ -52,6 +52,7 @@ class SourceSeries:
             sorted(datasets, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
         )
         self._by_uid = {str(ds.SOPInstanceUID): ds for ds in self.images}
+        self._hounsfield = dict(hounsfield or {})
 
     @staticmethod
     def _normal(ds: Dataset) -> np.ndarray:
@@ -117,11 +118,15 @@ class SourceSeries:
         return [_header(ds) for ds in chosen]
 
     def hounsfield(self, sop_instance_uid: str) -> np.ndarray:
-        """The image's pixels in HU (modality LUT applied); ValueError when the dataset carries no pixel data."""
+        """The image's pixels in HU as the run gave them; ValueError when it gave none (or of another size)."""
         ds = self.image(sop_instance_uid)
-        if "PixelData" not in ds:
-            raise ValueError(f"image {sop_instance_uid} was given without pixel data; secondary captures need it")
-        return np.asarray(apply_modality_lut(ds.pixel_array, ds), dtype=np.float32)
+        hu = self._hounsfield.get(sop_instance_uid)
+        if hu is None:
+            raise ValueError(f"image {sop_instance_uid} was given without its pixels in HU; secondary captures "
+                             "need them")
+        if hu.shape != (int(ds.Rows), int(ds.Columns)):
+            raise ValueError(f"image {sop_instance_uid}: pixels {hu.shape}, header says {ds.Rows}x{ds.Columns}")
+        return hu
 
     def patient_orientation(self) -> tuple[str, str]:
         """Patient Orientation (row, column directions): the axes nearest Image Orientation (Patient), e.g. L, P."""

@@ -18,7 +18,8 @@ from node.reports.captions import finding_name, key_slice
 from node.reports.options import ReportRun
 from node.reports.prepared import PreparedReport
 from node.reports.sources import no_identifier_warnings
-from node.reports.uids import ObjectKind, derive_uid
+from node.events import OutputKind
+from node.reports.uids import Part, derive_uid, uid_space
 
 CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 PERCENT = Code("%", "UCUM", "Percent")
@@ -80,7 +81,7 @@ def _certainty_group(report: PreparedReport, n: int, algorithm: hd.sr.AlgorithmI
     """Finding ``n``'s certainty, measured on its outline ellipse, under the finding's own Tracking UID."""
     finding = report.findings[n]
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=report.uids.instance(ObjectKind.FINDING, n),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=report.uids.instance(Part.FINDING, n),
                                                      identifier=finding_name(n, finding)),
         referenced_region=_outline(report, finding, outline_3d),
         finding_type=_as_code(finding.finding_type),
@@ -146,7 +147,7 @@ def _no_finding_group(
     """A TID 1501 group stating explicitly that the algorithm found nothing in the read series."""
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=report.uids.instance(ObjectKind.FINDING, 0), identifier=NO_FINDING_TRACKING_ID
+            uid=report.uids.instance(Part.FINDING, 0), identifier=NO_FINDING_TRACKING_ID
         ),
         algorithm_id=algorithm,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NO_ABNORMALITY)],
@@ -181,7 +182,7 @@ def build_not_analysed_sr(report: PreparedReport, reason: str) -> hd.sr.Comprehe
         parameters=[*run.algorithm.all_parameters, f"not analysed: {reason}"[:1024]],
         family=codes.cid7162.ArtificialIntelligence)
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=report.uids.instance(ObjectKind.FINDING, 0),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=report.uids.instance(Part.FINDING, 0),
                                                      identifier=NOT_ANALYSED_TRACKING_ID),
         algorithm_id=algorithm,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NOT_ANALYSED)],
@@ -195,7 +196,7 @@ def _measurement_report(report: PreparedReport, groups: Sequence[Group], descrip
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=derive_uid(options.uid_root, ObjectKind.DEVICE.value, run.algorithm.name, run.algorithm.version),
+            uid=derive_uid(options.uid_root, uid_space(Part.DEVICE), run.algorithm.name, run.algorithm.version),
             name=run.algorithm.name,
             manufacturer_name=options.manufacturer,
             model_name=f"{run.algorithm.name} {run.algorithm.version}",
@@ -210,7 +211,7 @@ def _measurement_report(report: PreparedReport, groups: Sequence[Group], descrip
     sr = hd.sr.Comprehensive3DSR(
         evidence=report.series.headers(),
         content=content[0],
-        **report.identity(ObjectKind.SR),
+        **report.identity(OutputKind.SR),
         institution_name=options.institution_name,
         institutional_department_name=options.institutional_department_name,
         is_complete=True,

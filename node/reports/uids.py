@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import hashlib
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydicom.uid import UID
+
+from node.events import OutputKind
 
 _MAX_UID = 64
 _MIN_SUFFIX_DIGITS = 19
 
 
-class ObjectKind(str, Enum):
-    """The families of objects (and their parts) a run emits; each gets its own UID space."""
+class Part(StrEnum):
+    """The parts of a run's objects with UIDs of their own; the objects themselves are named by ``OutputKind``."""
 
-    SR = "sr"
-    SC = "sc"
-    GSPS = "gsps"
-    KOS = "kos"
     FINDING = "finding"
     REGION = "region"
     DEVICE = "device"
+
+
+def uid_space(kind: OutputKind | Part) -> str:
+    """The text the UIDs of a kind derive from: its lower-case name ("sr", "finding"), so that a run's UIDs stay
+    what they were before the kinds had one vocabulary."""
+    return kind.value.lower()
 
 
 def derive_uid(root: str, *parts: str) -> UID:
@@ -50,28 +54,28 @@ class RunUids:
         self.root = root
         self.run_id = run_id
 
-    def series(self, kind: ObjectKind) -> UID:
+    def series(self, kind: OutputKind) -> UID:
         """The Series Instance UID of this run's objects of ``kind``."""
-        return derive_uid(self.root, self.run_id, kind.value, "series")
+        return derive_uid(self.root, self.run_id, uid_space(kind), "series")
 
-    def instance(self, kind: ObjectKind, index: int) -> UID:
+    def instance(self, kind: OutputKind | Part, index: int) -> UID:
         """The UID of the ``index``-th object (or part, e.g. finding tracking UID) of ``kind`` in this run."""
         if index < 0:
             raise ValueError(f"object index must be >= 0, got {index}")
-        return derive_uid(self.root, self.run_id, kind.value, str(index))
+        return derive_uid(self.root, self.run_id, uid_space(kind), str(index))
 
     def region(self, finding: int, region: int) -> UID:
         """The tracking UID of the ``region``-th image region (slice) of the ``finding``-th finding."""
         if finding < 0 or region < 0:
             raise ValueError(f"finding and region indices must be >= 0, got {finding}, {region}")
-        return derive_uid(self.root, self.run_id, ObjectKind.REGION.value, str(finding), str(region))
+        return derive_uid(self.root, self.run_id, uid_space(Part.REGION), str(finding), str(region))
 
 
-_SERIES_NUMBER_OFFSET = {ObjectKind.SR: 1, ObjectKind.SC: 2, ObjectKind.GSPS: 3, ObjectKind.KOS: 4}
+_SERIES_NUMBER_OFFSET = {OutputKind.SR: 1, OutputKind.SC: 2, OutputKind.GSPS: 3, OutputKind.KOS: 4}
 
 
 def object_identity(
-    uids: RunUids, kind: ObjectKind, index: int, series_number_base: int, manufacturer: str
+    uids: RunUids, kind: OutputKind, index: int, series_number_base: int, manufacturer: str
 ) -> dict[str, Any]:
     """The highdicom keyword arguments that name an emitted object: series, instance (UID, number), maker."""
     return {

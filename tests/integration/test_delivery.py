@@ -31,12 +31,12 @@ from node.config import Settings
 from node.db.schema import AuditEvent, Delivery, DeliveryAttempt
 from node.delivery import enqueue, get_delivery, run_delivery
 from node.events import AttemptOutcome, AuditKind, DeliveryState
-from node.reports import AlgorithmIdentity, ReportOptions, ReportRun, build_report_objects, write_report_objects
+from node.reports import AlgorithmIdentity, ReportOptions, build_report_objects, write_report_objects
 from node.reports.captions import key_slice
 from node.reports.render import BOX_RGB
 from tests.integration.orthanc import Orthanc
 from tests.node.reports.conftest import algorithm, chest_series, chest_tumour  # noqa: F401  (fixtures)
-from tests.node.reports.conftest import CHEST
+from tests.node.reports.conftest import CHEST, run_on
 from tests.support import REPO, require_ct
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def run_files(chest_series: list[Dataset], chest_tumour: Finding, algorithm: Alg
     """The Part 10 files of RUNS runs reporting the chest tumour (SR, overlay SC, summary SC per run)."""
     root = tmp_path_factory.mktemp("runs")
     return [[w.path for w in write_report_objects(build_report_objects(
-        ReportRun(f"run-{n}", chest_series, [chest_tumour], algorithm), ReportOptions()), root / str(n))]
+        run_on(f"run-{n}", chest_series, [chest_tumour], algorithm), ReportOptions()), root / str(n))]
         for n in range(RUNS)]
 
 

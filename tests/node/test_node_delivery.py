@@ -23,7 +23,7 @@ from sqlalchemy import Engine, insert, select
 
 from node.config import DeliveryConfig, Destination
 from node.db.schema import Association, AuditEvent, Delivery, Instance, Series, Study
-from node.delivery import OutputObject, destinations_for_study, enqueue, get_delivery, requeue
+from node.delivery import destinations_for_study, enqueue, get_delivery, requeue
 from node.delivery.backoff import retry_delay_s
 from node.delivery.claims import AttemptResult, Claimed, claim, record_attempt
 from node.delivery.scu import judge, presentation_contexts
@@ -58,7 +58,7 @@ def test_delivery_config_refuses_inconsistent_values(values: dict, needle: str):
 
 
 def _claimed(sop_class: str, syntax: str) -> Claimed:
-    return Claimed(1, OutputObject(Path("/nowhere"), sop_class, generate_uid(), generate_uid(), syntax), 0)
+    return Claimed(1, Path("/nowhere"), sop_class, generate_uid(), generate_uid(), syntax, 0)
 
 
 def test_contexts_per_sop_class_offer_the_objects_own_syntax_then_explicit_and_implicit():

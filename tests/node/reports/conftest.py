@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import shutil
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -12,7 +14,9 @@ import pytest
 from pydicom.dataset import Dataset
 
 from detector.findings import Code, Finding, SliceBox
-from node.reports import AlgorithmIdentity
+from detector.io import read_hu
+from node.reports import AlgorithmIdentity, ReportRun
+from node.reports.captions import key_slice
 from tests.support import require, require_ct
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -62,6 +66,15 @@ def finding_on(
         finding_site=finding_site,
         tracking_id=tracking_id,
     )
+
+
+def run_on(run_id: str, series: Sequence[Dataset], findings: Sequence[Finding], algorithm: AlgorithmIdentity,
+           *args: Any, **kwargs: Any) -> ReportRun:
+    """A report run over ``series`` (datasets with pixels) with its findings' key slices in HU, as the detector's
+    volume would give them (detector.io's HU conversion, the node's only one)."""
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in series}
+    hu = {uid: read_hu(by_uid[uid]) for uid in {key_slice(f).sop_instance_uid for f in findings}}
+    return ReportRun(run_id, series, findings, algorithm, *args, key_slices_hu=hu, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ from node.reports import (
     AlgorithmIdentity,
     OutputKind,
     ReportOptions,
-    ReportRun,
     report_stage,
 )
+from tests.node.reports.conftest import run_on
 
 _CLOCKED = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime", "SeriesDate", "SeriesTime",
             "DateOfSecondaryCapture", "TimeOfSecondaryCapture", "PresentationCreationDate", "PresentationCreationTime")
@@ -27,7 +27,7 @@ def test_rebuilding_a_run_gives_byte_identical_files(
 ) -> None:
     options = ReportOptions(enable_gsps=True, enable_kos=True)
     created = datetime(2026, 3, 4, 5, 6, 7)
-    run = ReportRun("run-7", chest_series, [chest_tumour], algorithm, created=created)
+    run = run_on("run-7", chest_series, [chest_tumour], algorithm, created=created)
     _, first = report_stage(run, options, tmp_path / "first")
     _, second = report_stage(run, options, tmp_path / "second")
     assert [w.path.name for w in first] == ["sr.dcm", "sc-001.dcm", "sc-002.dcm", "gsps.dcm", "kos.dcm"]
@@ -44,7 +44,7 @@ def test_rebuilding_a_run_gives_byte_identical_files(
 def test_a_run_without_its_own_time_takes_its_images_newest(
     chest_series: list[Dataset], algorithm: AlgorithmIdentity, tmp_path: Path
 ) -> None:
-    _, [sr, _] = report_stage(ReportRun("run-8", chest_series, [], algorithm), ReportOptions(), tmp_path)
+    _, [sr, _] = report_stage(run_on("run-8", chest_series, [], algorithm), ReportOptions(), tmp_path)
     newest = max(str(ds.get("ContentDate") or ds.get("AcquisitionDate") or ds.get("SeriesDate") or ds.StudyDate)
                  for ds in chest_series)
     assert pydicom.dcmread(sr.path).ContentDate == newest
@@ -53,7 +53,7 @@ def test_a_run_without_its_own_time_takes_its_images_newest(
 def test_written_objects_say_what_the_audit_and_outbox_need(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity, tmp_path: Path
 ) -> None:
-    objects, written = report_stage(ReportRun("run-9", chest_series, [chest_tumour], algorithm), ReportOptions(),
+    objects, written = report_stage(run_on("run-9", chest_series, [chest_tumour], algorithm), ReportOptions(),
                                     tmp_path)
     assert [w.kind for w in written] == [OutputKind.SR, OutputKind.SC, OutputKind.SC]
     for (_, _, dataset), output in zip(objects.named(), written, strict=True):

@@ -5,20 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
+import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
 from detector.findings import Finding
-from node.reports import AlgorithmIdentity, PreparedReport, ReportOptions, ReportRun, build_secondary_captures
+from detector.io import load_volume, read_headers, select_series
+from node.reports import AlgorithmIdentity, PreparedReport, ReportOptions, build_secondary_captures
 from node.reports.render import BANNER_RGB, BOX_RGB
 from node.reports.captions import key_slice
+from node.reports.from_detection import volume_run
 from node.reports.sc import SC_SERIES_DESCRIPTION
+from tests.node.reports.conftest import CHEST, ct_data, run_on
 
 
 def test_overlay_shows_the_box_at_the_finding_and_the_banner(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity, tmp_path: Path
 ) -> None:
-    overlay, summary = build_secondary_captures(PreparedReport.of(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()))
+    overlay, summary = build_secondary_captures(PreparedReport.of(run_on("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()))
     pixels = overlay.pixel_array
     Image.fromarray(pixels).save(tmp_path / "overlay.png")
     Image.fromarray(summary.pixel_array).save(tmp_path / "summary.png")
@@ -37,7 +42,7 @@ def test_overlay_shows_the_box_at_the_finding_and_the_banner(
 def test_overlay_header_references_its_source_slice(
     chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity
 ) -> None:
-    overlay, summary = build_secondary_captures(PreparedReport.of(ReportRun("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()))
+    overlay, summary = build_secondary_captures(PreparedReport.of(run_on("run-1", chest_series, [chest_tumour], algorithm), ReportOptions()))
     key = key_slice(chest_tumour).sop_instance_uid
     source = chest_series[0]
     for sc in (overlay, summary):
@@ -53,8 +58,30 @@ def test_overlay_header_references_its_source_slice(
 
 
 def test_no_finding_run_gets_only_the_summary(chest_series: list[Dataset], algorithm: AlgorithmIdentity) -> None:
-    run = ReportRun("run-1", chest_series, [], algorithm)
+    run = run_on("run-1", chest_series, [], algorithm)
     captures = build_secondary_captures(PreparedReport.of(run, ReportOptions(banner_text="TEST ONLY")))
     assert len(captures) == 1
     red = np.all(captures[0].pixel_array == BANNER_RGB, axis=-1)
     assert red[:4].all() and red[:20].mean() > 0.8, "the banner spans the top of the summary"
+
+
+def test_the_overlays_draw_the_detectors_volume_and_read_no_file(
+    chest_series: list[Dataset], chest_tumour: Finding, algorithm: AlgorithmIdentity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report stage takes the headers and HU the detector read: no source file is opened again, and the
+    overlays are the ones drawn from each image's own pixels."""
+    volume = load_volume(select_series(read_headers(ct_data(CHEST, "series_5mm_lung_kernel"))).chosen)
+    assert len(volume.headers) == len(chest_series) and not any("PixelData" in ds for ds in volume.headers)
+    run = volume_run(volume, "run-1", [chest_tumour], algorithm)
+    assert set(run.key_slices_hu) == {key_slice(chest_tumour).sop_instance_uid}
+
+    def no_reading(*_: object, **__: object) -> None:
+        raise AssertionError("the report stage read a file")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pydicom, "dcmread", no_reading)
+        patched.setattr(pydicom.filereader, "dcmread", no_reading)
+        from_volume = build_secondary_captures(PreparedReport.of(run, ReportOptions()))
+    from_files = build_secondary_captures(PreparedReport.of(run_on("run-1", chest_series, [chest_tumour], algorithm),
+                                                            ReportOptions()))
+    assert [sc.pixel_array.tobytes() for sc in from_volume] == [sc.pixel_array.tobytes() for sc in from_files]

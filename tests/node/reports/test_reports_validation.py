@@ -15,12 +15,11 @@ from node.logging import configure_logging
 from node.reports import (
     AlgorithmIdentity,
     ReportOptions,
-    ReportRun,
     build_not_analysed_objects,
     build_report_objects,
     write_report_objects,
 )
-from tests.node.reports.conftest import LUNG, NEOPLASM, finding_on
+from tests.node.reports.conftest import LUNG, NEOPLASM, finding_on, run_on
 
 
 @pytest.mark.slow
@@ -33,19 +32,19 @@ def test_all_object_kinds_validate_without_errors(
     for ds in without_frame:
         del ds.FrameOfReferenceUID
     runs = {
-        "chest": ReportRun("chest-1", chest_series, [chest_tumour], algorithm),
+        "chest": run_on("chest-1", chest_series, [chest_tumour], algorithm),
         # de-identified data often lacks the Frame of Reference UID: 2D regions only, and said so
-        "chest-no-frame": ReportRun("chest-4", without_frame, [chest_tumour], algorithm),
-        "chest-negative": ReportRun("chest-2", chest_series, [], algorithm),
-        "head": ReportRun("head-1", head_series, [head_bleed], algorithm),
+        "chest-no-frame": run_on("chest-4", without_frame, [chest_tumour], algorithm),
+        "chest-negative": run_on("chest-2", chest_series, [], algorithm),
+        "head": run_on("head-1", head_series, [head_bleed], algorithm),
         # one finding on one slice: the report's only 2D region (a case pixelmed's template dispatch is picky about)
-        "chest-one-slice": ReportRun("chest-3", chest_series, [finding_on(
+        "chest-one-slice": run_on("chest-3", chest_series, [finding_on(
             [chest_series[30]], [(200.0, 290.0, 230.0, 320.0)], 0.8, "nodule", NEOPLASM, LUNG)], algorithm),
     }
     objects = {name: build_report_objects(run, options) for name, run in runs.items()}
     # a study the model did not read says so: its SR and page
     objects["head-not-analysed"] = build_not_analysed_objects(
-        ReportRun("head-2", head_series, (), algorithm), options,
+        run_on("head-2", head_series, (), algorithm), options,
         "refused by the model's domain gate: contrast-enhanced (Contrast/Bolus Agent IOHEXOL); the model reads "
         "non-contrast series only")
     written = {name: write_report_objects(built, tmp_path / name) for name, built in objects.items()}
@@ -72,7 +71,7 @@ def test_patient_identifiers_stay_out_of_warnings_and_logs(
     options = ReportOptions(enable_gsps=True, enable_kos=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        objects = build_report_objects(ReportRun("run-1", chest_series, [chest_tumour], algorithm), options)
+        objects = build_report_objects(run_on("run-1", chest_series, [chest_tumour], algorithm), options)
         write_report_objects(objects, tmp_path)
     out, err = capsys.readouterr()
     said = " ".join(str(w.message) for w in caught) + out + err

@@ -136,8 +136,8 @@ def models_rollback(
 
 def model_figures(engine: Engine, since: datetime, until: datetime, rounds: int = 200) -> dict[str, dict[str, Any]]:
     """Per model (as routed): the monitor's figures of its newest identity's runs in the window."""
+    from node.monitor.done_runs import load_runs
     from node.monitor.figures import figures_of
-    from node.monitor.records import load_runs
 
     by_model: dict[str, list[Any]] = defaultdict(list)
     for run in load_runs(engine, since, until):

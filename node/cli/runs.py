@@ -10,7 +10,7 @@ from rich.table import Table
 from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
 from node.events import RunMode, RunStatus
 from node.pipeline.queue import requeue_run
-from node.pipeline.records import list_runs, run_record
+from node.pipeline.run_records import list_runs, run_record
 
 app = typer.Typer(help="Detection runs: what ran on which study, with which model, and what came of it.",
                   no_args_is_help=True)

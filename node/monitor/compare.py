@@ -26,8 +26,8 @@ from node.config import PromotionConfig
 from node.db import audit
 from node.db.schema import ModelComparison, Run, utcnow
 from node.events import AuditKind, ReportLabelValue, RunStatus
+from node.monitor.done_runs import ReadRun, load_runs
 from node.monitor.figures import BOOTSTRAP_ROUNDS, card_facts, truth_lesions
-from node.monitor.records import ReadRun, load_runs
 from node.monitor.stats import quantile
 
 MIN_MATCH_RADIUS_MM = 2.0

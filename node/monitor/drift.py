@@ -23,9 +23,9 @@ from sqlalchemy import Engine, exists, func, insert, literal, select, text
 
 from node.db.schema import AuditEvent, utcnow
 from node.events import AuditKind, FeedbackVerdict, ReportLabelValue
+from node.monitor.done_runs import ReadRun, load_runs
 from node.monitor.figures import ACCEPTED, by_identity_and_period, card_facts
 from node.monitor.periods import Period, PeriodKind, periods_between
-from node.monitor.records import ReadRun, load_runs
 from node.monitor.stats import jensen_shannon
 
 MEDIAN_SE = math.sqrt(math.pi / 2)

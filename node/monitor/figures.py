@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 
 from detector.labels.lesions import MIN_TARGET_DIAMETER_MM, LesionRecord
 from node.events import FeedbackVerdict, ReportLabelValue
+from node.monitor.done_runs import ReadRun, load_runs
 from node.monitor.periods import Period, PeriodKind, periods_between
-from node.monitor.records import ReadRun, load_runs
 from node.monitor.stats import Proportion, quantile
 
 if TYPE_CHECKING:  # the evaluator and the model registry import torch: only the functions that use them load them

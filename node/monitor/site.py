@@ -14,8 +14,8 @@ from detector.evaluate import LabelledStudy
 from detector.io import read_headers
 from node.db.schema import Instance, Run, Series
 from node.events import FeedbackVerdict
+from node.monitor.done_runs import ReadRun, load_runs
 from node.monitor.figures import card_facts, truth_lesions
-from node.monitor.records import ReadRun, load_runs
 
 if TYPE_CHECKING:  # detector.train imports torch: only `ctnode train` loads it
     from detector.train.site import SiteCase

@@ -41,7 +41,7 @@ from node.db.schema import (
 )
 from node.events import AuditKind, ModelRole, RunStatus
 from node.monitor.compare import Pair, Side, agreement, judge, match_findings, study_level
-from node.monitor.records import ReadRun
+from node.monitor.done_runs import ReadRun
 from node.pipeline.assignment import ChangeRefused, current_routes, promote, route_states
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker

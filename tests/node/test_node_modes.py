@@ -28,7 +28,7 @@ from node.config_check import load_checked, model_name_problems
 from node.db.schema import Base, Delivery, Run
 from node.events import AuditKind, RunMode, RunStatus
 from node.pipeline.queue import claim_run, clinical_run_due, finish_run
-from node.pipeline.records import list_runs, run_record
+from node.pipeline.run_records import list_runs, run_record
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
 from tests.node.test_node_pipeline import Sender, audits, chest_files, engine, runs, settings  # noqa: F401

@@ -22,8 +22,8 @@ from node.db.schema import Association, AuditEvent, Run, RunInput, Study, utcnow
 from node.events import AssociationOutcome, AuditKind, RunStatus
 from node.pipeline.evidence import series_evidence
 from node.pipeline.queue import claim_run, fail_run, finish_run, heartbeat, requeue_run
-from node.pipeline.records import run_record
 from node.pipeline.routing import SeriesFacts, route_study
+from node.pipeline.run_records import run_record
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
 from node.dicom.receive import Received, Receiver

@@ -25,7 +25,7 @@ from node.events import AuditKind, DocumentKind
 from node.feedback import FeedbackStage, feedback_record, list_feedback
 from node.monitor.figures import compute_figures
 from node.monitor.periods import PeriodKind
-from node.pipeline.records import run_record
+from node.pipeline.run_records import run_record
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
 from node.reports.coordinates import box_polyline

@@ -13,9 +13,9 @@ from sqlalchemy import Engine, func, select
 
 from node.db.schema import AuditEvent
 from node.events import AuditKind
+from node.monitor.done_runs import ReadRun
 from node.monitor.drift import Chart, DriftOptions, charts_of, compute_drift, record_alarms
 from node.monitor.periods import Period, PeriodKind, periods_between
-from node.monitor.records import ReadRun
 from tests.node.monitor.conftest import MONDAY, Site, finding
 
 WEEKS = periods_between(MONDAY, MONDAY + timedelta(weeks=12), PeriodKind.WEEK)  # 2024-W18 .. W29

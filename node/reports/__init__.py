@@ -18,7 +18,7 @@ from node.reports.options import (
 )
 from node.reports.prepared import PreparedReport
 from node.reports.sc import build_secondary_captures
-from node.reports.sr import ReportedFinding, build_sr, read_findings
+from node.reports.sr import build_sr
 from node.reports.uids import Part, RunUids, derive_uid
 from node.storage.objects import OutputObject
 
@@ -32,7 +32,6 @@ __all__ = [
     "ReportObjects",
     "ReportOptions",
     "ReportRun",
-    "ReportedFinding",
     "RunUids",
     "build_gsps",
     "build_kos",
@@ -41,7 +40,6 @@ __all__ = [
     "build_secondary_captures",
     "build_sr",
     "derive_uid",
-    "read_findings",
     "report_stage",
     "write_report_objects",
 ]

@@ -19,12 +19,6 @@ def to_image(box_px: Box) -> Box:
     return x1 + _HALF, y1 + _HALF, x2 + _HALF, y2 + _HALF
 
 
-def from_image(box: Box) -> Box:
-    """The inverse of :func:`to_image`."""
-    x1, y1, x2, y2 = box
-    return x1 - _HALF, y1 - _HALF, x2 - _HALF, y2 - _HALF
-
-
 def box_polyline(box_px: Box) -> np.ndarray:
     """A closed POLYLINE (5 points, column/row) in DICOM image coordinates tracing a box in index coordinates."""
     x1, y1, x2, y2 = to_image(box_px)

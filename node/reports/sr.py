@@ -1,19 +1,17 @@
-"""The TID 1500 Measurement Report (Comprehensive 3D SR) of a run's findings, in the original study, and its reader."""
+"""The TID 1500 Measurement Report (Comprehensive 3D SR) of a run's findings, in the original study."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
-from node.reports.coordinates import box_polyline, from_image, to_image
+from node.reports.coordinates import box_polyline, to_image
 from node.reports.captions import finding_name, key_slice
 from node.reports.options import ReportRun
 from node.reports.prepared import PreparedReport
@@ -221,91 +219,3 @@ def _measurement_report(report: PreparedReport, groups: Sequence[Group], descrip
     )
     report.stamp(sr)
     return sr
-
-
-@dataclass(frozen=True)
-class ReportedFinding:
-    """A finding as read back from an SR: tracking, codes, certainty (0..1), per-image boxes, 3D centre.
-
-    ``boxes`` are in index coordinates, like detector.findings.SliceBox (converted back from SCOORD).
-    """
-
-    tracking_id: str
-    tracking_uid: str
-    finding_type: Code
-    finding_site: Code | None
-    score: float
-    boxes: dict[str, tuple[float, float, float, float]]
-    centre_mm: tuple[float, float, float] | None
-
-
-def _code(concept: hd.sr.CodedConcept) -> Code:
-    return Code(concept.value, concept.scheme_designator, concept.meaning)
-
-
-def _score(measurements: Sequence[hd.sr.Measurement]) -> float:
-    for m in measurements:
-        if m.name == CERTAINTY_OF_FINDING:
-            return float(m.value) / 100.0
-    raise ValueError("measurement group has no Certainty of Finding")
-
-
-def read_findings(sr: Dataset) -> list[ReportedFinding]:
-    """The findings of a ctnode TID 1500 SR (an empty list for the explicit no-finding report).
-
-    A finding's groups share its Tracking Identifier text: its boxes' groups (POLYLINE regions) give its boxes,
-    its certainty group its certainty, tracking UID and 3D centre (the centre of its SCOORD3D outline ellipse).
-    SRs written before the outline are read too: a TID 1501 certainty group whose certainty is inferred from
-    the 3D centre, or, for a lone region, the certainty in the region's group.
-    """
-    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
-    if not isinstance(report, hd.sr.MeasurementReport):
-        raise ValueError("the SR's content is not a TID 1500 Measurement Report")
-    boxes: dict[str, dict[str, tuple[float, float, float, float]]] = {}
-    for group in report.get_planar_roi_measurement_groups():
-        region = group.roi
-        if not isinstance(region, hd.sr.ImageRegion) or region.graphic_type != hd.sr.GraphicTypeValues.POLYLINE:
-            continue  # the finding's outline ellipse
-        points = region.value
-        x1, y1 = points.min(axis=0)
-        x2, y2 = points.max(axis=0)
-        image = str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        boxes.setdefault(str(group.tracking_identifier), {})[image] = from_image(
-            (float(x1), float(y1), float(x2), float(y2)))
-    found = []
-    scored = [*report.get_image_measurement_groups(), *report.get_planar_roi_measurement_groups()]
-    for group in scored:
-        certainty = group.get_measurements(name=CERTAINTY_OF_FINDING)
-        if not certainty:
-            continue
-        sites = group.finding_sites
-        name = str(group.tracking_identifier)
-        found.append(
-            ReportedFinding(
-                tracking_id=name,
-                tracking_uid=str(group.tracking_uid),
-                finding_type=_code(group.finding_type),
-                finding_site=_code(sites[0].value) if sites else None,
-                score=_score(certainty),
-                boxes=boxes.get(name, {}),
-                centre_mm=_centre(group, certainty[0]),
-            )
-        )
-    return found
-
-
-def _centre(group: Group, certainty: hd.sr.Measurement) -> tuple[float, float, float] | None:
-    """A finding's 3D centre from its certainty group: the midpoint of its SCOORD3D outline ellipse's major axis,
-    else the SCOORD3D point its certainty is inferred from; None without either (no frame of reference)."""
-    centre = None
-    region = group.roi if isinstance(group, hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) else None
-    if isinstance(region, hd.sr.ImageRegion3D) and region.graphic_type == hd.sr.GraphicTypeValues3D.ELLIPSE:
-        ends = np.asarray(region.value, dtype=float)
-        centre = (ends[0] + ends[1]) / 2
-    for coords in certainty.referenced_coordinates or []:
-        if isinstance(coords, hd.sr.Scoord3DContentItem):
-            centre = np.asarray(coords.value[0], dtype=float)
-    if centre is None:
-        return None
-    x, y, z = centre
-    return float(x), float(y), float(z)

@@ -19,10 +19,12 @@ import pytest
 import yaml
 from sqlalchemy import Engine, select
 
+from detector.io import read_headers
+from detector.labels.lesions import planes_from_headers
+from detector.labels.sr import read_sr
 from node.db.engine import make_engine
 from node.db.schema import Delivery, Run
 from node.events import RunStatus
-from node.reports import read_findings
 from tests.integration.loop import (
     CHEST,
     HEAD,
@@ -91,19 +93,21 @@ def all_delivered(engine: Engine, study_instance_uid: str, timeout_s: float = 12
     raise AssertionError(f"deliveries of {study_instance_uid} not all acknowledged: {states}")
 
 
-def sr_dataset(orthanc: Orthanc, instance_id: str, folder: Path) -> pydicom.Dataset:
+def sr_file(orthanc: Orthanc, instance_id: str, folder: Path) -> Path:
     path = folder / f"{instance_id}.dcm"
     path.write_bytes(orthanc.get_bytes(f"/instances/{instance_id}/file"))
-    return pydicom.dcmread(path)
+    return path
 
 
-def assert_found_at_lesion(sr: pydicom.Dataset, study: SentStudy) -> None:
+def assert_found_at_lesion(sr: Path, study: SentStudy) -> int:
+    """The SR's findings, read as ``ctnode evaluate`` reads them, include one at the inserted lesion; their count."""
     assert study.lesion is not None
-    findings = read_findings(sr)
+    findings = read_sr(sr, planes_from_headers(read_headers(study.files[0].parent).headers))
     assert findings, "the SR reports no finding, but a lesion was inserted"
     distances = [float(np.linalg.norm(np.subtract(f.centre_mm, study.lesion.centre_mm))) for f in findings]
     radius = max(study.lesion.radii_mm)
     assert min(distances) <= radius, f"nearest finding {min(distances):.1f} mm from the lesion (radius {radius} mm)"
+    return len(findings)
 
 
 # target -> (real series, inserted lesion, how the study became ready: the uneven GE head series, with gaps up to
@@ -125,10 +129,9 @@ def test_orthanc_sends_a_study_and_gets_sr_and_overlays_back_in_the_same_study(
     found = results_in_orthanc(orthanc, study.study_instance_uid)
     assert len(found["CT"]) == len(study.files) and len(found["SR"]) == 1
     overlays = [i for key, items in found.items() if key not in ("CT", "SR") for i in items]
-    sr = sr_dataset(orthanc, found["SR"][0]["id"], tmp_path)
-    assert sr.StudyInstanceUID == study.study_instance_uid
-    assert_found_at_lesion(sr, study)
-    assert len(overlays) == len(read_findings(sr)) + 1  # one SC per finding and the summary
+    sr = sr_file(orthanc, found["SR"][0]["id"], tmp_path)
+    assert pydicom.dcmread(sr).StudyInstanceUID == study.study_instance_uid
+    assert len(overlays) == assert_found_at_lesion(sr, study) + 1  # one SC per finding and the summary
     assert all(o["BurnedInAnnotation"] == "YES" for o in overlays)
     assert run.trigger.startswith(readiness)
     record = json.loads(node.cli("runs", "show", str(run.id), "--json").stdout)
@@ -166,7 +169,7 @@ def test_a_study_in_two_associations_is_one_run_within_the_quiet_time_and_two_ve
         if versions == 2:
             assert runs[0].trigger.startswith("quiet:") and runs[0].instance_count == len(study.files) - 3
             assert runs[1].predecessor_id == runs[0].id
-            srs = sorted((sr_dataset(orthanc, i["id"], tmp_path) for i in found["SR"]),
+            srs = sorted((pydicom.dcmread(sr_file(orthanc, i["id"], tmp_path)) for i in found["SR"]),
                          key=lambda ds: "PredecessorDocumentsSequence" in ds)
             [predecessor] = srs[1].PredecessorDocumentsSequence
             assert predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \

@@ -29,11 +29,10 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from detector.io.pixels import read_hu
+from detector.labels.sr import measurement_groups
 from detector.preprocess.anatomy import enclosed
 from node.db.engine import make_engine
 from node.db.schema import Instance
-from node.reports import read_findings
-from node.reports.sr import ReportedFinding
 from tests.integration.loop import (
     CHEST,
     node_sections,
@@ -60,17 +59,34 @@ OHIF_OWN_ERROR = "IMAGE_LOAD_ERROR TypeError: handler is not a function"
 
 
 @dataclass(frozen=True)
+class DrawnFinding:
+    """One of ctnode's findings as its SR draws it: the images its boxes (POLYLINE regions) lie on."""
+
+    name: str
+    boxes: tuple[str, ...]
+
+
+def drawn_findings(sr: Dataset) -> list[DrawnFinding]:
+    """ctnode's findings in its SR, read as the feedback stage reads an SR: groups joined by tracking identifier."""
+    boxes: dict[str, list[str]] = {}
+    for group in measurement_groups(sr):
+        boxes.setdefault(str(group.tracking_identifier), []).extend(
+            r.sop_instance_uid for r in group.regions if r.graphic_type == "POLYLINE")
+    return [DrawnFinding(name, tuple(sops)) for name, sops in boxes.items()]
+
+
+@dataclass(frozen=True)
 class Review:
     """What the reader does: the finding rejected (all its regions deleted), the findings kept, and the slice and
     the patient-space square (LPS mm, four corners) of the lesion drawn by hand."""
 
-    rejected: ReportedFinding
-    kept: list[ReportedFinding]
+    rejected: DrawnFinding
+    kept: list[DrawnFinding]
     missed_sop: str
     missed_corners_mm: list[list[float]]
 
 
-def _rejected_finding(findings: list[ReportedFinding]) -> ReportedFinding:
+def _rejected_finding(findings: list[DrawnFinding]) -> DrawnFinding:
     """The finding with the most regions on slices no other finding touches (its measurements are then told
     apart by their slice alone, as a reader tells them in OHIF's list)."""
     others = Counter(sop for f in findings for sop in f.boxes)
@@ -101,7 +117,7 @@ def _lung_square(ds: Dataset, side_mm: float) -> list[list[float]]:
     return [list(centre + dx * along_row + dy * along_col) for dx, dy in ((-h, -h), (h, h))]
 
 
-def plan_review(ct: list[Dataset], findings: list[ReportedFinding]) -> Review:
+def plan_review(ct: list[Dataset], findings: list[DrawnFinding]) -> Review:
     """One finding rejected, the others kept, and the missed lesion on the slice farthest from every finding."""
     rejected = _rejected_finding(findings)
     along_z = sorted(ct, key=lambda ds: float(ds.ImagePositionPatient[2]))
@@ -304,7 +320,7 @@ def test_a_reader_review_saved_in_ohif_comes_back_through_orthanc_as_feedback(
     wait_for_srs(orthanc, study_uid, 1, 240, node.log)
     found = results_in_orthanc(orthanc, study_uid)
     ctnode_sr = orthanc.get_bytes(f"/instances/{found['SR'][0]['id']}/file")
-    findings = read_findings(pydicom.dcmread(io.BytesIO(ctnode_sr)))
+    findings = drawn_findings(pydicom.dcmread(io.BytesIO(ctnode_sr)))
     assert len(findings) >= 2, f"the shipped chest model finds {len(findings)} findings; the review needs two"
     [run] = json.loads(node.cli("runs", "list", "--json", "--study", study_uid).stdout)
     assert run["findings"] == len(findings)

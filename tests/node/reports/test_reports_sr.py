@@ -6,6 +6,7 @@ import copy
 from dataclasses import replace
 from io import BytesIO
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
@@ -13,6 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from detector.findings import Finding
+from detector.labels.sr import measurement_groups
 from node.reports import (
     AlgorithmIdentity,
     EarlierReport,
@@ -20,10 +22,9 @@ from node.reports import (
     ReportOptions,
     ReportRun,
     build_sr,
-    read_findings,
 )
 from node.reports.captions import key_slice
-from node.reports.sr import NO_ABNORMALITY, NO_FINDING_TRACKING_ID
+from node.reports.sr import CERTAINTY_OF_FINDING, NO_ABNORMALITY, NO_FINDING_TRACKING_ID
 
 
 def _reread(ds: Dataset) -> Dataset:
@@ -31,6 +32,31 @@ def _reread(ds: Dataset) -> Dataset:
     ds.save_as(buffer, enforce_file_format=True)
     buffer.seek(0)
     return pydicom.dcmread(buffer)
+
+
+def _boxes(sr: Dataset) -> dict[str, dict[str, tuple[float, ...]]]:
+    """Each finding's boxes (index coordinates) by image, as a reader of the SR gets them: POLYLINE regions."""
+    boxes: dict[str, dict[str, tuple[float, ...]]] = {}
+    for group in measurement_groups(sr):
+        for region in group.regions:
+            if region.graphic_type == "POLYLINE":
+                points = np.asarray(region.points) - 0.5  # image -> index coordinates
+                boxes.setdefault(str(group.tracking_identifier), {})[region.sop_instance_uid] = (
+                    *points.min(axis=0), *points.max(axis=0))
+    return boxes
+
+
+def _certainties(sr: Dataset) -> list[tuple[str, str, float, str, str | None]]:
+    """(tracking identifier, tracking UID, certainty 0..1, finding type code, finding site code) of every group
+    that states a certainty."""
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    found = []
+    for group in [*report.get_image_measurement_groups(), *report.get_planar_roi_measurement_groups()]:
+        for measurement in group.get_measurements(name=CERTAINTY_OF_FINDING):
+            sites = group.finding_sites
+            found.append((str(group.tracking_identifier), str(group.tracking_uid), float(measurement.value) / 100,
+                          group.finding_type.value, sites[0].value.value if sites else None))
+    return found
 
 
 def _findings(chest_series: list[Dataset], chest_tumour: Finding) -> list[Finding]:
@@ -49,15 +75,17 @@ def test_round_trip_reads_back_every_finding(
 ) -> None:
     findings = _findings(chest_series, chest_tumour)
     sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", chest_series, findings, algorithm), ReportOptions())))
-    read = read_findings(sr)
-    assert [r.tracking_id for r in read] == ["lesion A", "finding 2"]
-    assert len({r.tracking_uid for r in read}) == 2
-    for finding, back in zip(findings, read):
-        assert back.score == pytest.approx(finding.score, abs=1e-9)
-        assert back.finding_type.value == finding.finding_type.value
-        assert back.finding_site is not None and back.finding_site.value == "39607008"
-        assert back.boxes == {s.sop_instance_uid: s.box_px for s in finding.slices}
-        assert back.centre_mm == pytest.approx(finding.centre_mm, abs=1e-3)  # SCOORD3D holds float32
+    certainties = _certainties(sr)
+    assert [c[0] for c in certainties] == ["lesion A", "finding 2"]
+    assert len({c[1] for c in certainties}) == 2
+    boxes = _boxes(sr)
+    groups = {g.tracking_identifier: g for g in measurement_groups(sr) if g.points_mm}  # the certainty groups
+    for finding, (name, _, score, finding_type, site) in zip(findings, certainties, strict=True):
+        assert score == pytest.approx(finding.score, abs=1e-9)
+        assert finding_type == finding.finding_type.value and site == "39607008"
+        assert boxes[name] == {s.sop_instance_uid: s.box_px for s in finding.slices}
+        centre = np.mean(groups[name].points_mm, axis=0)  # the middle of the outline ellipse's axes
+        assert centre == pytest.approx(finding.centre_mm, abs=1e-3)  # SCOORD3D holds float32
 
 
 def test_sr_joins_the_original_study_with_its_patient_and_evidence(
@@ -89,7 +117,9 @@ def _values(item: Dataset) -> set[str]:
 
 def test_sr_without_findings_says_so(chest_series: list[Dataset], algorithm: AlgorithmIdentity) -> None:
     sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", chest_series, [], algorithm), ReportOptions())))
-    assert read_findings(sr) == []
+    assert [(g.tracking_identifier, g.regions, g.points_mm) for g in measurement_groups(sr)] == [
+        (NO_FINDING_TRACKING_ID, (), ())]
+    assert _certainties(sr) == []
     container = sr.ContentSequence[-1]
     assert container.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
     group = container.ContentSequence[0].ContentSequence
@@ -118,7 +148,7 @@ def test_uids_are_stable_across_builds_and_differ_across_runs(
 ) -> None:
     def uids(run_id: str) -> list[str]:
         sr = build_sr(PreparedReport.of(ReportRun(run_id, chest_series, [chest_tumour], algorithm), ReportOptions()))
-        return [sr.SOPInstanceUID, sr.SeriesInstanceUID, read_findings(sr)[0].tracking_uid]
+        return [sr.SOPInstanceUID, sr.SeriesInstanceUID, *(g.tracking_uid for g in measurement_groups(sr))]
 
     assert uids("run-1") == uids("run-1")
     assert not set(uids("run-1")) & set(uids("run-2"))
@@ -131,7 +161,7 @@ def test_head_series_without_birth_date_gets_an_empty_one(
     sr = _reread(build_sr(PreparedReport.of(ReportRun("run-h", head_series, [head_bleed], algorithm), ReportOptions())))
     assert sr.PatientBirthDate == ""
     assert "PatientBirthDate" not in head_series[0], "the caller's datasets must not be modified"
-    assert read_findings(sr)[0].boxes == {s.sop_instance_uid: s.box_px for s in head_bleed.slices}
+    assert list(_boxes(sr).values()) == [{s.sop_instance_uid: s.box_px for s in head_bleed.slices}]
 
 
 def test_inconsistent_input_is_refused_with_the_reason(
@@ -213,6 +243,8 @@ def test_a_lone_region_and_a_series_without_frame_draw_the_outline_on_the_key_im
     ends = np.reshape(np.asarray(outline.GraphicData, dtype=float), (-1, 2)) - 0.5  # image -> index coordinates
     assert sorted(map(tuple, ends.round(3))) == sorted(
         [(x1, (y1 + y2) / 2), (x2, (y1 + y2) / 2), ((x1 + x2) / 2, y1), ((x1 + x2) / 2, y2)]), "inscribed in the box"
-    [back] = read_findings(sr)
-    assert back.boxes == {s.sop_instance_uid: s.box_px for s in finding.slices}, "the outline is not a box"
-    assert back.score == pytest.approx(finding.score) and back.centre_mm is None
+    assert list(_boxes(sr).values()) == [{s.sop_instance_uid: s.box_px for s in finding.slices}], \
+        "the outline is not a box"
+    [(_, _, score, _, _)] = _certainties(sr)
+    assert score == pytest.approx(finding.score)
+    assert not any(g.points_mm for g in measurement_groups(sr)), "no 3D centre"

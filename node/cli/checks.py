@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from node.cli.options import ConfigOpt, settings_from
+from node.cli.common import ConfigOpt, settings_from
 from node.config import Route, Settings
 from node.config_check import load_checked
 
@@ -33,7 +33,7 @@ def _routes_now(settings: Settings) -> list[Route]:
     from sqlalchemy.exc import SQLAlchemyError
 
     from node.db.engine import make_engine
-    from node.pipeline.models import routes_now
+    from node.pipeline.model_check import routes_now
 
     routes = settings.pipeline.routes
     url = make_url(settings.database_url)
@@ -55,7 +55,7 @@ def models_check(config: ConfigOpt = None) -> None:
     """Load every model the routes run now as a worker would (card, weights sha256, network): each route's live
     model (a promoted one, from the database, or the configured one) and its shadows; exit 1 if one cannot be
     loaded."""
-    from node.pipeline.models import Routed, check_model
+    from node.pipeline.model_check import Routed, check_model
 
     settings = settings_from(config)
     routed = Routed.of(_routes_now(settings))

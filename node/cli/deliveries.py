@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
 from node.config import Settings
 from node.db.schema import Delivery
 from node.delivery import get_delivery, list_deliveries, requeue, run_delivery

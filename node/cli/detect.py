@@ -27,7 +27,7 @@ from detector.infer import (
 from detector.infer.gate import read_pixels, sampled_files
 from detector.io import InstanceHeader, SeriesInputError, read_headers
 from detector.registry import ModelCardError
-from node.cli.options import ConfigOpt, settings_from
+from node.cli.common import ConfigOpt, settings_from
 from node.config import ReportOptions, Route
 from node.pipeline.routing import RoutingDecision, SeriesFacts, route_study
 from node.reports import report_stage

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
 from node.feedback import feedback_record, list_feedback
 
 app = typer.Typer(help="Readers' reviews of our runs, from the SRs their viewers saved in the PACS.",

@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from node.cli.checks import config_app
+from node.cli.common import (ConfigOpt, JsonOpt, VerboseOpt, console, dump_json, log_verbosely, open_database,
+                             settings_from)
 from node.cli.deliveries import app as deliveries_app
 from node.cli.notifications import app as notifications_app
 from node.cli.feedback import app as feedback_app
@@ -21,13 +23,11 @@ from node.cli.monitor import monitor
 from node.cli.reports import app as reports_app
 from node.cli.runs import app as runs_app
 from node.cli.store import app as store_app
-from node.cli.options import (ConfigOpt, JsonOpt, VerboseOpt, console, dump_json, log_verbosely, open_database,
-                              settings_from)
 from node.config import AllowedPeer
 from node.config_check import environment_problems
 from node.db.engine import make_engine
+from node.db.holdings import list_studies
 from node.db.migrate import upgrade
-from node.db.studies import list_studies
 
 app = typer.Typer(help="ctnode: a DICOM node that finds urgent CT findings and reports them to the PACS.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)

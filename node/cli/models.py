@@ -13,7 +13,7 @@ from rich.table import Table
 from sqlalchemy import Engine, select
 
 from node.cli.checks import models_app
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.config import Settings
 from node.db.schema import ModelComparison, Run
 from node.monitor.periods import Period

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.monitor.drift import DriftOptions, compute_drift, record_alarms
 from node.monitor.figures import Figures, compute_figures
 from node.monitor.periods import PeriodKind, window_back

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 from sqlalchemy import Engine
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
 from node.db.schema import Notification
 from node.events import DeliveryState
 from node.notify.outbox import get_notification, list_notifications, requeue

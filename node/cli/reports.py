@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
-from node.labels.reports import get_report, list_reports
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
+from node.labels.radiology_reports import get_report, list_reports
 
 app = typer.Typer(help="Radiology reports (HL7 ORU from the RIS, text SRs from the PACS) and their study labels.",
                   no_args_is_help=True)

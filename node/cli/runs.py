@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
 from node.events import RunMode, RunStatus
 from node.pipeline.queue import requeue_run
 from node.pipeline.run_records import list_runs, run_record

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from node.cli.options import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
+from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, open_database, settings_from
 from node.dicom.reconcile import RECONCILE_GRACE_S, reconcile
 from node.storage.store import InstanceStore
 

@@ -13,7 +13,7 @@ from detector.io import SeriesInputError
 from detector.synth import Target
 from detector.synth.sets import study_plan, write_set
 from detector.synth.studies import JSON_NAME, LABELS, SynthesisError
-from node.cli.options import console
+from node.cli.common import console
 
 
 def summary_table(folders: list[Path]) -> Table:

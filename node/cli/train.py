@@ -46,7 +46,7 @@ def train_on_site(config: TrainConfig, out: Path | None, resume: bool | None) ->
     from detector.train.site import fine_tune_on_site
     from node.config import Settings, load_settings
     from node.db.engine import make_engine
-    from node.monitor.site import site_cases
+    from node.monitor.site_cases import site_cases
 
     site = config.site
     assert isinstance(site, SiteSource)

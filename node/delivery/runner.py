@@ -6,7 +6,7 @@ import threading
 
 from node.config import Settings
 from node.db.engine import make_engine
-from node.delivery.worker import DestinationWorker
+from node.delivery.destination_worker import DestinationWorker
 from node.logging import get_logger
 from node.loops import LoopHealth
 

@@ -28,7 +28,7 @@ from node.db import audit, identifiers
 from node.db.schema import Feedback, FeedbackItem, InboundDocument, Instance, Run, RunOutput, Series, Study, utcnow
 from node.events import AuditKind, DocumentKind, FeedbackVerdict, ReportSource, RunStatus
 from node.feedback.match import OurFinding, Verdict, match_review
-from node.labels.reports import IncomingReport, record_report, report_text_from_sr, sr_result_status
+from node.labels.radiology_reports import IncomingReport, record_report, report_text_from_sr, sr_result_status
 from node.logging import get_logger
 from node.loops import report_failure, where
 from node.reports.uids import Part, RunUids, run_key

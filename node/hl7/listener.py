@@ -6,7 +6,7 @@ tell a connection that is idle between messages from one that stopped inside a m
 
 Per message: the block's bytes are written and fsynced to ``<data_dir>/hl7/YYYYMMDD/<time>-<random>.hl7``
 before anything else (a crash after the ACK loses nothing), parsed (node.hl7.message, which teaches the
-log scrubber the patient identifiers first), recorded (node.labels.reports) in a worker thread, and ACKed.
+log scrubber the patient identifiers first), recorded (node.labels.radiology_reports) in a worker thread, and ACKed.
 Bad framing (a block not opening with 0x0B, over ``max_message_bytes``, a message left incomplete for
 ``timeout_s`` or cut by the peer's close) gets no ACK: one log line, one audit row (REPORT_REFUSED,
 ``stage: mllp``), and the connection is closed. A connection silent for ``idle_timeout_s`` is closed quietly.
@@ -30,7 +30,7 @@ from node.config import Hl7Config
 from node.db import audit
 from node.events import AuditKind, ReportSource
 from node.hl7.message import AckCode, OruReport, Rejected, ack, parse
-from node.labels.reports import IncomingReport, record_report
+from node.labels.radiology_reports import IncomingReport, record_report
 from node.logging import get_logger
 from node.storage.durable import fsync_dir, make_dirs_durable
 

@@ -13,7 +13,7 @@ Acknowledgement codes (MSA-1), with MSA-2 echoing MSH-10 and the reason in MSA-3
   no PID or no OBR segment.
 - AE, application error, the message is well formed but could not be recorded: no report text (no OBX of
   type TX/FT/ST with a value that is not a UID); no study it names (unknown, or ambiguous: see
-  node.labels.reports); the database failed.
+  node.labels.radiology_reports); the database failed.
 - AA: recorded and labelled.
 
 Where the study is named: a Study Instance UID in ZDS-1 (component 1, as IHE's ZDS segment carries it) or as

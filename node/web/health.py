@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.config import StorageConfig
 from node.db.migrate import is_current
 from node.loops import LoopHealth
-from node.pipeline.models import ModelChecker
+from node.pipeline.model_check import ModelChecker
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from node.config import Route, Settings
 from node.logging import get_logger
 from node.loops import LoopHealth, report_failure
 from node.monitor.prometheus import MonitorCollector
-from node.pipeline.models import ModelChecker
+from node.pipeline.model_check import ModelChecker
 from node.web.health import readiness
 from node.web.metrics import AuditCollector
 

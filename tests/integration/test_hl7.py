@@ -24,7 +24,7 @@ from node.db.engine import make_engine
 from node.db.schema import AuditEvent, PatientIdentifier, ReportLabel, Study, StudyReport
 from node.events import AuditKind, ReportLabelValue
 from node.hl7.listener import Hl7Listener
-from node.labels.reports import study_labels
+from node.labels.radiology_reports import study_labels
 from node.logging import configure_logging
 from tests.support import NodeProcess, free_port
 

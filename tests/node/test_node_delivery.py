@@ -26,8 +26,8 @@ from node.db.schema import Association, AuditEvent, Delivery, Instance, Series, 
 from node.delivery import destinations_for_study, enqueue, get_delivery, requeue
 from node.delivery.backoff import retry_delay_s
 from node.delivery.claims import AttemptResult, Claimed, claim, record_attempt
+from node.delivery.destination_worker import DestinationWorker
 from node.delivery.scu import judge, presentation_contexts
-from node.delivery.worker import DestinationWorker
 from node.events import AttemptOutcome, AuditKind, DeliveryState
 from tests.support import free_port
 

@@ -12,12 +12,12 @@ import pydicom
 import pytest
 from sqlalchemy import Engine, select
 
-from node.cli.options import open_database
+from node.cli.common import open_database
 from node.config import DeliveryConfig, Destination, Settings
 from node.db import identifiers
 from node.db.schema import PatientIdentifier
+from node.delivery.destination_worker import DestinationWorker
 from node.logging import PHIRegistry, identifier_terms
-from node.delivery.worker import DestinationWorker
 from node.pipeline.worker import Worker
 from tests.node import test_node_pipeline as pipeline_tests
 from tests.support import dicom_files, require_ct

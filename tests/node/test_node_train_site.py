@@ -22,7 +22,7 @@ from detector.train.site import SiteCase, site_digest, split_cases
 from node.cli.main import app
 from node.db.schema import Feedback, FeedbackItem, Instance, Run, Series, Study
 from node.events import FeedbackVerdict, RunStatus
-from node.monitor.site import site_cases
+from node.monitor.site_cases import site_cases
 from tests.support import REPO, require_ct
 
 STUDIES = 6

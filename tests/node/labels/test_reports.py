@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 from node.config import DEFAULT_UID_ROOT
 from node.db.schema import AuditEvent, PatientIdentifier, ReportLabel, StudyReport
 from node.events import AuditKind, ReportLabelValue, ReportSource
-from node.labels.reports import (
+from node.labels.radiology_reports import (
     BASIC_TEXT_SR,
     ENHANCED_SR,
     IncomingReport,

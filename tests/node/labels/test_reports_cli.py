@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from node.cli.reports import app
 from node.events import ReportSource
-from node.labels.reports import IncomingReport, record_report
+from node.labels.radiology_reports import IncomingReport, record_report
 
 UID = "1.2.826.0.1.3680043.8.498.301"
 TEXT = "FINDINGS: Possible small SAH. No pulmonary nodule."

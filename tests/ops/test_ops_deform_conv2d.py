@@ -190,6 +190,27 @@ def test_float32_matches_float64(device: str) -> None:
     torch.testing.assert_close(run(deform_conv2d, case, **single), run(deform_conv2d, case).float(), atol=1e-4, rtol=1e-4)
 
 
+def test_float32_forward_and_gradients_match_float64_over_several_chunks(device: str) -> None:
+    """float runs its own GEMM path: it agrees with float64 on images of several chunks, with groups."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 64, 32, 32, generator=gen, dtype=F64)
+    weight = torch.randn(16, 32, 3, 3, generator=gen, dtype=F64) * 0.05
+    bias = torch.randn(16, generator=gen, dtype=F64)
+    offset = torch.randn(2, 2 * 2 * 9, 32, 32, generator=gen, dtype=F64) * 3
+    mask = torch.rand(2, 2 * 9, 32, 32, generator=gen, dtype=F64)
+    grad_out = torch.randn(2, 16, 32, 32, generator=gen, dtype=F64)
+    results = {}
+    for dtype in (torch.float32, F64):
+        leaves = [t.to(device, dtype).requires_grad_() for t in (x, offset, weight, bias, mask)]
+        out = deform_conv2d(*leaves[:4], leaves[4], padding=1)
+        results[dtype] = [out, *torch.autograd.grad(out, leaves, grad_out.to(device, dtype))]
+    for name, single, double in zip(["out", "input", "offset", "weight", "bias", "mask"], *results.values()):
+        scale = double.abs().max().item()
+        torch.testing.assert_close(
+            single.double(), double, atol=1e-5 * scale, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}"
+        )
+
+
 def test_bad_offset_shape_names_the_expected_shape() -> None:
     case = make_case("plain", "cpu")
     with pytest.raises(RuntimeError, match=r"offset must be \[N, 2 \* offset_groups \* kh \* kw, Ho, Wo\]"):

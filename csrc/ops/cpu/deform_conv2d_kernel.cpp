@@ -10,10 +10,12 @@
 // owned by their output position, and input gradients by their channel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/ThreadLocalState.h>
+#include <ATen/native/CPUBlas.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <type_traits>
 #include <vector>
 
 #include "../bilinear.h"
@@ -34,6 +36,63 @@ constexpr int64_t kSpanColumnElements = 1 << 22;
 
 int64_t chunk_positions(const DeformConv2dShape& s) {
   return std::min(s.positions(), std::max<int64_t>(16, kChunkColumnElements / (s.in_channels * s.taps())));
+}
+
+// C[m, n] = A[m, k] @ B[k, n] (+ C when accumulate), row-major with leading
+// dimensions, on the calling thread. float goes through ATen's batch-reduce
+// GEMM, oneDNN's JIT microkernel (the code conv2d runs; ATen falls back to
+// BLAS on a CPU it has no kernel for): MKL's sgemm takes its generic path on
+// AMD processors and is 3-4x slower on these shapes. Other types use at::mm.
+template <typename scalar_t>
+void tile_gemm(
+    int64_t m,
+    int64_t n,
+    int64_t k,
+    const scalar_t* a,
+    int64_t lda,
+    const scalar_t* b,
+    int64_t ldb,
+    scalar_t* c,
+    int64_t ldc,
+    bool accumulate) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    at::native::cpublas::brgemm(m, n, k, lda, ldb, ldc, accumulate, a, b, c);
+  } else {
+    // Tensors over the buffers (made on this thread, so no caller state matters).
+    const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+    const at::Tensor a_t = at::from_blob(const_cast<scalar_t*>(a), {m, k}, {lda, 1}, options);
+    const at::Tensor b_t = at::from_blob(const_cast<scalar_t*>(b), {k, n}, {ldb, 1}, options);
+    at::Tensor c_t = at::from_blob(c, {m, n}, {ldc, 1}, options);
+    if (accumulate) {
+      c_t.addmm_(a_t, b_t);
+    } else {
+      at::mm_out(c_t, a_t, b_t);
+    }
+  }
+}
+
+// Ends a worker's run of tile_gemm calls (frees the microkernel's hardware state, e.g. AMX tiles).
+template <typename scalar_t>
+void release_tile_gemm() {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    at::native::cpublas::brgemm_release(false);
+  }
+}
+
+// Runs worker(take) once on each thread; take(task) hands out tasks of
+// [0, count) one at a time and returns false when none is left. A thread
+// slowed by other processes then takes fewer tasks instead of holding the
+// others at the end (a static split waits for the slowest thread).
+template <typename Worker>
+void share_tasks(int64_t count, const Worker& worker) {
+  std::atomic<int64_t> next{0};
+  const auto take = [&](int64_t& task) {
+    task = next.fetch_add(1, std::memory_order_relaxed);
+    return task < count;
+  };
+  at::parallel_for(0, std::min<int64_t>(count, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    worker(take);
+  });
 }
 
 template <typename scalar_t>
@@ -260,6 +319,54 @@ CTNODE_CPU_CLONES void scatter_input_grad(
   }
 }
 
+// dst[o * stride + q] = tile[q * outs + o] + bias[o], for q < count: the
+// [positions, outputs] GEMM tile into the [outputs, positions] output, in
+// blocks of positions that keep the reads and writes in cache lines.
+template <typename scalar_t>
+CTNODE_CPU_CLONES void write_output_tile(
+    const scalar_t* tile,
+    int64_t count,
+    int64_t outs,
+    const scalar_t* bias,
+    int64_t stride,
+    scalar_t* dst) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t q0 = 0; q0 < count; q0 += kBlock) {
+    const int64_t q1 = std::min(count, q0 + kBlock);
+    for (int64_t o = 0; o < outs; ++o) {
+      const scalar_t b = bias ? bias[o] : scalar_t(0);
+      scalar_t* row = dst + o * stride;
+      for (int64_t q = q0; q < q1; ++q) {
+        row[q] = tile[q * outs + o] + b;
+      }
+    }
+  }
+}
+
+// rows[o * count + q] = cols[q * outs + o] = grad_output[o * stride + q] for
+// q < count: one group's gradient tile in both layouts its two GEMMs read.
+template <typename scalar_t>
+CTNODE_CPU_CLONES void read_grad_output_tile(
+    const scalar_t* grad_output,
+    int64_t stride,
+    int64_t count,
+    int64_t outs,
+    scalar_t* rows,
+    scalar_t* cols) {
+  for (int64_t o = 0; o < outs; ++o) {
+    std::copy(grad_output + o * stride, grad_output + o * stride + count, rows + o * count);
+  }
+  constexpr int64_t kBlock = 16;
+  for (int64_t q0 = 0; q0 < count; q0 += kBlock) {
+    const int64_t q1 = std::min(count, q0 + kBlock);
+    for (int64_t o = 0; o < outs; ++o) {
+      for (int64_t q = q0; q < q1; ++q) {
+        cols[q * outs + o] = rows[o * count + q];
+      }
+    }
+  }
+}
+
 struct Prepared {
   at::Tensor input;    // [N, H * W, C]
   at::Tensor offset;   // [N, 2 * OG * K, P]
@@ -287,8 +394,9 @@ Prepared prepare(
   return p;
 }
 
-// output[n, :, chunk] = weight @ columns (+ bias), written once, while the
-// chunk's columns and output are in cache.
+// output[n, :, chunk] = weight @ columns (+ bias): per group, the chunk's
+// [positions, outputs] tile from one GEMM, written once (transposed, with the
+// bias) while it is in cache.
 template <typename scalar_t>
 void forward_kernel(
     const DeformConv2dShape& s,
@@ -301,17 +409,18 @@ void forward_kernel(
   const int64_t hw = s.height * s.width;
   const int64_t og_stride = 2 * s.offset_groups * s.taps() * positions;
   const int64_t mask_stride = s.offset_groups * s.taps() * positions;
-  const at::Tensor out = output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
-  const at::Tensor bias_by_group =
-      bias.has_value() ? bias->view({s.groups, s.out_channels / s.groups, 1}) : at::Tensor();
-  // Workers call ATen (mm_out, add_): give them the caller's thread-local state, e.g. inference mode.
-  const at::ThreadLocalState caller_tls;
-  at::parallel_for(0, s.batch * chunks_per_image, 1, [&](int64_t begin, int64_t end) {
-    const at::ThreadLocalStateGuard tls_guard(caller_tls);
+  const int64_t outs = s.out_channels / s.groups;
+  const int64_t kc = s.taps() * s.channels_per_group();
+  const at::Tensor weight_t = p.weight.transpose(1, 2).contiguous();  // [G, K * C / G, O / G]
+  const at::Tensor bias_values = bias.has_value() ? bias->contiguous() : at::Tensor();
+  const scalar_t* weight = weight_t.data_ptr<scalar_t>();
+  const scalar_t* bias_data = bias_values.defined() ? bias_values.data_ptr<scalar_t>() : nullptr;
+  scalar_t* out = output.data_ptr<scalar_t>();
+  share_tasks(s.batch * chunks_per_image, [&](const auto& take) {
     std::vector<Tap<scalar_t>> taps(capacity * s.taps() * s.offset_groups);
-    at::Tensor columns = at::empty(
-        {s.groups, capacity, s.taps() * s.channels_per_group()}, p.input.options());
-    for (int64_t task = begin; task < end; ++task) {
+    std::vector<scalar_t> columns(s.groups * capacity * kc);
+    std::vector<scalar_t> tile(capacity * outs);
+    for (int64_t task; take(task);) {
       const int64_t n = task / chunks_per_image;
       const int64_t p_begin = (task - n * chunks_per_image) * capacity;
       const int64_t count = std::min(capacity, positions - p_begin);
@@ -320,15 +429,17 @@ void forward_kernel(
           s, p.offset.data_ptr<scalar_t>() + n * og_stride, mask, p_begin, 0, count, taps.data());
       gather_columns<scalar_t>(
           s, p.input.data_ptr<scalar_t>() + n * hw * s.in_channels, taps.data(), capacity, 0,
-          count, columns.data_ptr<scalar_t>());
+          count, columns.data());
       for (int64_t g = 0; g < s.groups; ++g) {
-        at::Tensor out_g = out[n][g].narrow(1, p_begin, count);
-        at::mm_out(out_g, p.weight[g], columns[g].narrow(0, 0, count).t());
-        if (bias.has_value()) {
-          out_g.add_(bias_by_group[g]);
-        }
+        tile_gemm<scalar_t>(
+            count, outs, kc, columns.data() + g * capacity * kc, kc, weight + g * kc * outs, outs,
+            tile.data(), outs, false);
+        write_output_tile<scalar_t>(
+            tile.data(), count, outs, bias_data ? bias_data + g * outs : nullptr, positions,
+            out + (n * s.out_channels + g * outs) * positions + p_begin);
       }
     }
+    release_tile_gemm<scalar_t>();
   });
 }
 
@@ -382,11 +493,13 @@ void backward_kernel(
   const int64_t weight_numel = grad_weight.numel();
   const int64_t offset_stride = 2 * s.offset_groups * s.taps() * positions;
   const int64_t mask_stride = s.offset_groups * s.taps() * positions;
-  const at::Tensor go = grad_output.view({s.batch, s.groups, s.out_channels / s.groups, positions});
+  const int64_t outs = s.out_channels / s.groups;
+  const scalar_t* go = grad_output.data_ptr<scalar_t>();
+  const scalar_t* weight = p.weight.data_ptr<scalar_t>();
   std::vector<Tap<scalar_t>> taps(span * s.taps() * s.offset_groups);
   at::Tensor grad_columns = at::empty({s.groups, span, kc}, p.input.options());
   at::Tensor chunk_grad_weight =
-      at::empty({chunks_per_span, s.groups, s.out_channels / s.groups, kc}, p.input.options());
+      at::empty({chunks_per_span, s.groups, outs, kc}, p.input.options());
   for (int64_t n = 0; n < s.batch; ++n) {
     const scalar_t* input = p.input.data_ptr<scalar_t>() + n * hw * s.in_channels;
     const scalar_t* offset = p.offset.data_ptr<scalar_t>() + n * offset_stride;
@@ -397,28 +510,32 @@ void backward_kernel(
     for (int64_t p_begin = 0; p_begin < positions; p_begin += span) {
       const int64_t count = std::min(span, positions - p_begin);
       const int64_t chunks = (count + chunk - 1) / chunk;
-      // Workers call ATen (mm_out, add_): give them the caller's thread-local state, e.g. inference mode.
-      const at::ThreadLocalState caller_tls;
-      at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-        const at::ThreadLocalStateGuard tls_guard(caller_tls);
-        at::Tensor columns = at::empty({s.groups, chunk, kc}, p.input.options());
-        for (int64_t c = begin; c < end; ++c) {
+      share_tasks(chunks, [&](const auto& take) {
+        std::vector<scalar_t> columns(s.groups * chunk * kc);
+        std::vector<scalar_t> go_rows(chunk * outs);  // [outputs, positions] of one group
+        std::vector<scalar_t> go_cols(chunk * outs);  // [positions, outputs]
+        for (int64_t c; take(c);) {
           const int64_t q_begin = c * chunk;
           const int64_t width = std::min(count, q_begin + chunk) - q_begin;
           Tap<scalar_t>* chunk_taps = taps.data() + q_begin * s.taps() * s.offset_groups;
           compute_taps<scalar_t>(s, offset, mask, p_begin + q_begin, 0, width, chunk_taps);
-          gather_columns<scalar_t>(s, input, chunk_taps, chunk, 0, width, columns.data_ptr<scalar_t>());
+          gather_columns<scalar_t>(s, input, chunk_taps, chunk, 0, width, columns.data());
           for (int64_t g = 0; g < s.groups; ++g) {
-            const at::Tensor go_g = go[n][g].narrow(1, p_begin + q_begin, width);
-            at::Tensor gw = chunk_grad_weight[c][g];
-            at::mm_out(gw, go_g, columns[g].narrow(0, 0, width));
-            at::Tensor gc = grad_columns[g].narrow(0, q_begin, width);
-            at::mm_out(gc, go_g.t(), p.weight[g]);
+            read_grad_output_tile<scalar_t>(
+                go + (n * s.out_channels + g * outs) * positions + p_begin + q_begin, positions, width,
+                outs, go_rows.data(), go_cols.data());
+            tile_gemm<scalar_t>(
+                outs, kc, width, go_rows.data(), width, columns.data() + g * chunk * kc, kc,
+                chunk_grad_weight.data_ptr<scalar_t>() + (c * s.groups + g) * outs * kc, kc, false);
+            tile_gemm<scalar_t>(
+                width, kc, outs, go_cols.data(), outs, weight + g * outs * kc, kc,
+                grad_columns.data_ptr<scalar_t>() + (g * span + q_begin) * kc, kc, false);
           }
           offset_mask_grad<scalar_t>(
               s, input, taps.data(), grad_columns.data_ptr<scalar_t>(), span, p_begin, q_begin,
               q_begin + width, g_offset, g_mask);
         }
+        release_tile_gemm<scalar_t>();
       });
       const scalar_t* partial = chunk_grad_weight.data_ptr<scalar_t>();
       scalar_t* g_weight = grad_weight.data_ptr<scalar_t>();

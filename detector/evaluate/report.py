@@ -13,7 +13,7 @@ import numpy as np
 from rich.table import Table
 
 from detector.evaluate.froc import FP_RATES, Froc, Interval, Outcome
-from detector.evaluate.studies import LabelledStudy
+from detector.evaluate.labelled import LabelledStudy
 from detector.findings import Finding
 from detector.labels.lesions import LesionRecord
 from detector.registry import EvaluationFigure, ModelCard, TrainedStudy
@@ -131,8 +131,8 @@ class EvaluationReport:
             out.append(EvaluationFigure(metric, round(interval.value, 4), dataset, ci))
         if self.flagged:
             seen = ", ".join(sorted({r.trained_on.id for r in self.flagged if r.trained_on is not None}))
-            note = f"NOT held out: {len(self.flagged)} of {len(self.results)} studies come from {seen}, which it saw"
-            out = [replace(f, dataset=f"{f.dataset} ({note})") for f in out]
+            overlap = f"{len(self.flagged)} of {len(self.results)} studies come from {seen}, which it saw"
+            out = [replace(f, held_out=False, training_overlap=overlap) for f in out]
         return tuple(out)
 
     def to_dict(self) -> dict[str, Any]:

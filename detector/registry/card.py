@@ -32,12 +32,23 @@ class ModelClass:
 
 @dataclass(frozen=True)
 class EvaluationFigure:
-    """One measured figure, e.g. metric "CPM" = 0.81 on "head test split v1", with its 95% CI."""
+    """One measured figure, e.g. metric "CPM" = 0.81 on "head test split v1", with its 95% CI.
+
+    ``held_out`` False: some of the dataset's studies were used in training (``training_overlap`` says which), so
+    the figure is not a held-out one.
+    """
 
     metric: str
     value: float
     dataset: str
     ci95: tuple[float, float] | None = None
+    held_out: bool = True
+    training_overlap: str = ""
+
+    def __post_init__(self) -> None:
+        if self.held_out == bool(self.training_overlap):
+            raise ValueError(f"figure {self.metric!r} on {self.dataset!r}: a figure that is not held out says why "
+                             "(training_overlap), and only such a figure")
 
 
 @dataclass(frozen=True)
@@ -288,17 +299,26 @@ def _class(data: Any, where: str) -> ModelClass:
 
 
 def _figure(data: Any, where: str) -> EvaluationFigure:
-    f = _Fields(data, where, {"metric", "value", "dataset", "ci95"}, {"metric", "value", "dataset"})
+    f = _Fields(data, where, {"metric", "value", "dataset", "ci95", "held_out", "training_overlap"},
+                {"metric", "value", "dataset"})
     ci = f.get("ci95", list)
     numbers = ci is not None and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ci)
     if ci is not None and (len(ci) != 2 or not numbers):
         raise ModelCardError(f"{f.at('ci95')}: expected [low, high], got {json.dumps(ci)}")
-    return EvaluationFigure(
-        metric=f.get("metric", str),
-        value=f.number("value"),
-        dataset=f.get("dataset", str),
-        ci95=None if ci is None else (float(ci[0]), float(ci[1])),
-    )
+    held_out = f.data.get("held_out", True)
+    if not isinstance(held_out, bool):
+        raise ModelCardError(f"{f.at('held_out')}: expected true or false, got {json.dumps(held_out)}")
+    try:
+        return EvaluationFigure(
+            metric=f.get("metric", str),
+            value=f.number("value"),
+            dataset=f.get("dataset", str),
+            ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+            held_out=held_out,
+            training_overlap=f.get("training_overlap", str, ""),
+        )
+    except ValueError as exc:
+        raise ModelCardError(f"{where}: {exc}") from exc
 
 
 def _input_spec(data: Any, where: str) -> InputSpec:
@@ -506,6 +526,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
                 "value": e.value,
                 "dataset": e.dataset,
                 "ci95": None if e.ci95 is None else list(e.ci95),
+                **({} if e.held_out else {"held_out": False, "training_overlap": e.training_overlap}),
             }
             for e in card.evaluation
         ],

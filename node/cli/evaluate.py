@@ -66,7 +66,7 @@ def evaluate(model: str, data: list[Path], out: Path | None, roles: list[str], t
             console.print(f"wrote {path}")
     if card_dataset and report.froc.studies:
         path = card_path(model)
-        kept = tuple(e for e in loaded.card.evaluation if e.dataset.split(" (NOT held out")[0] != card_dataset)
+        kept = tuple(e for e in loaded.card.evaluation if e.dataset != card_dataset)
         save_card(replace(loaded.card, evaluation=kept + report.figures(card_dataset)), path)
         console.print(f"wrote the figures onto {path}")
     failed = [r for r in report.results if r.error]

@@ -65,6 +65,19 @@ def _write(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def test_a_figure_not_held_out_says_so_in_fields_of_its_own(card: ModelCard, tmp_path: Path) -> None:
+    """The dataset stays the dataset's name (a re-evaluation replaces the figures of that name); held_out and the
+    overlap with training are fields of the card."""
+    seen = EvaluationFigure("CPM", 0.7, "head set", held_out=False, training_overlap="2 of 2 studies it saw")
+    path = tmp_path / "card.json"
+    save_card(replace(card, evaluation=(*card.evaluation, seen)), path)
+    written = json.loads(path.read_text())["evaluation"]
+    assert written[-1] == {"metric": "CPM", "value": 0.7, "dataset": "head set", "ci95": None, "held_out": False,
+                           "training_overlap": "2 of 2 studies it saw"}
+    assert "held_out" not in written[0]
+    assert load_card(path).evaluation[-1] == seen
+
+
 def test_card_round_trips_through_json(card: ModelCard, tmp_path: Path) -> None:
     path = tmp_path / "head.json"
     save_card(card, path)
@@ -120,6 +133,9 @@ def test_missing_weights_are_refused(card: ModelCard, tmp_path: Path) -> None:
         (lambda d: d.update(schema_version=2), r"card\.json: schema_version: 2 is not supported, expected 1"),
         (lambda d: d.update(anatomy="liver"), r"anatomy must be one of body, lungs, intracranial, none, got 'liver'"),
         (lambda d: d.update(anatomy=1), r"card\.json: anatomy: expected str, got 1"),
+        (lambda d: d["evaluation"][0].update(held_out="no"), r"evaluation\[0\]\.held_out: expected true or false"),
+        (lambda d: d["evaluation"][0].update(held_out=False), r"evaluation\[0\]: .* not held out says why"),
+        (lambda d: d["evaluation"][0].update(training_overlap="x"), r"evaluation\[0\]: .* and only such a figure"),
     ],
 )
 def test_invalid_cards_raise_precise_errors(card: ModelCard, tmp_path: Path, edit: Any, message: str) -> None:

@@ -173,5 +173,5 @@ def test_an_evaluation_flags_a_synthetic_study_whose_background_the_model_traine
     report = evaluate_studies(head, [entry], options=EvaluationOptions(bootstrap_rounds=10), progress=False)
     [result] = report.results
     assert result.error is None and result.trained_on is not None and result.trained_on.id == "head-ge"
-    assert all("NOT held out: 1 of 1 studies come from head-ge, which it saw" in f.dataset
-               for f in report.figures("synthetic"))
+    assert all(not f.held_out and f.training_overlap == "1 of 1 studies come from head-ge, which it saw"
+               and f.dataset == "synthetic" for f in report.figures("synthetic"))

@@ -33,7 +33,7 @@ from detector.infer import (
     scored_findings,
     slice_detections,
 )
-from detector.infer.engine import capped, region
+from detector.infer.inference import capped, region
 from detector.io import read_ct_volume
 from detector.models import RetinaNet
 

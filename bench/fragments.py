@@ -49,7 +49,7 @@ def main() -> None:
     from rich.table import Table
 
     from detector.infer import load_model
-    from detector.infer.engine import CANDIDATE_FRACTION, InferenceOptions, findings_at, region, slice_detections
+    from detector.infer.inference import CANDIDATE_FRACTION, InferenceOptions, findings_at, region, slice_detections
     from detector.io import read_ct_volume
     from detector.postprocess import link_slices, to_finding
     from detector.synth import insert_lesions, random_lesion

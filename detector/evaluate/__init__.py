@@ -11,9 +11,9 @@ from detector.evaluate.froc import (
     classify,
     paired_difference,
 )
+from detector.evaluate.labelled import LabelledStudy, entries_from, studies_in
 from detector.evaluate.report import EvaluationReport, FrocLine, StudyResult, plot_froc
 from detector.evaluate.run import EvaluationOptions, evaluate_labelled, evaluate_studies
-from detector.evaluate.studies import LabelledStudy, entries_from, studies_in
 from detector.labels.lesions import (
     ImagePlane,
     LabelError,

@@ -18,8 +18,8 @@ from rich.progress import (
 
 from detector.data import StudyEntry
 from detector.evaluate.froc import Froc, Outcome, StudyCurve, classify, study_curve
+from detector.evaluate.labelled import LabelledStudy, studies_in
 from detector.evaluate.report import EvaluationReport, StudyResult
-from detector.evaluate.studies import LabelledStudy, studies_in
 from detector.findings import Finding
 from detector.infer import (
     InferenceOptions,
@@ -30,7 +30,7 @@ from detector.infer import (
     scored_findings,
     slice_detections,
 )
-from detector.infer.engine import CANDIDATE_FRACTION, capped, region
+from detector.infer.inference import CANDIDATE_FRACTION, capped, region
 from detector.io import HeaderScan, SeriesInputError, load_volume, select_series
 from detector.labels import LabelError, read_labels
 from detector.labels.lesions import planes_from_headers

@@ -1,6 +1,6 @@
 """Inference: shipped models by name, and a CT series (files or volume) to 3D findings in bounded batches."""
 
-from detector.infer.engine import (
+from detector.infer.inference import (
     DetectionResult,
     InferenceCancelled,
     InferenceOptions,

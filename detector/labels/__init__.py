@@ -12,7 +12,7 @@ from detector.labels.files import read_dicom, xml_root
 from detector.labels.lesions import ImagePlane, LabelError, LesionRecord
 from detector.labels.lidc import is_lidc, read_lidc
 from detector.labels.seg import is_seg, read_seg
-from detector.labels.sr import is_measurement_report, read_sr
+from detector.labels.tid1500 import is_measurement_report, read_sr
 from detector.labels.voc import is_voc, read_voc
 
 __all__ = ["LabelError", "label_files", "read_labels", "read_lidc", "read_seg", "read_sr", "read_voc",

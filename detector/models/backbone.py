@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from detector.models.config import DetectorConfig
+from detector.models.architecture import DetectorConfig
 from detector.ops import ModulatedDeformConv2dPack
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detector.models.anchors import box_iou, encode
-from detector.models.config import DetectorConfig
+from detector.models.architecture import DetectorConfig
 
 POSITIVE_IOU = 0.5
 NEGATIVE_IOU = 0.4

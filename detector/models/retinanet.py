@@ -6,8 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from detector.models.anchors import anchors_for
+from detector.models.architecture import DetectorConfig
 from detector.models.backbone import Backbone
-from detector.models.config import DetectorConfig
 from detector.models.fpn import FeaturePyramid, SingleLevel
 from detector.models.head import RetinaHead
 

@@ -1,6 +1,6 @@
 """Synthetic lesions inserted into real CT backgrounds at known patient positions (training and tests)."""
 
-from detector.synth.lesions import InsertedLesion, Lesion, insert_lesions, slab
+from detector.synth.insertion import InsertedLesion, Lesion, insert_lesions, slab
 from detector.synth.placement import RANGES, LesionRange, Target, candidate_mask, random_lesion
 
 __all__ = [

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from detector.io import Volume
 from detector.preprocess.anatomy import enclosed, outside_air
-from detector.synth.lesions import Lesion
+from detector.synth.insertion import Lesion
 
 Target = Literal["head", "chest"]
 BONE_HU = 300.0

@@ -25,7 +25,7 @@ from detector.io import Volume, read_ct_volume
 from detector.io.pixels import rescale
 from detector.labels import read_labels, xml_references
 from detector.labels.lesions import LesionRecord, planes_from_headers
-from detector.synth.lesions import InsertedLesion, Lesion, insert_lesions
+from detector.synth.insertion import InsertedLesion, Lesion, insert_lesions
 from detector.synth.placement import Target, random_lesion
 
 LABELS = "labels"

@@ -15,8 +15,8 @@ from rich.console import Console
 
 from detector.data import Manifest, ManifestError, StudyEntry, load_manifest
 from detector.evaluate import EvaluationReport, evaluate_studies
-from detector.evaluate.studies import SYNTHETIC_CACHE
-from detector.evaluate.studies import studies_in
+from detector.evaluate.labelled import SYNTHETIC_CACHE
+from detector.evaluate.labelled import studies_in
 from detector.infer import LoadedModel, card_path, load_model
 from detector.io import read_headers
 from detector.models import RetinaNet

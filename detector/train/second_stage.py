@@ -18,10 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from detector.evaluate.froc import classify
-from detector.evaluate.studies import LabelledStudy
+from detector.evaluate.labelled import LabelledStudy
 from detector.findings import Finding
 from detector.infer import LoadedModel, findings_at, slice_detections
-from detector.infer.engine import CANDIDATE_FRACTION
+from detector.infer.inference import CANDIDATE_FRACTION
 from detector.io import HeaderScan, load_volume, select_series
 from detector.labels import read_labels
 from detector.labels.lesions import planes_from_headers

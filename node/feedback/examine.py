@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from detector.io import read_headers
 from detector.labels.lesions import planes_from_headers
-from detector.labels.sr import SrGroup, is_measurement_report, measurement_groups, observer
+from detector.labels.tid1500 import SrGroup, is_measurement_report, measurement_groups, observer
 from node.config import Settings
 from node.db import audit, identifiers
 from node.db.schema import Feedback, FeedbackItem, InboundDocument, Instance, Run, RunOutput, Series, Study, utcnow

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from detector.labels.lesions import ImagePlane, LesionOutline, record_from_outlines
-from detector.labels.sr import SrGroup, SrRegion, region_polygon
+from detector.labels.tid1500 import SrGroup, SrRegion, region_polygon
 from node.events import FeedbackVerdict
 
 SAME_BOX_PX = 1.0

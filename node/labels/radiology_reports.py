@@ -28,7 +28,7 @@ from datetime import datetime
 from pydicom import Dataset
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
-from detector.labels.sr import is_measurement_report
+from detector.labels.tid1500 import is_measurement_report
 from node.config import DEFAULT_UID_ROOT
 from node.db import audit, identifiers
 from node.db.schema import PatientIdentifier, ReportLabel, Study, StudyReport

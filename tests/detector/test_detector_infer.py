@@ -17,7 +17,7 @@ from detector.infer import (
     card_path,
     detect_series,
     detect_volume,
-    engine,
+    inference,
     load_model,
     shipped_cards,
 )
@@ -113,7 +113,7 @@ def test_slices_go_through_the_network_in_bounded_batches(monkeypatch: pytest.Mo
         batches.append(tuple(indices))  # type: ignore[arg-type]
         return model_input(v, indices, spec)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(engine, "model_input", recording)
+    monkeypatch.setattr(inference, "model_input", recording)
     findings, _ = detect_volume(volume, model, InferenceOptions(batch_slices=4, threads=1))
     assert [len(b) for b in batches] == [4, 4, 3]
     assert sorted(i for b in batches for i in b) == list(range(11))

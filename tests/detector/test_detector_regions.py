@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from detector.infer import findings_at, load_model
-from detector.infer.engine import region
+from detector.infer.inference import region
 from detector.io import Volume, read_ct_volume, read_headers
 from detector.labels.lesions import planes_from_headers
 from detector.labels.lidc import read_lidc

@@ -23,7 +23,7 @@ from detector.labels.lesions import (
     LabelError,
     planes_from_headers,
 )
-from detector.labels.sr import is_measurement_report, read_sr
+from detector.labels.tid1500 import is_measurement_report, read_sr
 from node.reports import (
     AlgorithmIdentity,
     PreparedReport,

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, select
 
 from detector.io import read_headers
 from detector.labels.lesions import planes_from_headers
-from detector.labels.sr import read_sr
+from detector.labels.tid1500 import read_sr
 from node.db.engine import make_engine
 from node.db.schema import Delivery, Run
 from node.events import RunStatus

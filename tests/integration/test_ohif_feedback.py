@@ -29,7 +29,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select
 
 from detector.io.pixels import read_hu
-from detector.labels.sr import measurement_groups
+from detector.labels.tid1500 import measurement_groups
 from detector.preprocess.anatomy import enclosed
 from node.db.engine import make_engine
 from node.db.schema import Instance

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from detector.findings import Finding
-from detector.labels.sr import measurement_groups
+from detector.labels.tid1500 import measurement_groups
 from node.reports import (
     AlgorithmIdentity,
     EarlierReport,

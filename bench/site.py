@@ -243,7 +243,7 @@ class Runs:
         return {r.study_instance_uid: (r.id, r.status, r.finished_at) for r in rows}
 
     def record(self, run_id: int) -> dict[str, Any]:
-        from node.pipeline.records import run_record
+        from node.pipeline.run_records import run_record
 
         record = run_record(self.engine, run_id)
         assert record is not None

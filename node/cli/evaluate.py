@@ -14,7 +14,7 @@ from detector.evaluate import EvaluationOptions, EvaluationReport, entries_from,
 from detector.infer import InferenceOptions, card_path, load_model
 from detector.io import SeriesInputError
 from detector.registry import ModelCardError, save_card
-from node.cli.options import open_database
+from node.cli.common import open_database
 from node.config import Settings
 
 console = Console()
@@ -47,7 +47,7 @@ def evaluate(model: str, data: list[Path], out: Path | None, roles: list[str], t
     if site is None:
         report = evaluate_studies(loaded, entries, options=options, console=console)
     else:
-        from node.monitor.site import site_studies
+        from node.monitor.site_cases import site_studies
 
         now = datetime.now(timezone.utc)
         studies = site_studies(open_database(site.settings), site.settings.storage.store_dir, loaded.card.body_part,

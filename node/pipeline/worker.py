@@ -31,7 +31,7 @@ from node.db.audit import record
 from node.db.schema import Instance, Run, RunInput, RunOutput, utcnow
 from node.db.upsert import insert_ignore
 from node.delivery import enqueue
-from node.delivery.routing import destinations_for_study
+from node.delivery.destinations import destinations_for_study
 from node.events import AuditKind, OutputKind, RunMode, RunStatus
 from node.logging import get_logger
 from node.loops import Progress, report_failure, run_guarded
@@ -345,8 +345,8 @@ class Worker:
         import torch
 
         from detector.infer import InferenceOptions, detect_series
-        from detector.infer.engine import default_device
         from detector.infer.facts import series_facts
+        from detector.infer.inference import default_device
         from detector.triage import decide
 
         config = self.settings.pipeline

@@ -3,20 +3,31 @@
 Each arm is one `ctnode train` config that differs from the others only in ``architecture`` (plain backbone,
 +FPN, +FPN+DCN, and +FPN+DCN with cross-entropy instead of focal loss). ``--parallel N`` trains N arms at
 once (one CPU thread each); ``--summarise-only`` reads finished runs. Writes the markdown table and the FROC
-plot of every arm's test evaluation (``--docs``, default docs/evaluation/), and prints the table.
+plot of every arm's test evaluation (``--docs``, default docs/evaluation/), prints the table, and ends with
+``plain_cpm=.. fpn_cpm=.. fpn_dcn_cpm=.. fpn_dcn_ce_cpm=..`` (nan for an arm not run or without a CPM).
+
+``--quick`` (CI) runs the same steps on small inputs, in a temporary folder: every arm trains a few iterations on
+small crops from a 16-slice background, chooses its threshold on an 8-slice validation study and one synthetic
+study over it, is measured on an 8-slice test study and one over it, and is timed once; its figures say only that
+the steps run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 
 from detector.evaluate import FrocLine, plot_froc
@@ -26,16 +37,61 @@ CONFIGS = REPO / "detector" / "train" / "configs" / "ablation"
 ARMS = ("plain", "fpn", "fpn-dcn", "fpn-dcn-ce")
 LABELS = {"plain": "plain backbone, focal", "fpn": "+FPN, focal", "fpn-dcn": "+FPN +DCN, focal",
           "fpn-dcn-ce": "+FPN +DCN, cross-entropy"}
+QUICK_STUDIES = (("chest-a0001", "chest_lung_pet_ct_dx_A0001", "train", 16),
+                 ("lidc-0001", "lidc_idri_0001", "validation", 8), ("lidc-0002", "lidc_idri_0002", "test", 8))
+"""(manifest id, folder under the CT data, role, slices copied from the middle of its series) of ``--quick``."""
+QUICK_SCHEDULE = {"iterations": 3, "budget_s": 60, "batch": 2, "crop_px": 64, "checkpoint_every_s": 0}
 console = Console()
 
 
-def train_arm(arm: str, out: Path) -> int:
+def train_arm(arm: str, out: Path, configs: Path = CONFIGS, cwd: Path = REPO) -> int:
     """One arm's `ctnode train` (its log beside its output folder); the exit status."""
     out.mkdir(parents=True, exist_ok=True)
     with (out.parent / f"{arm}.log").open("w") as log:
-        command = [sys.executable, "-m", "node", "train", "-c", str(CONFIGS / f"chest-{arm}.yaml"), "-o", str(out),
+        command = [sys.executable, "-m", "node", "train", "-c", str(configs / f"chest-{arm}.yaml"), "-o", str(out),
                    "--no-resume"]
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=cwd).returncode
+
+
+def train_arms(root: Path, parallel: int, configs: Path = CONFIGS, cwd: Path = REPO) -> dict[str, int]:
+    """Every arm's `ctnode train` into ``root/<arm>``, ``parallel`` at once; the exit statuses."""
+    with ThreadPoolExecutor(parallel) as pool:
+        return dict(zip(ARMS, pool.map(lambda arm: train_arm(arm, root / arm, configs, cwd), ARMS), strict=True))
+
+
+def _middle_slices(series: Path, out: Path, count: int) -> None:
+    """Copies the ``count`` middle slices (along the patient z axis) of the one series under ``series`` to ``out``."""
+    import pydicom
+
+    files = sorted(series.rglob("*.dcm"), key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True)
+                                                             .ImagePositionPatient[2]))
+    start = (len(files) - count) // 2
+    out.mkdir(parents=True)
+    for path in files[start:start + count]:
+        shutil.copy(path, out / path.name)
+
+
+def quick_configs(ct: Path, work: Path) -> Path:
+    """``--quick``'s inputs under ``work``: slices of the CT studies, a manifest with one synthetic study over each
+    held-out one, and every arm's config with the quick schedule. Returns the configs' folder."""
+    studies, synthetic = [], []
+    for n, (sid, folder, role, count) in enumerate(QUICK_STUDIES):
+        _middle_slices(ct / folder, work / "ct" / sid, count)
+        studies.append({"id": sid, "path": sid, "patient": sid, "role": role, "body_part": "CHEST"})
+        if role != "train":
+            synthetic.append({"background": sid, "target": "chest", "studies": 1, "negatives": 0, "lesions": 1,
+                              "seed": 100 * (n + 1)})
+    manifest = work / "manifest.yaml"
+    manifest.write_text(yaml.safe_dump({"name": "ablation-quick", "root": str(work / "ct"), "studies": studies,
+                                        "synthetic": synthetic}))
+    configs = work / "configs"
+    configs.mkdir()
+    for arm in ARMS:
+        config = yaml.safe_load((CONFIGS / f"chest-{arm}.yaml").read_text())
+        config["data"] = {**config["data"], "manifest": str(manifest), "backgrounds": ["chest-a0001"], "pool": 8}
+        config["schedule"] = {**config["schedule"], **QUICK_SCHEDULE}
+        (configs / f"chest-{arm}.yaml").write_text(yaml.safe_dump(config))
+    return configs
 
 
 def reevaluate_arm(arm: str, out: Path) -> None:
@@ -101,9 +157,9 @@ def _interval(metric: dict[str, Any]) -> str:
     return f"{value:.3f}" + (f" ({ci[0]:.2f}-{ci[1]:.2f})" if ci else "")
 
 
-def seconds_per_slice(root: Path, study: Path) -> dict[str, float]:
-    """Each trained arm's inference time per slice on one series, measured side by side now (best of 2 after a
-    warm-up), so that the arms compare under the same load."""
+def seconds_per_slice(root: Path, study: Path, repeats: int = 2) -> dict[str, float]:
+    """Each trained arm's inference time per slice on one series, measured side by side now (best of ``repeats``
+    after a warm-up), so that the arms compare under the same load."""
     import time
 
     from detector.infer import load_model, slice_detections
@@ -118,7 +174,7 @@ def seconds_per_slice(root: Path, study: Path) -> dict[str, float]:
         model = load_model(next(c for c in cards if c.name != "training.json"))
         slice_detections(volume, model)
         runs = []
-        for _ in range(2):
+        for _ in range(repeats):
             started = time.perf_counter()
             slice_detections(volume, model)
             runs.append(time.perf_counter() - started)
@@ -155,6 +211,16 @@ def summarise(root: Path, docs: Path, timing: dict[str, float]) -> str:
     return table
 
 
+def figures(root: Path) -> str:
+    """The last line: every arm's test CPM (nan for an arm not run or without one)."""
+    values = []
+    for arm in ARMS:
+        report_file = root / arm / "evaluation" / "test" / "report.json"
+        cpm = json.loads(report_file.read_text())["metrics"]["cpm"]["value"] if report_file.exists() else None
+        values.append(f"{arm.replace('-', '_')}_cpm={math.nan if cpm is None else cpm:.3f}")
+    return " ".join(values)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "var" / "ablation", help="one folder per arm")
@@ -167,7 +233,12 @@ def main() -> None:
                         help="no training: paired bootstrap of the CPM differences each claim is about")
     parser.add_argument("--reevaluate", action="store_true",
                         help="no training: choose every trained arm's threshold and measure it again with this code")
+    parser.add_argument("--quick", action="store_true",
+                        help="CI: every step on small inputs in a temporary folder (a few iterations per arm)")
     args = parser.parse_args()
+    if args.quick:
+        quick(Path(os.environ.get("CTNODE_TEST_DATA", REPO.parent / "shared" / "ct")), args.parallel)
+        return
     if args.paired:
         for line in paired(args.out):
             console.print(line)
@@ -176,11 +247,28 @@ def main() -> None:
         for arm in ARMS:
             reevaluate_arm(arm, args.out / arm)
     elif not args.summarise_only:
-        with ThreadPoolExecutor(args.parallel) as pool:
-            codes = dict(zip(ARMS, pool.map(lambda arm: train_arm(arm, args.out / arm), ARMS), strict=True))
+        codes = train_arms(args.out, args.parallel)
         console.print(f"exit statuses: {codes}")
     timing = seconds_per_slice(args.out, args.timing_series) if args.timing_series.exists() else {}
     console.print(summarise(args.out, args.docs, timing))
+    print(figures(args.out))
+
+
+def quick(ct: Path, parallel: int) -> None:
+    """``--quick``: train, summarise and time every arm on small inputs; a failed arm stops it with its log."""
+    with tempfile.TemporaryDirectory(prefix="ctnode-ablation-") as folder:
+        work = Path(folder)
+        configs = quick_configs(ct, work)
+        root = work / "runs"
+        codes = train_arms(root, parallel, configs, work)
+        failed = [arm for arm, code in codes.items() if code != 0]
+        if failed:
+            for arm in failed:
+                sys.stderr.write((root / f"{arm}.log").read_text()[-3000:])
+            raise SystemExit(f"ablation --quick: training failed for {failed} (exit statuses {codes})")
+        timing = seconds_per_slice(root, work / "ct" / QUICK_STUDIES[-1][0], repeats=1)
+        console.print(summarise(root, work / "docs", timing))
+        print(figures(root))
 
 
 if __name__ == "__main__":

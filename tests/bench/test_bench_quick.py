@@ -1,7 +1,6 @@
 """Every benchmark's --quick mode as CI runs it: it exits 0 and ends with its figures line, so none breaks silently.
 
-bench/site.py has its own (tests/bench/test_site_quick.py); bench/ablation.py has no quick mode yet (it trains
-four models).
+bench/site.py has its own (tests/bench/test_site_quick.py).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NUMBER = r"[0-9.]+|nan"
 QUICK = {
+    "ablation": (rf"plain_cpm=({NUMBER}) fpn_cpm=({NUMBER}) fpn_dcn_cpm=({NUMBER}) fpn_dcn_ce_cpm=({NUMBER})", ()),
     "ops": (rf"fwd_vs_conv=({NUMBER}) fwdbwd_vs_conv=({NUMBER}) speedup_vs_reference=({NUMBER})", ()),
     "detect": (rf"s_per_slice=({NUMBER}) peak_rss_gb=({NUMBER}) dcn_vs_plain=({NUMBER}) "
                rf"chest_s_per_slice=({NUMBER}) chest_second_stage_share=({NUMBER})", ()),
@@ -32,7 +32,8 @@ QUICK = {
     "soak": (r"studies=2 runs_done=\d+ lost=0 duplicated_deliveries=0 kills=2 notified=2 notify_lost=0 "
              r"notify_duplicates=0", ("storescu", "Orthanc")),
 }
-DATA = {"ops": (), "detect": ("head_phantom_philips_study", "chest_lung_pet_ct_dx_A0001"),
+DATA = {"ablation": ("chest_lung_pet_ct_dx_A0001", "lidc_idri_0001", "lidc_idri_0002"),
+        "ops": (), "detect": ("head_phantom_philips_study", "chest_lung_pet_ct_dx_A0001"),
         "e2e": ("chest_lung_pet_ct_dx_A0001",), "fuzz": ("head_ge_patient",),
         "fragments": ("head_phantom_philips_study", "head_ge_patient"), "ingest": ("head_ge_patient",),
         "notify": ("head_ge_patient",), "soak": ("head_ge_patient",)}

@@ -33,6 +33,10 @@ constexpr int64_t kChunkColumnElements = 1 << 18;
 // Column-gradient elements the backward holds at once (a span of positions),
 // which bounds its memory and the number of parallel regions it opens.
 constexpr int64_t kSpanColumnElements = 1 << 22;
+// Channels of one input-gradient task (one AVX-512 vector of float), and
+// weight elements of one task summing the chunks' weight gradients.
+constexpr int64_t kScatterChannels = 16;
+constexpr int64_t kSumElements = 1 << 14;
 
 int64_t chunk_positions(const DeformConv2dShape& s) {
   return std::min(s.positions(), std::max<int64_t>(16, kChunkColumnElements / (s.in_channels * s.taps())));
@@ -468,12 +472,12 @@ at::Tensor deform_conv2d_cpu(
 }
 
 // The backward walks each image in spans of up to kSpanColumnElements
-// columns, with three parallel regions per span (few synchronisations, which
+// columns, with two parallel regions per span (few synchronisations, which
 // matters on a loaded server). 1: per chunk of positions, taps, columns (in
 // a buffer of the task), column gradients and the chunk's weight gradient
 // (single-threaded GEMMs on cache-hot data) and offset/mask gradients.
-// 2: the chunks' weight gradients summed in chunk order, per weight element.
-// 3: input gradients per channel block.
+// 2: input gradients per block of channels, and the chunks' weight gradients
+// summed in chunk order per block of weight elements.
 template <typename scalar_t>
 void backward_kernel(
     const DeformConv2dShape& s,
@@ -539,16 +543,25 @@ void backward_kernel(
       });
       const scalar_t* partial = chunk_grad_weight.data_ptr<scalar_t>();
       scalar_t* g_weight = grad_weight.data_ptr<scalar_t>();
-      at::parallel_for(0, weight_numel, 1024, [&](int64_t begin, int64_t end) {
-        for (int64_t c = 0; c < chunks; ++c) {
-          for (int64_t e = begin; e < end; ++e) {
-            g_weight[e] += partial[c * weight_numel + e];
+      const int64_t channel_tasks = (s.in_channels + kScatterChannels - 1) / kScatterChannels;
+      const int64_t sum_tasks = (weight_numel + kSumElements - 1) / kSumElements;
+      share_tasks(channel_tasks + sum_tasks, [&](const auto& take) {
+        for (int64_t task; take(task);) {
+          if (task < channel_tasks) {
+            const int64_t c_begin = task * kScatterChannels;
+            scatter_input_grad<scalar_t>(
+                s, taps.data(), grad_columns.data_ptr<scalar_t>(), span, count, c_begin,
+                std::min(s.in_channels, c_begin + kScatterChannels), g_input);
+            continue;
+          }
+          const int64_t e_begin = (task - channel_tasks) * kSumElements;
+          const int64_t e_end = std::min(weight_numel, e_begin + kSumElements);
+          for (int64_t c = 0; c < chunks; ++c) {
+            for (int64_t e = e_begin; e < e_end; ++e) {
+              g_weight[e] += partial[c * weight_numel + e];
+            }
           }
         }
-      });
-      at::parallel_for(0, s.in_channels, 16, [&](int64_t begin, int64_t end) {
-        scatter_input_grad<scalar_t>(
-            s, taps.data(), grad_columns.data_ptr<scalar_t>(), span, count, begin, end, g_input);
       });
     }
   }

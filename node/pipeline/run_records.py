@@ -9,6 +9,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from node.db.schema import AuditEvent, Delivery, Feedback, Instance, Notification, Run, RunInput, RunOutput, Series
+from node.events import OutputKind
 
 STAGES = ("first_instance_at", "last_instance_at", "ready_at", "claimed_at", "inference_started_at",
           "inference_ended_at", "reports_built_at", "finished_at")
@@ -64,9 +65,8 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
         events = session.scalars(select(AuditEvent).where(AuditEvent.study_instance_uid == run.study_instance_uid)
                                  .order_by(AuditEvent.id)).all()
         stamps = {stage: getattr(run, stage) for stage in STAGES}
-        sr_acks = [d.acknowledged_at for d in deliveries
-                   if d.acknowledged_at is not None and any(o.kind == "SR" and o.sop_instance_uid == d.sop_instance_uid
-                                                            for o in outputs)]
+        sr_acks = [d.acknowledged_at for d in deliveries if d.acknowledged_at is not None
+                   and any(o.kind == OutputKind.SR and o.sop_instance_uid == d.sop_instance_uid for o in outputs)]
         first_sr_ack = min(sr_acks, default=None)
         return {
             **_summary(run),

@@ -45,6 +45,8 @@ def test_a_contrast_enhanced_head_is_refused_by_its_tag_or_without_it_by_its_pix
         detect_series(untagged[0].parent, head)
     [why] = refused.value.reasons
     assert why.startswith("contrast-enhanced series by the pixels") and why.endswith("reads non-contrast CT")
+    # the refused series' headers, as read, go with the refusal (its not-analysed objects need no file read again)
+    assert len(refused.value.headers) == len(untagged) and not any("PixelData" in ds for ds in refused.value.headers)
     tagged = write_contrast_enhanced(ct_data("head_ge_patient"), tmp_path / "tagged", agent="IOMERON 350")
     volume = read_ct_volume(tagged[0].parent)[0]
     assert domain_reasons(volume, head.card) == [

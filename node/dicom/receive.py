@@ -274,7 +274,8 @@ class Receiver:
         if same is not None:
             if not placed:
                 self.store.discard(item.path)
-            return _Indexed(Outcome(StoreStatus.SUCCESS, OutcomeKind.DUPLICATE, "identical bytes already stored", same.id))
+            return _Indexed(Outcome(StoreStatus.SUCCESS, OutcomeKind.DUPLICATE, "identical bytes already stored",
+                                    same.id))
         key = self._series_key(conn, header)
         identified = (header["StudyInstanceUID"], *(header.get(k, "") for k in IDENTIFIER_KEYWORDS))
         if identified not in self._identified:
@@ -310,7 +311,8 @@ class Receiver:
                 self._identified.add(indexed.identified)
         return indexed.outcome
 
-    def keep_aside(self, path: Path, reason: str, kind: AuditKind, detail: dict[str, Any], **columns: Any) -> Path | None:
+    def keep_aside(self, path: Path, reason: str, kind: AuditKind, detail: dict[str, Any],
+                   **columns: Any) -> Path | None:
         """The receive stage's one way to keep bytes it does not index: into the quarantine under ``reason``, with
         ``detail`` as the note beside them, within the quarantine quota and the free-space watermark (else
         discarded, ``not_kept`` saying why), audited as ``kind`` with ``columns``. An audit row the database

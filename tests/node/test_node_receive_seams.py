@@ -86,7 +86,8 @@ def pristine():
 data = Path(sys.argv[1])
 url = f"sqlite:///{data / 'node.db'}"
 upgrade(url)
-scp = StorageSCP(DicomConfig(host="127.0.0.1", port=11112), InstanceStore(StorageConfig(data_dir=data)), make_engine(url))
+store = InstanceStore(StorageConfig(data_dir=data))
+scp = StorageSCP(DicomConfig(host="127.0.0.1", port=11112), store, make_engine(url))
 assert pristine(), "building the SCP (every role's Node.build) must not touch pynetdicom"
 server = scp.start(port=0)
 try:

@@ -31,11 +31,6 @@ def list_feedback(engine: Engine, run_id: int | None = None, study_instance_uid:
         return [_summary(f) for f in session.scalars(query)]
 
 
-def feedback_for_run(engine: Engine, run_id: int) -> list[dict[str, Any]]:
-    """Every review of one run (current and superseded), oldest first."""
-    return list(reversed(list_feedback(engine, run_id=run_id, include_superseded=True)))
-
-
 def feedback_record(engine: Engine, feedback_id: int) -> dict[str, Any] | None:
     """One review with its verdicts (each naming the run's finding it judged), or None when there is none."""
     with Session(engine) as session:

@@ -1,6 +1,7 @@
 """Every benchmark's --quick mode as CI runs it: it exits 0 and ends with its figures line, so none breaks silently.
 
-bench/site.py has its own (tests/bench/test_site_quick.py).
+bench/site.py and bench/lifecycle.py have their own (tests/bench/test_site_quick.py, test_lifecycle_quick.py);
+bench/gpu_check.sh (with bench/gpu_dcn.py) is for a lent CUDA machine, its CPU dry run takes about 8 minutes here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ QUICK = {
     "ingest": (rf"single_vs_bare=({NUMBER}) multi_vs_bare_multi=({NUMBER}) vs_orthanc=({NUMBER}) "
                rf"multi_vs_orthanc_multi=({NUMBER})", ("storescu", "Orthanc")),
     "notify": (rf"notifications=6 acked=6 lost=0 duplicates=0 p95_notify_s=({NUMBER})", ("storescu",)),
+    "shadow": (rf"studies=2 live_alone_s=({NUMBER}) live_with_shadow_s=({NUMBER}) ratio=({NUMBER}) shadow_yields=\d+ "
+               r"shadows_done=2", ()),
     "soak": (r"studies=2 runs_done=\d+ lost=0 duplicated_deliveries=0 kills=2 notified=2 notify_lost=0 "
              r"notify_duplicates=0", ("storescu", "Orthanc")),
 }
@@ -36,7 +39,7 @@ DATA = {"ablation": ("chest_lung_pet_ct_dx_A0001", "lidc_idri_0001", "lidc_idri_
         "ops": (), "detect": ("head_phantom_philips_study", "chest_lung_pet_ct_dx_A0001"),
         "e2e": ("chest_lung_pet_ct_dx_A0001",), "fuzz": ("head_ge_patient",),
         "fragments": ("head_phantom_philips_study", "head_ge_patient"), "ingest": ("head_ge_patient",),
-        "notify": ("head_ge_patient",), "soak": ("head_ge_patient",)}
+        "notify": ("head_ge_patient",), "shadow": ("head_ge_patient",), "soak": ("head_ge_patient",)}
 
 
 @pytest.mark.parametrize("bench", sorted(QUICK))

@@ -38,6 +38,15 @@ def payload(run: Any, findings: list[dict[str, Any]], tracking_uids: list[str], 
             "decision": run.decision, "reason": run.decision_reason, "findings": items}
 
 
+def withdrawn_findings(prior: dict[str, Any], current: int) -> list[dict[str, Any]]:
+    """The findings a channel was told of by the notification whose payload is ``prior`` (its own findings and those
+    it withdrew itself) that a result of ``current`` findings no longer has: each as it was told, with its
+    ``number`` (1-based, its place in the version that told it), for the channel to withdraw by that number."""
+    told = {int(f["number"]): f for f in prior.get("withdrawn_findings", [])}
+    told.update({n: {**f, "number": n} for n, f in enumerate(prior["findings"], start=1)})
+    return [told[n] for n in sorted(told) if n > current]
+
+
 def result_digest(content: dict[str, Any]) -> str:
     """A digest of what a payload says (decision and findings), not of which run said it: equal digests are the
     same result, and a later version with the same result is not told again."""

@@ -12,6 +12,10 @@ The Bundle (``build_bundle``):
 - an Observation per finding, by conditional update on ``urn:ctnode:finding|<key>#<n>``: code = the finding type
   (SCT as http://snomed.info/sct), valueQuantity = certainty in %, a note with where it is (centre and size in
   mm, tracking UID), interpretation A when urgent, derivedFrom the ImagingStudy, method = the model;
+- an Observation ``entered-in-error`` for each finding told by an earlier version that this one no longer has
+  (the payload's ``withdrawn_findings``, from the node's own notifications: ``content.withdrawn_findings``), as it
+  was told, under the same identity, so that after a correction with fewer findings, or a withdrawal, only the
+  current findings' Observations stand (those are not in the report's ``result``);
 - the ImagingStudy by its Study Instance UID (identifier ``urn:dicom:uid`` = ``urn:oid:<uid>``), created only
   if none exists (``ifNoneExist``);
 - the Patient, only when the channel carries identifiers and the study has a Patient ID (identifier = the
@@ -66,6 +70,11 @@ DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SCHEMES = {"SCT": "http://snomed.info/sct", "DCM": DCM, "LN": "http://loinc.org", "UCUM": "http://unitsofmeasure.org"}
 DATA_ABSENT = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 STATUS = {Revision.ORIGINAL: "preliminary", Revision.CORRECTION: "amended", Revision.WITHDRAWAL: "entered-in-error"}
+# An earlier finding a later version no longer has: R4's observation-status "entered-in-error" is a result
+# withdrawn after release that should not have existed (decisions may have been based on it), which is what a
+# finding the re-analysis does not find again is; "cancelled" is a measurement not started or not completed, which
+# the earlier analysis was not.
+WITHDRAWN = "entered-in-error"
 DECISIONS = {"suspected_positive": "Suspected positive (urgent finding)", "negative": "No urgent finding",
              "not_analysed": "Not analysed by the AI"}
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:ctnode:fhir")
@@ -152,6 +161,35 @@ def _patient(ids: Identifiers) -> tuple[dict[str, Any], str] | None:
     return resource, query
 
 
+def _observation_entry(url: str, finding: dict[str, Any], identity: str, status: str, model_text: str,
+                       study_url: str, subject: dict[str, Any] | None) -> dict[str, Any]:
+    """The Bundle entry of one finding's Observation: a conditional update on its identity ``<key>#<n>``."""
+    centre = ", ".join(f"{v:.1f}" for v in finding["centre_mm"])
+    size = " x ".join(f"{v:.1f}" for v in finding["size_mm"])
+    where = f"centre (LPS) {centre} mm, size {size} mm, tracking UID {finding.get('tracking_uid') or '-'}"
+    observation: dict[str, Any] = {
+        "resourceType": "Observation",
+        "identifier": [{"system": FINDING_SYSTEM, "value": identity}],
+        "status": status,
+        "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                  "code": "imaging", "display": "Imaging"}]}],
+        "code": {"coding": [coding(finding["finding_type"])], "text": str(finding["label"])},
+        "valueQuantity": {"value": round(float(finding["score"]) * 100, 1), "unit": "%",
+                          "system": "http://unitsofmeasure.org", "code": "%"},
+        "method": {"text": model_text},
+        "derivedFrom": [{"reference": study_url}],
+        "note": [{"text": where}],
+    }
+    if subject is not None:
+        observation["subject"] = subject
+    if finding.get("urgent"):
+        observation["interpretation"] = [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "A",
+            "display": "Abnormal"}], "text": "Urgent"}]
+    return {"fullUrl": url, "resource": observation,
+            "request": {"method": "PUT", "url": f"Observation?{_search(FINDING_SYSTEM, identity)}"}}
+
+
 def build_bundle(item: Outbound) -> dict[str, Any]:
     """The transaction Bundle of ``item`` (see the module's layout)."""
     p = item.payload
@@ -190,31 +228,12 @@ def build_bundle(item: Outbound) -> dict[str, Any]:
     results = []
     for n, finding in enumerate(p.get("findings", []), start=1):
         url = full_url(mid, f"Observation/{n}")
-        centre = ", ".join(f"{v:.1f}" for v in finding["centre_mm"])
-        size = " x ".join(f"{v:.1f}" for v in finding["size_mm"])
-        where = f"centre (LPS) {centre} mm, size {size} mm, tracking UID {finding.get('tracking_uid') or '-'}"
-        observation: dict[str, Any] = {
-            "resourceType": "Observation",
-            "identifier": [{"system": FINDING_SYSTEM, "value": f"{key}#{n}"}],
-            "status": status,
-            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                      "code": "imaging", "display": "Imaging"}]}],
-            "code": {"coding": [coding(finding["finding_type"])], "text": str(finding["label"])},
-            "valueQuantity": {"value": round(float(finding["score"]) * 100, 1), "unit": "%",
-                              "system": "http://unitsofmeasure.org", "code": "%"},
-            "method": {"text": model_text},
-            "derivedFrom": [{"reference": study_url}],
-            "note": [{"text": where}],
-        }
-        if subject is not None:
-            observation["subject"] = subject
-        if finding.get("urgent"):
-            observation["interpretation"] = [{"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "code": "A",
-                "display": "Abnormal"}], "text": "Urgent"}]
-        entries.append({"fullUrl": url, "resource": observation,
-                        "request": {"method": "PUT", "url": f"Observation?{_search(FINDING_SYSTEM, f'{key}#{n}')}"}})
+        entries.append(_observation_entry(url, finding, f"{key}#{n}", status, model_text, study_url, subject))
         results.append({"reference": url})
+    for finding in p.get("withdrawn_findings", []):
+        n = int(finding["number"])
+        entries.append(_observation_entry(full_url(mid, f"Observation/{n}"), finding, f"{key}#{n}", WITHDRAWN,
+                                          model_text, study_url, subject))
 
     conclusion = p.get("reason") or DECISIONS.get(p["decision"], p["decision"])
     if item.revision is Revision.WITHDRAWAL:

@@ -4,6 +4,7 @@ withdrawal of what a channel was told of an earlier version), read what stands, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +15,7 @@ from node.db import audit
 from node.db.schema import Notification, Run, utcnow
 from node.events import AuditKind, DeliveryState, RunMode
 from node.logging import get_logger
-from node.notify.content import Revision, payload, result_digest
+from node.notify.content import Revision, payload, result_digest, withdrawn_findings
 from node.reports.uids import Part, RunUids, run_key
 
 log = get_logger(__name__)
@@ -31,7 +32,9 @@ def enqueue_run(engine: Engine, settings: Settings, run_id: int, channels: Seque
 
     Idempotent (one row per run and channel). A channel told of an earlier version of the study by the same
     model gets a correction when the result changed, nothing when it did not, and a withdrawal when the new
-    decision is one it is not told of (a suspected positive that is now negative or not analysed).
+    decision is one it is not told of (a suspected positive that is now negative or not analysed). A correction
+    or withdrawal carries the findings told before that it no longer has (``withdrawn_findings``), from the
+    earlier notification's payload, so that a channel can withdraw them.
     """
     configured = {c.name: c for c in settings.notify.channels}
     with engine.connect() as conn:
@@ -61,7 +64,7 @@ def _prior(engine: Engine, run: Run, channel: str) -> Notification | None:
                                .order_by(Run.version.desc()).limit(1)).one_or_none()
 
 
-def _enqueue_one(engine: Engine, run: Run, channel: NotifyChannel, content: dict[str, object]) -> int | None:
+def _enqueue_one(engine: Engine, run: Run, channel: NotifyChannel, content: dict[str, Any]) -> int | None:
     with engine.connect() as conn:
         existing = conn.execute(select(Notification.id).where(Notification.run_id == run.id,
                                                               Notification.channel == channel.name)).scalar()
@@ -81,6 +84,7 @@ def _enqueue_one(engine: Engine, run: Run, channel: NotifyChannel, content: dict
         return None
     else:
         revision = Revision.CORRECTION if wanted else Revision.WITHDRAWAL
+        content = {**content, "withdrawn_findings": withdrawn_findings(prior.payload, len(content["findings"]))}
     now = utcnow()
     row = Notification(run_id=run.id, channel=channel.name, kind=channel.kind, study_instance_uid=run.study_instance_uid,
                        decision=run.decision, revision=str(revision), replaces_id=None if prior is None else prior.id,

@@ -2,8 +2,8 @@
 the fhir.resources R4B models (a Bundle that does not validate is refused with 400 and kept in ``invalid``),
 checks what the models leave open (request methods and URLs, status codes, that every urn:uuid reference is an
 entry of the Bundle), keeps the resources by identifier as a server would (conditional create and update: a
-second PUT on the same identifier updates the same resource) and answers a transaction-response Bundle with
-their locations.
+second PUT on the same identifier updates the same resource; ``held`` is each one as it is now) and answers a
+transaction-response Bundle with their locations.
 
 ``mode`` makes it fail on purpose: ``error500`` and ``error400`` (with an OperationOutcome), ``hang`` (no answer
 until stopped), ``not_json``, ``entry_conflict`` (a 200 whose last entry is 409), ``batch`` (a batch-response).
@@ -110,6 +110,7 @@ class FhirServer:
         self.posted: list[Posted] = []
         self.invalid: list[str] = []
         self.store: dict[tuple[str, str], tuple[str, int]] = {}  # (type, identifier) -> (id, version)
+        self.held: dict[tuple[str, str], dict[str, Any]] = {}  # (type, identifier) -> the resource as it is now
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._released = threading.Event()
@@ -248,6 +249,8 @@ class FhirServer:
                         status = "201 Created"
                     if identifier:
                         server.store[(kind, identifier)] = (rid, version)
+                        if req["method"] == "PUT" or known is None:
+                            server.held[(kind, identifier)] = resource
                 return {"response": {"status": status, "location": f"{kind}/{rid}/_history/{version}"}}
 
         return Handler

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fhir.resources.R4B.bundle import Bundle
 
 from node.config import NotifyChannel
 from node.notify.channel import Outbound, message_id
-from node.notify.content import Identifiers, Revision
+from node.notify.content import Identifiers, Revision, withdrawn_findings
 from node.notify.fhir import FhirChannel, build_bundle, encode, full_url
 from node.notify.sender import open_channel
 from tests.integration.fhir_server import FhirServer
@@ -39,6 +40,8 @@ NEGATIVE: dict[str, Any] = {**PAYLOAD, "decision": "negative", "reason": "no fin
                             "findings": []}
 NOT_ANALYSED: dict[str, Any] = {**PAYLOAD, "decision": "not_analysed",
                                 "reason": "slice thickness 8.0 mm is above 5.0 mm", "findings": []}
+FEWER: dict[str, Any] = {**PAYLOAD, "findings": PAYLOAD["findings"][:1],
+                         "withdrawn_findings": withdrawn_findings(PAYLOAD, 1)}  # a correction without the second
 IDS = Identifiers(patient_name="Müller^Jürgen^^Dr", patient_id="MRN-42", issuer_of_patient_id="HOSP",
                   birth_date="19500101", sex="M", accession_number="ACC-7")
 SECRETS = ("Müller", "Jürgen", "MRN-42", "HOSP", "1950", "ACC-7")
@@ -156,6 +159,44 @@ def test_a_correction_and_a_withdrawal_update_the_same_report(fhir: FhirServer) 
     studies = [r.acknowledgement["locations"][1] for r in results]  # type: ignore[index]
     assert len(set(studies)) == 1  # the ImagingStudy is created once
     assert {f for p in fhir.posted for f in [e["fullUrl"] for e in p.json["entry"]]}.__len__() == 5 + 3 + 3
+
+
+def _current(server: FhirServer) -> dict[str, str]:
+    """The status of each Observation the server holds, by its finding identity (``<key>#<n>``)."""
+    return {identity.rsplit("#", 1)[1]: resource["status"] for (kind, identity), resource in server.held.items()
+            if kind == "Observation"}
+
+
+def test_a_correction_with_fewer_findings_withdraws_the_earlier_extra_ones() -> None:
+    bundle = build_bundle(_item(Revision.CORRECTION, notification_id=6, payload=FEWER, replaces=5))
+    Bundle.model_validate(bundle)
+    observations = {e["resource"]["identifier"][0]["value"]: e for e in bundle["entry"]
+                    if e["resource"]["resourceType"] == "Observation"}
+    key = f"{STUDY}/ctnode-head"
+    assert {k: e["resource"]["status"] for k, e in observations.items()} == {
+        f"{key}#1": "amended", f"{key}#2": "entered-in-error"}
+    withdrawn = observations[f"{key}#2"]
+    assert withdrawn["request"] == {"method": "PUT", "url": f"Observation?identifier=urn%3Actnode%3Afinding%7C"
+                                                            f"{STUDY}%2Fctnode-head%232"}
+    assert withdrawn["resource"]["valueQuantity"]["value"] == 42.0  # the finding as it was told
+    assert "tracking UID 2.25.2" in withdrawn["resource"]["note"][0]["text"]
+    report = bundle["entry"][-1]["resource"]
+    assert report["result"] == [{"reference": observations[f"{key}#1"]["fullUrl"]}]  # the current ones only
+
+
+def test_after_a_correction_with_fewer_findings_the_server_holds_only_the_current_ones_current(
+        fhir: FhirServer) -> None:
+    channel = _channel(fhir.url)
+    assert channel.send(_item()).acknowledged
+    assert _current(fhir) == {"1": "preliminary", "2": "preliminary"}
+    result = channel.send(_item(Revision.CORRECTION, notification_id=6, payload=FEWER, replaces=5))
+    assert result.acknowledged, result.error
+    assert fhir.invalid == [] and _current(fhir) == {"1": "amended", "2": "entered-in-error"}
+    assert fhir.held[("Observation", f"urn:ctnode:finding|{STUDY}/ctnode-head#2")]["valueQuantity"]["value"] == 42.0
+    withdrawal = {**NOT_ANALYSED, "withdrawn_findings": withdrawn_findings(FEWER, 0)}
+    result = channel.send(_item(Revision.WITHDRAWAL, notification_id=7, payload=withdrawal, replaces=6))
+    assert result.acknowledged, result.error
+    assert _current(fhir) == {"1": "entered-in-error", "2": "entered-in-error"}
 
 
 def test_a_retry_sends_identical_bytes_and_another_notification_other_fullurls(fhir: FhirServer) -> None:

@@ -18,6 +18,7 @@ from node.db.schema import AuditEvent, Notification, NotificationAttempt, Run, u
 from node.events import AuditKind, DeliveryState, RunMode
 from node.notify.outbox import channels_for, enqueue_run, requeue
 from node.notify.sender import ChannelSender
+from tests.integration.fhir_server import FhirServer
 from tests.integration.ris import Ris
 from tests.support import free_port
 
@@ -159,3 +160,37 @@ def test_a_notification_whose_sender_died_is_sent_again_under_the_same_control_i
         conn.execute(update(Notification).values(claim_token="dead" * 8, claimed_until=utcnow() - timedelta(seconds=1)))
     assert _sender(engine, settings).run_once() == 1
     assert _rows(engine)[0].state == str(DeliveryState.DELIVERED) and ris.received[0].control_id == f"CTN{nid:010d}"
+
+
+def test_a_correction_with_fewer_findings_and_a_withdrawal_leave_only_the_current_observations_current(
+        engine: Engine, add_run: Callable[..., int]) -> None:
+    fhir = FhirServer(free_port()).start()
+    try:
+        settings = Settings(notify={"channels": [{"name": "fhir", "kind": "fhir", "url": fhir.url, "timeout_s": 2,
+                                                  "include_identifiers": False}]},
+                            pipeline={"routes": [{"model": "head", "notify": ["fhir"]}]},
+                            storage={"data_dir": "/nonexistent"})
+        sender = _sender(engine, settings)
+        spots = [{**BLEED, "centre_mm": [float(n), 2.0, 3.0]} for n in range(3)]
+
+        def held() -> dict[str, str]:
+            return {identity.rsplit("#", 1)[1]: r["status"] for (kind, identity), r in fhir.held.items()
+                    if kind == "Observation"}
+
+        enqueue_run(engine, settings, add_run(1, "suspected_positive", spots), ["fhir"])
+        assert sender.run_once() == 1 and held() == {"1": "preliminary", "2": "preliminary", "3": "preliminary"}
+        (fewer,) = enqueue_run(engine, settings, add_run(2, "suspected_positive", spots[:1]), ["fhir"])
+        assert sender.run_once() == 1 and held() == {"1": "amended", "2": "entered-in-error", "3": "entered-in-error"}
+        (two,) = enqueue_run(engine, settings, add_run(3, "suspected_positive", spots[1:]), ["fhir"])
+        assert sender.run_once() == 1 and held() == {"1": "amended", "2": "amended", "3": "entered-in-error"}
+        (withdrawn,) = enqueue_run(engine, settings, add_run(4, "negative"), ["fhir"])
+        assert sender.run_once() == 1
+        assert held() == {"1": "entered-in-error", "2": "entered-in-error", "3": "entered-in-error"}
+        assert fhir.invalid == [] and {r.state for r in _rows(engine)} == {str(DeliveryState.DELIVERED)}
+        rows = {r.id: r for r in _rows(engine)}
+        assert [f["number"] for f in rows[fewer].payload["withdrawn_findings"]] == [2, 3]
+        assert [f["number"] for f in rows[two].payload["withdrawn_findings"]] == [3]
+        assert [f["number"] for f in rows[withdrawn].payload["withdrawn_findings"]] == [1, 2, 3]
+        assert rows[withdrawn].payload["withdrawn_findings"][1]["centre_mm"] == [2.0, 2.0, 3.0]  # as v3 told it
+    finally:
+        fhir.stop()

@@ -129,9 +129,10 @@ def test_orthanc_sends_a_study_and_gets_sr_and_overlays_back_in_the_same_study(
     found = results_in_orthanc(orthanc, study.study_instance_uid)
     assert len(found["CT"]) == len(study.files) and len(found["SR"]) == 1
     overlays = [i for key, items in found.items() if key not in ("CT", "SR") for i in items]
-    sr = sr_file(orthanc, found["SR"][0]["id"], tmp_path)
-    assert pydicom.dcmread(sr).StudyInstanceUID == study.study_instance_uid
-    assert len(overlays) == assert_found_at_lesion(sr, study) + 1  # one SC per finding and the summary
+    sr_path = sr_file(orthanc, found["SR"][0]["id"], tmp_path)
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == study.study_instance_uid
+    assert len(overlays) == assert_found_at_lesion(sr_path, study) + 1  # one SC per finding and the summary
     assert all(o["BurnedInAnnotation"] == "YES" for o in overlays)
     assert run.trigger.startswith(readiness)
     record = json.loads(node.cli("runs", "show", str(run.id), "--json").stdout)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.findings import Code
+from detector.io.context import CONTEXT_NAMES
 from detector.preprocess.regions import ANATOMIES
 from detector.preprocess.spec import HUWindow, InputSpec
 
@@ -212,6 +213,8 @@ class ModelCard:
     """A fine-tuned model's parent, site data digest and split (see :class:`Lineage`)."""
     urgency: Urgency | None = None
     """What makes a study urgent (:mod:`detector.triage`); None: no finding of this model is urgent."""
+    context: tuple[str, ...] = ()
+    """The study context beyond the pixels the model uses (names from :data:`detector.io.context.CONTEXT_NAMES`)."""
 
     def __post_init__(self) -> None:
         for field_name in ("name", "version", "weights_file", "body_part"):
@@ -232,6 +235,10 @@ class ModelCard:
             raise ModelCardError(f"max_findings must be at least 1, got {self.max_findings}")
         if self.anatomy not in ANATOMIES:
             raise ModelCardError(f"anatomy must be one of {', '.join(ANATOMIES)}, got {self.anatomy!r}")
+        unknown = [name for name in self.context if name not in CONTEXT_NAMES]
+        if unknown or len(set(self.context)) != len(self.context):
+            raise ModelCardError(f"context must name distinct items of {', '.join(CONTEXT_NAMES)}, "
+                                 f"got {list(self.context)}")
         if self.urgency is not None:
             if self.urgency.threshold < self.operating_threshold:
                 raise ModelCardError(f"urgency.threshold {self.urgency.threshold} is below the operating threshold "
@@ -449,7 +456,7 @@ def _training_dict(record: TrainingRecord) -> dict[str, Any]:
 _CARD_FIELDS = {
     "schema_version", "name", "version", "weights", "body_part",
     "classes", "input", "operating_threshold", "evaluation", "training", "max_findings", "domain",
-    "second_stage", "anatomy", "lineage", "urgency",
+    "second_stage", "anatomy", "lineage", "urgency", "context",
 }
 
 
@@ -457,7 +464,7 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
     """Validate a decoded JSON card; every error names ``source`` and the field's path."""
     try:
         optional = {"evaluation", "training", "max_findings", "domain", "second_stage", "anatomy", "lineage",
-                    "urgency"}
+                    "urgency", "context"}
         f = _Fields(data, "", _CARD_FIELDS, _CARD_FIELDS - optional)
         if f.get("schema_version", int) != SCHEMA_VERSION:
             version = data["schema_version"]
@@ -480,9 +487,16 @@ def card_from_dict(data: Any, source: str = "model card") -> ModelCard:
             anatomy=f.get("anatomy", str, "none"),
             lineage=_lineage(data.get("lineage"), f.at("lineage")),
             urgency=_urgency(data.get("urgency"), f.at("urgency")),
+            context=tuple(_context_name(item, where) for where, item in f.items("context")),
         )
     except ModelCardError as exc:
         raise ModelCardError(f"{source}: {exc}") from exc
+
+
+def _context_name(item: Any, where: str) -> str:
+    if not isinstance(item, str):
+        raise ModelCardError(f"{where}: expected str, got {json.dumps(item)}")
+    return item
 
 
 def _code_dict(code: Code | None) -> dict[str, str] | None:
@@ -534,6 +548,7 @@ def card_to_dict(card: ModelCard) -> dict[str, Any]:
         **({} if card.second_stage is None else {"second_stage": _second_stage_dict(card.second_stage)}),
         **({} if card.lineage is None else {"lineage": _lineage_dict(card.lineage)}),
         **({} if card.urgency is None else {"urgency": _urgency_dict(card.urgency)}),
+        **({"context": list(card.context)} if card.context else {}),
     }
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from detector.findings import Code
+from detector.infer.models import shipped_cards
 from detector.preprocess import HUWindow, InputSpec
 from detector.registry import (
     EvaluationFigure,
@@ -98,6 +99,20 @@ def test_the_anatomy_round_trips_and_defaults_to_none(card: ModelCard, tmp_path:
     assert load_card(_write(path, data)).anatomy == "none"
 
 
+def test_the_context_round_trips_and_defaults_to_none(card: ModelCard, tmp_path: Path) -> None:
+    assert card.context == ()
+    assert "context" not in card_to_dict(card)
+    path = tmp_path / "card.json"
+    save_card(replace(card, context=("age", "referral")), path)
+    assert load_card(path).context == ("age", "referral")
+
+
+def test_no_shipped_card_names_context() -> None:
+    cards = shipped_cards()
+    assert cards
+    assert all(load_card(path).context == () for path in cards.values())
+
+
 def test_matching_weights_load(card: ModelCard, weights: Path) -> None:
     state = load_state_dict(card, weights.parent)
     assert torch.equal(state["conv.weight"], torch.arange(6.0).reshape(2, 3))
@@ -133,6 +148,10 @@ def test_missing_weights_are_refused(card: ModelCard, tmp_path: Path) -> None:
         (lambda d: d.update(schema_version=2), r"card\.json: schema_version: 2 is not supported, expected 1"),
         (lambda d: d.update(anatomy="liver"), r"anatomy must be one of body, lungs, intracranial, none, got 'liver'"),
         (lambda d: d.update(anatomy=1), r"card\.json: anatomy: expected str, got 1"),
+        (lambda d: d.update(context=["age", "weight"]), r"context must name distinct items of age, sex, referral, "
+                                                        r"got \['age', 'weight'\]"),
+        (lambda d: d.update(context=["sex", "sex"]), r"context must name distinct items"),
+        (lambda d: d.update(context=[1]), r"card\.json: context\[0\]: expected str, got 1"),
         (lambda d: d["evaluation"][0].update(held_out="no"), r"evaluation\[0\]\.held_out: expected true or false"),
         (lambda d: d["evaluation"][0].update(held_out=False), r"evaluation\[0\]: .* not held out says why"),
         (lambda d: d["evaluation"][0].update(training_overlap="x"), r"evaluation\[0\]: .* and only such a figure"),

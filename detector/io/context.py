@@ -9,9 +9,10 @@ date itself is kept nowhere.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
+from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -48,8 +49,21 @@ class StudyContext:
                 *(f"Admitting diagnosis (coded): {c.meaning}" for c in self.admitting_diagnosis_codes))
 
     def as_dict(self) -> dict[str, object]:
-        """JSON-ready data (what the run records)."""
+        """JSON-ready data (what the run records; :meth:`from_dict` reads it back)."""
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StudyContext:
+        """The context :meth:`as_dict` wrote (a run recorded before context was read: an empty one)."""
+        texts = {k: tuple(data.get(k) or ()) for k in ("reasons", "procedure_descriptions", "admitting_diagnoses")}
+        codes = {k: tuple(Code(**c) for c in data.get(k) or ()) for k in ("reason_codes", "admitting_diagnosis_codes")}
+        return cls(age_years=data.get("age_years"), sex=data.get("sex"), **texts, **codes)
+
+    @property
+    def patient(self) -> str:
+        """Age and sex as one reads them ("67 years, F"; "unknown" for what the headers do not say)."""
+        age = "age unknown" if self.age_years is None else f"{self.age_years:g} years"
+        return f"{age}, sex {self.sex or 'unknown'}"
 
 
 def _texts(values: Iterable[object]) -> tuple[str, ...]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+
+from detector.io.context import StudyContext
 
 from node.cli.common import ConfigOpt, JsonOpt, console, dump_json, fmt_time, open_database, settings_from
 from node.events import RunMode, RunStatus
@@ -70,6 +73,10 @@ def runs_show(
         console.print(f"  {line}")
     if record["error"]:
         console.print(f"[red]error:[/red] {record['error']}")
+    context = StudyContext.from_dict(record["context"])
+    console.print(f"patient: {context.patient}")
+    for line in context.referral:  # free text, maybe with names: shown here, to the operator, and never logged
+        console.print(f"  {escape(line)}")
     if record["decision"]:
         console.print(f"triage: [bold]{record['decision']}[/bold] ({record['decision_reason']})")
     stages = Table("stage", "at", title="stages")

@@ -242,6 +242,9 @@ class Run(Base):
     findings: Mapped[list[dict[str, object]]] = mapped_column(JSON, default=list)
     # what the read series was (scanner model, kernel, slice thickness, contrast, HU histogram of the body), for drift
     input_facts: Mapped[dict[str, object]] = mapped_column(JSON, default=dict, server_default="{}")
+    # the study context from the read series' headers (detector.io.context): age, sex, the referral. The referral is
+    # free text that may name the patient: shown to operators (``ctnode runs show``), never logged
+    context: Mapped[dict[str, object]] = mapped_column(JSON, default=dict, server_default="{}")
     # the study-level triage decision (detector.triage.Decision) and why; None until the run ends
     decision: Mapped[str | None] = mapped_column(String(24))
     decision_reason: Mapped[str | None] = mapped_column(Text)

@@ -75,6 +75,7 @@ def run_record(engine: Engine, run_id: int) -> dict[str, Any] | None:
             "routing": run.routing,
             "selection": run.selection,
             "findings": run.findings,
+            "context": run.context,
             "decision": run.decision,
             "decision_reason": run.decision_reason,
             "notifications": [{"id": n.id, "channel": n.channel, "kind": n.kind, "decision": n.decision,

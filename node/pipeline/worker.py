@@ -346,6 +346,7 @@ class Worker:
 
         from detector.infer import InferenceOptions, detect_series
         from detector.infer.facts import series_facts
+        from detector.io.context import study_context
         from detector.infer.inference import default_device
         from detector.triage import decide
 
@@ -367,7 +368,8 @@ class Worker:
         self._stage(run, beat, inference_ended_at=utcnow(), series_instance_uid=result.volume.series_instance_uid,
                     selection=list(result.selection.reasons),
                     findings=[{**asdict(f), "urgent": n in decision.urgent} for n, f in enumerate(result.findings)],
-                    input_facts=series_facts(result.volume, result.selection), decision=str(decision.decision),
+                    input_facts=series_facts(result.volume, result.selection),
+                    context=study_context(result.volume.headers).as_dict(), decision=str(decision.decision),
                     decision_reason=decision.reason)
         self._notify(run)  # the triage result goes out before the report objects are built: it needs none of them
         if result.dropped:

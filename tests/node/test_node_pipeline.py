@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from sqlalchemy import Engine, insert, select, update
+from typer.testing import CliRunner
 
 from detector.io import read_ct_volume
 from detector.preprocess.regions import anatomy_mask
+from node.cli.main import app
 from node.config import PipelineConfig, Route, Settings
 from node.db.engine import make_engine
 from node.db.migrate import upgrade
@@ -27,6 +31,7 @@ from node.pipeline.run_records import run_record
 from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
 from node.dicom.receive import Received, Receiver
+from node.logging import configure_logging
 from node.storage.store import InstanceStore
 from tests.support import dicom_files, require_ct, write_contrast_enhanced
 
@@ -323,6 +328,22 @@ def _chest_run(engine: Engine, settings: Settings, **pipeline: object) -> dict:
     return record
 
 
+def _queue_edited_chest(engine: Engine, settings: Settings, tmp_path: Path, edit: Callable[[Dataset], None]) -> int:
+    """The id of the run queued for the chest series sent with each image changed by ``edit`` (copies in
+    ``tmp_path``)."""
+    files = []
+    for path in chest_files():
+        ds = pydicom.dcmread(path)
+        edit(ds)
+        ds.save_as(tmp_path / path.name)
+        files.append(tmp_path / path.name)
+    sender = Sender(engine, settings)
+    sender.send(files)
+    sender.release()
+    [run_id] = Stabilizer(engine, settings).poll()
+    return run_id
+
+
 def test_a_run_with_more_findings_than_the_cap_reports_the_best_and_audits_the_rest(
     engine: Engine, settings: Settings
 ) -> None:
@@ -348,16 +369,10 @@ def test_the_anatomy_override_keeps_only_findings_centred_in_it(engine: Engine, 
 def test_a_series_without_frame_of_reference_still_delivers_its_reports_and_audits_what_they_lack(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    files = []
-    for path in chest_files():
-        ds = pydicom.dcmread(path)
+    def drop_frame_of_reference(ds: Dataset) -> None:
         del ds.FrameOfReferenceUID
-        ds.save_as(tmp_path / path.name)
-        files.append(tmp_path / path.name)
-    sender = Sender(engine, settings)
-    sender.send(files)
-    sender.release()
-    [run_id] = Stabilizer(engine, settings).poll()
+
+    run_id = _queue_edited_chest(engine, settings, tmp_path, drop_frame_of_reference)
     assert Worker(engine, settings, threading.Event()).run_once()
     record = run_record(engine, run_id)
     assert record is not None and record["status"] == RunStatus.DONE and record["findings"]
@@ -406,3 +421,42 @@ def test_an_untagged_head_series_reaches_the_head_model_by_its_pixels(
     record = run_record(engine, run_id)
     assert record is not None and record["model"] == "head" and record["status"] == RunStatus.QUEUED
     assert any("-> head: body part HEAD from the pixels" in line for line in record["routing"])
+
+
+def test_the_study_context_is_recorded_on_the_run_shown_by_runs_show_and_never_logged(
+    engine: Engine, settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reason, diagnosis = "Husten seit drei Wochen, Raucher [Dr. Weiß]", "Verdacht auf Rundherd"
+
+    def refer(ds: Dataset) -> None:
+        ds.SpecificCharacterSet, ds.PatientAge, ds.PatientSex = "ISO_IR 100", "058Y", "M"
+        request = Dataset()
+        request.ReasonForTheRequestedProcedure, request.RequestedProcedureDescription = reason, "CT Thorax nativ"
+        ds.RequestAttributesSequence = [request]
+        ds.AdmittingDiagnosesDescription = diagnosis
+
+    run_id = _queue_edited_chest(engine, settings, tmp_path, refer)
+    configure_logging("json", "DEBUG")  # into this test's captured stderr
+    try:
+        assert Worker(engine, settings, threading.Event()).run_once()
+    finally:
+        logged = capsys.readouterr()
+        configure_logging("json", "INFO")
+    assert "run done" in logged.err
+    for text in (reason, "Weiß", diagnosis, "Thorax nativ"):
+        assert text not in logged.err + logged.out
+    record = run_record(engine, run_id)
+    assert record is not None and record["status"] == RunStatus.DONE
+    assert record["context"] == {"age_years": 58.0, "sex": "M", "reasons": [reason], "reason_codes": [],
+                                 "procedure_descriptions": ["CT Thorax nativ"], "admitting_diagnoses": [diagnosis],
+                                 "admitting_diagnosis_codes": []}
+    env = {"CTNODE_DATABASE__URL": settings.database_url}
+    shown = CliRunner().invoke(app, ["runs", "show", str(run_id), "--json"], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["context"] == record["context"]
+    text = CliRunner().invoke(app, ["runs", "show", str(run_id)], env=env)
+    assert text.exit_code == 0, text.output
+    printed = " ".join(text.stdout.split())  # the console wraps long lines
+    assert "patient: 58 years, sex M" in printed
+    assert f"Reason for the requested procedure: {reason}" in printed  # its brackets are not taken for markup
+    assert f"Admitting diagnosis: {diagnosis}" in printed and "Requested procedure: CT Thorax nativ" in printed

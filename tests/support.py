@@ -77,6 +77,12 @@ def wait_for_port(port: int, timeout_s: float = 30.0, process: subprocess.Popen[
     raise TimeoutError(f"nothing listening on port {port} after {timeout_s} s")
 
 
+def imaging_measurements(sr: Any) -> Any:
+    """The Imaging Measurements container (126010, DCM) of a TID 1500 report: its measurement groups' parent."""
+    return next(item for item in sr.ContentSequence if item.ValueType == "CONTAINER"
+                and item.ConceptNameCodeSequence[0].CodeValue == "126010")
+
+
 def dataset_bytes(path: Path) -> bytes:
     """The data set of a Part 10 file, without preamble and File Meta group."""
     raw = path.read_bytes()

@@ -11,6 +11,7 @@ from pydicom.sr.coding import Code
 
 from detector.findings import Code as FindingCode
 from detector.findings import Finding
+from detector.io.context import study_context
 from node.reports.coordinates import box_polyline, to_image
 from node.reports.captions import finding_name, key_slice
 from node.reports.options import ReportRun
@@ -27,6 +28,7 @@ NOT_ANALYSED = Code("CTN-NOT-ANALYSED", "99CTNODE", "Not analysed by the AI")
 NOT_ANALYSED_TRACKING_ID = "not analysed"
 NOT_ANALYSED_SERIES_DESCRIPTION = "AI result: NOT ANALYSED (not for diagnosis)"
 SR_SERIES_DESCRIPTION = "AI findings report (not for diagnosis)"
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 
 
 def algorithm_identification(run: ReportRun) -> hd.sr.AlgorithmIdentification:
@@ -188,6 +190,23 @@ def build_not_analysed_sr(report: PreparedReport, reason: str) -> hd.sr.Comprehe
     return _measurement_report(report, [group], NOT_ANALYSED_SERIES_DESCRIPTION)
 
 
+def _context_items(run: ReportRun) -> hd.sr.ContainerContentItem | None:
+    """The study's context as TID 1500's Qualitative Evaluations (its rows 12 and 14: TEXT items): Subject Age and
+    Subject Sex, then each referral line as an Indication for Procedure; None when the headers state none."""
+    context = study_context(run.sources)
+    texts = [*([(codes.DCM.SubjectAge, f"{context.age_years:g} years")] if context.age_years is not None else []),
+             *([(codes.DCM.SubjectSex, context.sex)] if context.sex is not None else []),
+             *((codes.DCM.IndicationsForProcedure, line) for line in context.referral)]
+    if not texts:
+        return None
+    container = hd.sr.ContainerContentItem(name=QUALITATIVE_EVALUATIONS,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = [hd.sr.TextContentItem(name=name, value=value,
+                                                       relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+                                 for name, value in texts]
+    return container
+
+
 def _measurement_report(report: PreparedReport, groups: Sequence[Group], description: str) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 document of ``groups``, observed by the run's model as a device, in the source study."""
     run, options = report.run, report.options
@@ -206,6 +225,9 @@ def _measurement_report(report: PreparedReport, groups: Sequence[Group], descrip
         imaging_measurements=list(groups),
         title=codes.cid7021.ImagingMeasurementReport,
     )
+    context = _context_items(run)
+    if context is not None:
+        content[0].ContentSequence.append(context)
     sr = hd.sr.Comprehensive3DSR(
         evidence=report.series.headers(),
         content=content[0],

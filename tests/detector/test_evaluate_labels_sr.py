@@ -31,6 +31,7 @@ from node.reports import (
     ReportRun,
     build_sr,
 )
+from tests.support import imaging_measurements
 
 CHEST = "chest_lung_pet_ct_dx_A0001"
 NEOPLASM = Code("108369006", "SCT", "Neoplasm")
@@ -127,7 +128,7 @@ def test_groups_join_by_tracking_identifier_without_uids(
     chest: tuple[list[Dataset], dict[str, ImagePlane]], ctnode_sr: Dataset, findings: list[Finding], tmp_path: Path
 ) -> None:
     sr = copy.deepcopy(ctnode_sr)
-    for group in sr.ContentSequence[-1].ContentSequence:
+    for group in imaging_measurements(sr).ContentSequence:
         group.ContentSequence = [i for i in group.ContentSequence if i.get("ValueType") != "UIDREF"]
     assert "Tracking Unique Identifier" not in str(sr)
     records = read_sr(_write(sr, tmp_path / "sr.dcm"), chest[1])
@@ -218,6 +219,6 @@ def test_bad_sr_content_raises_one_line_errors(chest: tuple[list[Dataset], dict[
     _assert_label_error(_write(empty, tmp_path / "empty.dcm"), planes, "no measurement groups")
 
     broken = copy.deepcopy(sr)
-    region = next(i for i in broken.ContentSequence[-1].ContentSequence[0].ContentSequence if i.ValueType == "SCOORD")
+    region = next(i for i in imaging_measurements(broken).ContentSequence[0].ContentSequence if i.ValueType == "SCOORD")
     region.GraphicData = [1.0, 2.0, 3.0]
     _assert_label_error(_write(broken, tmp_path / "broken.dcm"), planes, "malformed SR content")

@@ -40,7 +40,7 @@ from tests.integration.ohif import (
 )
 from tests.integration.orthanc import Orthanc
 from tests.node.reports.conftest import CHEST, LUNG, NEOPLASM, finding_on, run_on
-from tests.support import REPO, require_ct
+from tests.support import REPO, imaging_measurements, require_ct
 
 pytestmark = pytest.mark.integration
 
@@ -125,7 +125,7 @@ _DRAWN_ON_EACH_IMAGE = """async () => {
 def _region_uids(sr: Dataset) -> dict[str, str]:
     """Tracking UID -> referenced image of every image region group (a group with a 2D region) of the SR."""
     regions = {}
-    for group in sr.ContentSequence[-1].ContentSequence:
+    for group in imaging_measurements(sr).ContentSequence:
         scoords = [i for i in group.ContentSequence if i.ValueType == "SCOORD"]
         if scoords:
             uid = next(str(i.UID) for i in group.ContentSequence if i.ValueType == "UIDREF")

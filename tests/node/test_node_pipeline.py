@@ -450,6 +450,11 @@ def test_the_study_context_is_recorded_on_the_run_shown_by_runs_show_and_never_l
     assert record["context"] == {"age_years": 58.0, "sex": "M", "reasons": [reason], "reason_codes": [],
                                  "procedure_descriptions": ["CT Thorax nativ"], "admitting_diagnoses": [diagnosis],
                                  "admitting_diagnosis_codes": []}
+    sr = pydicom.dcmread(record["outputs"][0]["path"])
+    [context] = [item for item in sr.ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    assert [i.TextValue for i in context.ContentSequence][:3] == [
+        "58 years", "M", f"Reason for the requested procedure: {reason}"]
     env = {"CTNODE_DATABASE__URL": settings.database_url}
     shown = CliRunner().invoke(app, ["runs", "show", str(run_id), "--json"], env=env)
     assert shown.exit_code == 0, shown.output

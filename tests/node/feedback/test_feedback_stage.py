@@ -30,6 +30,7 @@ from node.pipeline.stabilize import Stabilizer
 from node.pipeline.worker import Worker
 from node.reports.coordinates import box_polyline
 from tests.node.test_node_pipeline import Sender, chest_files, engine, settings  # noqa: F401 (fixtures)
+from tests.support import imaging_measurements
 
 NODULE = Code("27925004", "SCT", "Nodule")
 
@@ -49,7 +50,7 @@ def analysed(engine: Engine, settings: Settings) -> tuple[dict, list[Dataset]]:
 
 
 def _groups_of(sr: Dataset) -> list[Dataset]:
-    return [g for g in sr.ContentSequence[-1].ContentSequence if g.ValueType == "CONTAINER"]
+    return [g for g in imaging_measurements(sr).ContentSequence if g.ValueType == "CONTAINER"]
 
 
 def _uid_of(group: Dataset) -> str | None:

@@ -25,6 +25,7 @@ from node.reports import (
 )
 from node.reports.captions import key_slice
 from node.reports.sr import CERTAINTY_OF_FINDING, NO_ABNORMALITY, NO_FINDING_TRACKING_ID
+from tests.support import imaging_measurements
 
 
 def _reread(ds: Dataset) -> Dataset:
@@ -120,7 +121,7 @@ def test_sr_without_findings_says_so(chest_series: list[Dataset], algorithm: Alg
     assert [(g.tracking_identifier, g.regions, g.points_mm) for g in measurement_groups(sr)] == [
         (NO_FINDING_TRACKING_ID, (), ())]
     assert _certainties(sr) == []
-    container = sr.ContentSequence[-1]
+    container = imaging_measurements(sr)
     assert container.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value
     group = container.ContentSequence[0].ContentSequence
     assert any(getattr(i, "TextValue", None) == NO_FINDING_TRACKING_ID for i in group)
@@ -187,7 +188,7 @@ def test_every_image_region_is_its_own_tracked_group_and_the_certainty_is_stated
 ) -> None:
     findings = _findings(chest_series, chest_tumour)
     sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", chest_series, findings, algorithm), ReportOptions())))
-    groups = sr.ContentSequence[-1].ContentSequence
+    groups = imaging_measurements(sr).ContentSequence
     regions = [g for g in groups if any(i.ValueType == "SCOORD" for i in g.ContentSequence)]
     assert len(regions) == sum(len(f.slices) for f in findings) == 12
     uids = [next(i.UID for i in g.ContentSequence if i.ValueType == "UIDREF") for g in groups]
@@ -232,7 +233,7 @@ def test_a_lone_region_and_a_series_without_frame_draw_the_outline_on_the_key_im
         del ds.FrameOfReferenceUID
     finding = chest_tumour if not frame else replace(chest_tumour, slices=(key_slice(chest_tumour),))
     sr = _reread(build_sr(PreparedReport.of(ReportRun("run-1", series, [finding], algorithm), ReportOptions())))
-    *boxes, certainty = sr.ContentSequence[-1].ContentSequence
+    *boxes, certainty = imaging_measurements(sr).ContentSequence
     assert len(boxes) == len(finding.slices)
     assert all("NUM" not in [i.ValueType for i in g.ContentSequence] for g in boxes)
     [outline] = [i for i in certainty.ContentSequence if i.ValueType == "SCOORD"]

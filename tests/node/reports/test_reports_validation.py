@@ -31,8 +31,13 @@ def test_all_object_kinds_validate_without_errors(
     without_frame = [copy.deepcopy(ds) for ds in chest_series]
     for ds in without_frame:
         del ds.FrameOfReferenceUID
+    with_referral = [copy.deepcopy(ds) for ds in chest_series]
+    for ds in with_referral:  # the study's context goes into the SR as TID 1500 Qualitative Evaluations
+        ds.SpecificCharacterSet, ds.PatientAge, ds.PatientSex = "ISO_IR 100", "071Y", "F"
+        ds.RequestAttributesSequence = [_request("Gewichtsverlust, Rundherd?", "CT Thorax")]
+        ds.AdmittingDiagnosesDescription = "Raucherin"
     runs = {
-        "chest": run_on("chest-1", chest_series, [chest_tumour], algorithm),
+        "chest": run_on("chest-1", with_referral, [chest_tumour], algorithm),
         # de-identified data often lacks the Frame of Reference UID: 2D regions only, and said so
         "chest-no-frame": run_on("chest-4", without_frame, [chest_tumour], algorithm),
         "chest-negative": run_on("chest-2", chest_series, [], algorithm),
@@ -44,11 +49,21 @@ def test_all_object_kinds_validate_without_errors(
     objects = {name: build_report_objects(run, options) for name, run in runs.items()}
     # a study the model did not read says so: its SR and page
     objects["head-not-analysed"] = build_not_analysed_objects(
-        run_on("head-2", head_series, (), algorithm), options,
+        run_on("head-2", [_with_request(ds, "Sturz, Kopfschmerz") for ds in head_series], (), algorithm), options,
         "refused by the model's domain gate: contrast-enhanced (Contrast/Bolus Agent IOHEXOL); the model reads "
         "non-contrast series only")
     written = {name: write_report_objects(built, tmp_path / name) for name, built in objects.items()}
     assert objects["chest"].omissions == ()
+    [context] = [item for item in objects["chest"].sr.ContentSequence
+                 if item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    assert [(i.ConceptNameCodeSequence[0].CodeMeaning, i.TextValue) for i in context.ContentSequence] == [
+        ("Subject Age", "71 years"), ("Subject Sex", "F"),
+        ("Indications for Procedure", "Reason for the requested procedure: Gewichtsverlust, Rundherd?"),
+        ("Indications for Procedure", "Requested procedure: CT Thorax"),
+        ("Indications for Procedure", "Admitting diagnosis: Raucherin")]
+    [head_context] = [item for item in objects["head-not-analysed"].sr.ContentSequence
+                      if item.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"]
+    assert head_context.ContentSequence[-1].TextValue == "Reason for the requested procedure: Sturz, Kopfschmerz"
     assert objects["chest-no-frame"].omissions[0].startswith("3D finding centres (SCOORD3D)")
     assert "FrameOfReferenceUID" not in objects["chest-no-frame"].secondary_captures[0]
     assert "SCOORD3D" not in str(objects["chest-no-frame"].sr) and "SCOORD3D" in str(objects["chest"].sr)
@@ -61,6 +76,21 @@ def test_all_object_kinds_validate_without_errors(
     assert len(lines) == 24, result.stdout
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().endswith("validated=24 with_errors=0")
+
+
+def _request(reason: str, procedure: str | None = None) -> Dataset:
+    item = Dataset()
+    item.ReasonForTheRequestedProcedure = reason
+    if procedure is not None:
+        item.RequestedProcedureDescription = procedure
+    return item
+
+
+def _with_request(ds: Dataset, reason: str) -> Dataset:
+    """A copy of ``ds`` with one request whose reason is ``reason``."""
+    copied = copy.deepcopy(ds)
+    copied.RequestAttributesSequence = [_request(reason)]
+    return copied
 
 
 def test_patient_identifiers_stay_out_of_warnings_and_logs(
